@@ -1,0 +1,15 @@
+//! `cls-core`: everything CLS needs that does not touch a deep-learning runtime.
+//!
+//! Data flows one way: files → [`readers`] → [`Dataset`] (a [`LabelSpace`] and ground-truth
+//! [`Targets`]) → [`protocol`] (hides training labels) → trainer; and scores → [`metrics`].
+//! [`preprocess`] turns image files into normalised NCHW tensors for both trainer and infer.
+
+pub mod dataset;
+pub mod labels;
+pub mod metrics;
+pub mod preprocess;
+pub mod protocol;
+pub mod readers;
+
+pub use dataset::{Dataset, Sample};
+pub use labels::{LabelSpace, LabelState, Targets};

@@ -1,0 +1,1 @@
+//! Networks for CLS in tch, each with its ONNX graph side by side.
