@@ -1,1 +1,253 @@
 //! Networks for CLS in tch, each with its ONNX graph side by side.
+//!
+//! Every network is a backbone (ResNet, EfficientNet-Lite0 or a small MLP over precomputed
+//! features) followed by one linear classifier. Parameters carry the PyTorch checkpoint's own names
+//! (torchvision for ResNet, lukemelas `efficientnet_pytorch` for EfficientNet-Lite0), so pretrained
+//! weights load by name ([`load_pretrained`]) with no mapping table, and the ONNX exporter
+//! ([`export_onnx`]) reads the same names back out of the `VarStore`.
+//!
+//! The classifier produces one logit per class; probabilities are `sigmoid(logit)` (method.md,
+//! "Per-entry losses with p = sigmoid(logit)"). Its bias may start at `logit(prior)` (method.md,
+//! end-to-end fine-tuning: "the classifier's bias started at logit(0.01)").
+
+use std::str::FromStr;
+
+use tch::{nn, Tensor};
+
+mod efficientnet;
+mod export;
+mod graph;
+mod load;
+mod mlp;
+mod resnet;
+
+pub use export::{export_onnx, onnx_bytes, ExportMeta};
+pub use load::{load_pretrained, IncompatibleWeights, LoadReport};
+
+/// Errors of this crate that callers may want to match on.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown architecture {0:?} (expected resnet18, resnet34, resnet50, resnet101, efficientnet-lite0 or mlp)")]
+    UnknownArch(String),
+}
+
+/// Which network to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arch {
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    EfficientNetLite0,
+    /// A head over precomputed feature vectors: `Linear(in_dim, hidden) → BatchNorm1d → ReLU`,
+    /// then the classifier. `hidden == 0` means no hidden layer (a linear classifier on the features).
+    Mlp { in_dim: i64, hidden: i64 },
+}
+
+impl FromStr for Arch {
+    type Err = ModelError;
+
+    /// Parses `resnet18`, `resnet34`, `resnet50`, `resnet101`, `efficientnet-lite0` (also
+    /// `efficientnet_lite0`) and `mlp` (as `Mlp { in_dim: 0, hidden: 512 }`; set the input width
+    /// later with [`Arch::with_in_dim`]). Case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "resnet18" => Ok(Arch::ResNet18),
+            "resnet34" => Ok(Arch::ResNet34),
+            "resnet50" => Ok(Arch::ResNet50),
+            "resnet101" => Ok(Arch::ResNet101),
+            "efficientnet-lite0" | "efficientnet_lite0" | "efficientnetlite0" => Ok(Arch::EfficientNetLite0),
+            "mlp" => Ok(Arch::Mlp { in_dim: 0, hidden: 512 }),
+            _ => Err(ModelError::UnknownArch(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl Arch {
+    /// The name [`FromStr`] accepts (`mlp` carries no dimensions).
+    pub fn name(&self) -> String {
+        match self {
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet34 => "resnet34",
+            Arch::ResNet50 => "resnet50",
+            Arch::ResNet101 => "resnet101",
+            Arch::EfficientNetLite0 => "efficientnet-lite0",
+            Arch::Mlp { .. } => "mlp",
+        }
+        .to_string()
+    }
+
+    /// Width of the feature vector the classifier reads (after global average pooling).
+    pub fn feature_dim(&self) -> i64 {
+        match self {
+            Arch::ResNet18 | Arch::ResNet34 => 512,
+            Arch::ResNet50 | Arch::ResNet101 => 2048,
+            Arch::EfficientNetLite0 => efficientnet::HEAD_CHANNELS,
+            Arch::Mlp { in_dim, hidden } => {
+                if *hidden > 0 {
+                    *hidden
+                } else {
+                    *in_dim
+                }
+            }
+        }
+    }
+
+    /// Whether the network reads images `[N, 3, H, W]` (otherwise feature vectors `[N, in_dim]`).
+    pub fn is_image(&self) -> bool {
+        !matches!(self, Arch::Mlp { .. })
+    }
+
+    /// The same architecture with the MLP's input width set (other architectures are unchanged).
+    pub fn with_in_dim(self, in_dim: i64) -> Arch {
+        match self {
+            Arch::Mlp { hidden, .. } => Arch::Mlp { in_dim, hidden },
+            other => other,
+        }
+    }
+}
+
+enum Backbone {
+    ResNet(resnet::ResNet),
+    EfficientNet(efficientnet::EfficientNet),
+    Mlp(mlp::Mlp),
+}
+
+/// A backbone plus a linear classifier producing one logit per class.
+pub struct Net {
+    arch: Arch,
+    /// The `VarStore` path of `root` in [`Net::new`] (empty for the root itself), "." separated.
+    prefix: String,
+    num_classes: i64,
+    backbone: Backbone,
+    fc: nn::Linear,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("arch", &self.arch)
+            .field("prefix", &self.prefix)
+            .field("num_classes", &self.num_classes)
+            .finish()
+    }
+}
+
+/// `log(p / (1 - p))`.
+pub fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+impl Net {
+    /// Builds the network under `root`, with the PyTorch checkpoint's own parameter names
+    /// (torchvision for ResNet: `conv1`, `bn1`, `layer1.0.conv1`, …, classifier `fc`; lukemelas
+    /// `efficientnet_pytorch` for EfficientNet-Lite0: `_conv_stem`, `_bn0`, `_blocks.N.…`,
+    /// `_conv_head`, `_bn1`, classifier `_fc`; MLP: `layers.0` (Linear), `layers.1` (BatchNorm1d),
+    /// classifier `fc`).
+    ///
+    /// With `prior = Some(p)` the classifier bias starts at `logit(p)` for every class (method.md:
+    /// the bias starts at logit(0.01)); otherwise it keeps PyTorch's default uniform init.
+    ///
+    /// Panics only on programmer errors (an `Mlp` with `in_dim <= 0`, `num_classes <= 0`, or a
+    /// prior outside (0, 1)); validate user input before calling.
+    pub fn new(root: &nn::Path, arch: &Arch, num_classes: i64, prior: Option<f64>) -> Net {
+        assert!(num_classes > 0, "Net::new: num_classes must be positive, got {num_classes}");
+        let backbone = match arch {
+            Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 | Arch::ResNet101 => {
+                Backbone::ResNet(resnet::ResNet::new(root, arch))
+            }
+            Arch::EfficientNetLite0 => Backbone::EfficientNet(efficientnet::EfficientNet::new(root)),
+            Arch::Mlp { in_dim, hidden } => {
+                assert!(*in_dim > 0, "Net::new: Mlp in_dim must be set (Arch::with_in_dim), got {in_dim}");
+                Backbone::Mlp(mlp::Mlp::new(root, *in_dim, *hidden))
+            }
+        };
+        let prefix_name = classifier_prefix(arch);
+        let fc = nn::linear(root / prefix_name, arch.feature_dim(), num_classes, Default::default());
+        if let Some(p) = prior {
+            assert!(p > 0.0 && p < 1.0, "Net::new: prior must be in (0, 1), got {p}");
+            if let Some(bs) = &fc.bs {
+                tch::no_grad(|| {
+                    let _ = bs.shallow_clone().fill_(logit(p));
+                });
+            }
+        }
+        Net { arch: arch.clone(), prefix: root.components().collect::<Vec<_>>().join("."), num_classes, backbone, fc }
+    }
+
+    /// Features after global average pooling, `[N, feature_dim]`. `train` selects batch-norm's
+    /// batch statistics (and updates the running ones) versus the running statistics.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.backbone {
+            Backbone::ResNet(m) => m.features_t(x, train),
+            Backbone::EfficientNet(m) => m.features_t(x, train),
+            Backbone::Mlp(m) => m.features_t(x, train),
+        }
+    }
+
+    /// Classifier logits `[N, C]` from features `[N, feature_dim]`.
+    pub fn head(&self, features: &Tensor) -> Tensor {
+        features.apply(&self.fc)
+    }
+
+    /// `head(features_t(x, train))`: logits `[N, C]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.head(&self.features_t(x, train))
+    }
+
+    /// The classifier's module name: `"fc"` (ResNet, MLP) or `"_fc"` (EfficientNet-Lite0).
+    pub fn classifier_prefix(&self) -> &'static str {
+        classifier_prefix(&self.arch)
+    }
+
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    /// The `VarStore` path the network was built under ("" for the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+fn classifier_prefix(arch: &Arch) -> &'static str {
+    match arch {
+        Arch::EfficientNetLite0 => "_fc",
+        _ => "fc",
+    }
+}
+
+/// Dlopens `libtorch_cuda.so` so that CUDA is visible to tch: rustc links with `--as-needed`, which
+/// drops the library because no symbol of it is referenced directly, and libtorch then reports no
+/// CUDA device. Failures are ignored (CPU-only machines and CPU-only libtorch builds).
+pub fn init_cuda() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut candidates: Vec<String> = Vec::new();
+        // The libtorch the crate was built against (`.cargo/config.toml` sets LIBTORCH), then the
+        // dynamic loader's own search (RUNPATH, LD_LIBRARY_PATH).
+        if let Some(dir) = option_env!("LIBTORCH") {
+            candidates.push(format!("{dir}/lib/libtorch_cuda.so"));
+        }
+        candidates.push("libtorch_cuda.so".to_string());
+        for name in &candidates {
+            // SAFETY: loading libtorch's own CUDA library runs its static initialisers, which only
+            // register CUDA kernels and hooks with the already loaded libtorch.
+            if let Ok(lib) = unsafe { libloading::Library::new(name) } {
+                // Keep it loaded for the life of the process.
+                std::mem::forget(lib);
+                return;
+            }
+        }
+    });
+}
