@@ -1,0 +1,135 @@
+//! The tagging pipeline: a producer thread decodes and resizes one batch of files at a time on a
+//! rayon pool, straight into the batch's NCHW buffer, and hands finished batches to the
+//! inference loop through a bounded channel. Decoding batch k+1 overlaps inference on batch k;
+//! at most `QUEUE + 2` batches exist at once, so memory stays flat however large the folder is.
+//! Batches travel in order, so results come out in the order of the image list.
+
+use crate::walk::ImageFile;
+use anyhow::{anyhow, bail, Context, Result};
+use crate::prep::{decode_file, normalize_into, squish, Preprocess};
+use crossbeam_channel::bounded;
+use ort::session::Session;
+use ort::value::TensorRef;
+use rayon::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+/// Batches decoded ahead of the one being inferred.
+const QUEUE: usize = 2;
+
+/// One decoded batch: the successfully decoded images' tensors packed at the front of `data`.
+struct Batch {
+    /// Index range of the image list this batch covers.
+    start: usize,
+    /// Per file of the range: `Ok(row)` (its row in `data`) or `Err(reason)`.
+    rows: Vec<Result<usize, String>>,
+    data: Vec<f32>,
+}
+
+/// What happened to one image, in list order.
+pub enum Outcome<'a> {
+    Scores(&'a [f32]),
+    Failed(&'a str),
+}
+
+/// How to run: batch size, decode threads, and the model's input/output.
+pub struct Plan<'a> {
+    pub pre: &'a Preprocess,
+    pub batch: usize,
+    pub decode_threads: usize,
+    pub input: &'a str,
+    pub output: &'a str,
+    pub num_classes: usize,
+    /// Pad every batch to this many rows (models whose graph fixes the batch size).
+    pub pad_to: Option<usize>,
+}
+
+/// Decode, resize and normalise one file into `out` (3·H·W floats, CHW). Panics inside the
+/// decoders are caught and reported as a reason like any other failure.
+fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), String> {
+    let work = || -> Result<(), String> {
+        let img = decode_file(path, pre.max_pixels).map_err(|e| e.to_string())?;
+        let img = squish(&img, pre.width, pre.height);
+        normalize_into(&img, pre.mean, pre.std, out);
+        Ok(())
+    };
+    match catch_unwind(AssertUnwindSafe(work)) {
+        Ok(r) => r,
+        Err(_) => Err("the image decoder crashed on this file".to_string()),
+    }
+}
+
+/// Decode `files` (one batch) in parallel; failed slots are squeezed out of the buffer.
+fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: usize) -> Batch {
+    let mut data = vec![0f32; files.len() * per_image];
+    let results: Vec<Result<(), String>> =
+        data.par_chunks_mut(per_image).zip(files.par_iter()).map(|(slot, f)| load_into(pre, &f.path, slot)).collect();
+    let mut rows = Vec::with_capacity(files.len());
+    let mut next = 0;
+    for (slot, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => {
+                if slot != next {
+                    data.copy_within(slot * per_image..(slot + 1) * per_image, next * per_image);
+                }
+                rows.push(Ok(next));
+                next += 1;
+            }
+            Err(reason) => rows.push(Err(reason)),
+        }
+    }
+    data.truncate(next * per_image);
+    Batch { start, rows, data }
+}
+
+/// Tag `files` with `session`, calling `sink(index, outcome)` once per file in list order.
+pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: impl FnMut(usize, Outcome) -> Result<()>) -> Result<()> {
+    let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
+    let per_image = 3 * h * w;
+    let batch = plan.pad_to.unwrap_or(plan.batch).max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(plan.decode_threads.max(1))
+        .thread_name(|i| format!("cls-decode-{i}"))
+        .build()
+        .context("cannot start the decoding threads")?;
+    let (tx, rx) = bounded::<Batch>(QUEUE);
+    std::thread::scope(|scope| -> Result<()> {
+        let producer = scope.spawn(move || {
+            for (k, chunk) in files.chunks(batch).enumerate() {
+                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image));
+                if tx.send(b).is_err() {
+                    break; // the inference loop stopped on an error
+                }
+            }
+        });
+        for mut b in rx.iter() {
+            let n = b.data.len() / per_image;
+            let mut probs: &[f32] = &[];
+            let outputs;
+            if n > 0 {
+                let rows = plan.pad_to.unwrap_or(n);
+                b.data.resize(rows * per_image, 0.0);
+                let tensor = TensorRef::from_array_view(([rows, 3, h, w], b.data.as_slice()))
+                    .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+                outputs = session
+                    .run(ort::inputs![plan.input => tensor])
+                    .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
+                let value = outputs.get(plan.output).with_context(|| format!("the model produced no output {:?}", plan.output))?;
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {:?} is not float32: {e}", plan.output))?;
+                if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != plan.num_classes {
+                    bail!("the output {:?} has shape {:?}; expected [{rows}, {}]", plan.output, &shape[..], plan.num_classes);
+                }
+                probs = data;
+            }
+            for (offset, row) in b.rows.iter().enumerate() {
+                let outcome = match row {
+                    Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),
+                    Err(reason) => Outcome::Failed(reason),
+                };
+                sink(b.start + offset, outcome)?;
+            }
+        }
+        producer.join().map_err(|_| anyhow!("the decoding thread crashed"))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,201 @@
+//! One cls-infer run, top to bottom: list and shard the folder, load the model, read the ground
+//! truth and baseline (so bad input fails before any work), tag, then evaluate and compare.
+
+use crate::model::{self, ModelInfo};
+use crate::output::{error_line, tag_line, write_file, Output};
+use crate::pipeline::{self, Outcome, Plan};
+use crate::shard::Shard;
+use crate::truth::{preview, resolve, Truth};
+use crate::walk::{self, EXTENSIONS};
+use crate::{runtime, Cli};
+use anyhow::{bail, Context, Result};
+use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
+use crate::prep::Preprocess;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ndarray::Array2;
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Exit statuses other than the fatal one (2, from `main`).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_UNREADABLE: u8 = 1;
+pub const EXIT_REGRESSION: u8 = 3;
+
+fn progress(len: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, ETA {eta}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn read_baseline(path: &std::path::Path) -> Result<Metrics> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--baseline {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("--baseline {}: not a metrics JSON written by cls-infer --metrics-out or cls-train", path.display()))
+}
+
+/// Run with the parsed command line; returns the exit status, or an error (exit 2).
+pub fn run(cli: &Cli) -> Result<u8> {
+    if let Some(t) = cli.threshold {
+        if !t.is_finite() {
+            bail!("--threshold {t} is not a number");
+        }
+    }
+    if !(cli.tolerance.is_finite() && cli.tolerance >= 0.0) {
+        bail!("--tolerance {} must be a non-negative number", cli.tolerance);
+    }
+    let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
+    let size = cli.size.as_deref().map(model::parse_size).transpose()?;
+    let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
+    let threads = cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    // The folder.
+    let listing = walk::list_images(&cli.images, cli.follow_links)?;
+    if listing.images.is_empty() {
+        bail!("no images under {} (looked for the extensions {} in any case)", cli.images.display(), EXTENSIONS.join(", "));
+    }
+    let range = shard.range(listing.images.len());
+    let files = &listing.images[range.clone()];
+
+    // The model.
+    if !cli.model.is_file() {
+        bail!("--model {}: no such file", cli.model.display());
+    }
+    let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
+    let (mut session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
+    let info: ModelInfo = {
+        let meta = session.metadata().map_err(|e| anyhow::anyhow!("cannot read the model's metadata: {e}"))?;
+        model::describe(|k| meta.custom(k), classes, size).with_context(|| format!("--model {}", cli.model.display()))?
+    };
+    let io = model::io(&session, &info).with_context(|| format!("--model {}", cli.model.display()))?;
+    for note in &info.notes {
+        eprintln!("cls-infer: note: {note}");
+    }
+    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
+    let mut batch = cli.batch as usize;
+    if let Some(fixed) = io.fixed_batch {
+        if fixed != batch {
+            eprintln!("cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
+            batch = fixed;
+        }
+    }
+    eprintln!(
+        "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
+        files.len(),
+        if shard.is_whole() { String::new() } else { format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len()) },
+    );
+
+    // Ground truth and baseline, before any work.
+    let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, &info.classes)).transpose()?;
+    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
+    if let Some(t) = &truth {
+        for note in &t.notes {
+            eprintln!("cls-infer: note: {note}");
+        }
+    }
+
+    // Tag.
+    let mut out = Output::create(cli.out.as_deref())?;
+    let mut errors_out = cli.errors.as_deref().map(|p| Output::create(Some(p))).transpose()?;
+    let mut n_errors = 0usize;
+    let mut report = |path: &str, reason: &str, errors_out: &mut Option<Output>, bar: Option<&ProgressBar>| -> Result<()> {
+        n_errors += 1;
+        let msg = format!("cls-infer: skipped {path}: {reason}");
+        match bar {
+            Some(b) => b.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+        errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
+    };
+    if shard.index == 0 {
+        for p in &listing.problems {
+            report(&p.path, &p.reason, &mut errors_out, None)?;
+        }
+    }
+    let pre = Preprocess { height: info.height, width: info.width, mean: info.mean, std: info.std, ..Preprocess::imagenet(info.height, info.width) };
+    let plan = Plan {
+        pre: &pre,
+        batch,
+        decode_threads: threads,
+        input: &io.input,
+        output: &io.output,
+        num_classes: info.classes.len(),
+        pad_to: io.fixed_batch,
+    };
+    let top_k = cli.top_k.map(|k| k as usize);
+    let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::new(), 0usize);
+    let bar = progress(files.len());
+    let started = Instant::now();
+    let mut tagged = 0usize;
+    pipeline::run(files, &plan, &mut session, |i, outcome| {
+        bar.inc(1);
+        match outcome {
+            Outcome::Scores(scores) => {
+                tagged += 1;
+                out.line(&tag_line(&files[i].rel, &info.classes, scores, threshold, top_k))?;
+                if let Some(t) = &truth {
+                    match t.row_of(&resolve(&files[i].path)) {
+                        Some(row) => {
+                            gt_rows.push(row);
+                            gt_scores.extend_from_slice(scores);
+                        }
+                        None => no_truth += 1,
+                    }
+                }
+                Ok(())
+            }
+            Outcome::Failed(reason) => report(&files[i].rel, reason, &mut errors_out, Some(&bar)),
+        }
+    })?;
+    bar.finish_and_clear();
+    out.finish()?;
+    if let Some(e) = errors_out {
+        e.finish()?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "cls-infer: tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)",
+        tagged as f64 / secs.max(1e-9)
+    );
+
+    // Metrics.
+    let mut status = if cli.strict && n_errors > 0 { EXIT_UNREADABLE } else { EXIT_OK };
+    if let Some(t) = &truth {
+        let all: HashSet<PathBuf> = listing.images.iter().map(|f| resolve(&f.path)).collect();
+        let orphans = t.entries_without_image(&all);
+        if !orphans.is_empty() {
+            eprintln!("cls-infer: {} ground-truth entries have no image under {}: {}", orphans.len(), cli.images.display(), preview(&orphans));
+        }
+        if no_truth > 0 {
+            eprintln!("cls-infer: {no_truth} tagged images have no ground truth (left out of the metrics)");
+        }
+        if gt_rows.is_empty() {
+            bail!("none of the tagged images is in the ground truth {}: no metrics", cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        }
+        let scores = Array2::from_shape_vec((gt_rows.len(), info.classes.len()), gt_scores)?;
+        let targets = t.targets.select(ndarray::Axis(0), &gt_rows);
+        let metrics = evaluate(scores.view(), targets.view(), threshold).context("cannot compute the metrics")?;
+        eprint!("{}", metrics.table());
+        if let Some(path) = &cli.metrics_out {
+            write_file(path, &serde_json::to_string_pretty(&metrics)?)?;
+        }
+        if let Some(base) = &baseline {
+            let dropped = regressions(base, &metrics, cli.tolerance);
+            eprint!("{}", comparison_table(base, &metrics));
+            if dropped.is_empty() {
+                eprintln!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
+            } else {
+                for r in &dropped {
+                    eprintln!("cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})", r.metric, r.old, r.new, r.diff, cli.tolerance);
+                }
+                status = EXIT_REGRESSION;
+            }
+        }
+    }
+    Ok(status)
+}
