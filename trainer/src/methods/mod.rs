@@ -1,0 +1,275 @@
+//! Every training method's label selection and loss, as pure tensor code.
+//!
+//! The training loop forwards one or two networks, hands their logits to [`Method::step`] with a
+//! [`StepCtx`], back-propagates [`StepOut::loss`] and calls [`Method::after_backward`]. Nothing in
+//! this module touches optimizers of the networks, data loading or logging.
+//!
+//! All formulas follow `shared/docs/method.md` ("One CLS step", "Schedules", "Ablations",
+//! "Baselines"); equation numbers in doc comments refer to the paper's equations as listed there.
+//! Every method except the CLS family (whose `--reduction` is a flag) uses the *sum* reduction:
+//! the sum over the entries that count, divided by the batch size B.
+
+pub mod an;
+pub mod asl;
+pub mod cls;
+pub mod coteaching;
+pub mod em;
+pub mod epr;
+pub mod hill;
+pub mod jocor;
+pub mod ll;
+pub mod losses;
+pub mod role;
+pub mod schedule;
+pub mod selection;
+pub mod splc;
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+/// Hyper-parameters of every method (one struct so the CLI and the run record stay simple).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MethodConfig {
+    /// τ_h: final peer-removal rate of CLS ("Schedules"), default 0.012.
+    pub tau_h: f64,
+    /// τ_l: final self-removal rate of CLS ("Schedules"), default 0.06.
+    pub tau_l: f64,
+    /// E_k: epochs over which every rate ramps up linearly, default 10.
+    pub e_k: f64,
+    /// Reduction of eq. (7)–(8) for the CLS family; every other method always uses [`Reduction::Sum`].
+    pub reduction: Reduction,
+    /// k, the expected number of positives per image (EPR, ROLE, `--tau-h auto`), default 3.0.
+    pub expected_positives: f64,
+    /// LL-R/LL-Ct/LL-Cp growth of the rejected fraction per epoch, in percent of the B·C entries;
+    /// `None` → the method's default (0.5 / 0.2 / 0.1).
+    pub ll_delta: Option<f64>,
+    /// Co-teaching / Co-teaching+ / JoCoR forget rate τ, default 0.2.
+    pub forget_rate: f64,
+    /// JoCoR's λ, default 0.5.
+    pub jocor_lambda: f64,
+    /// EM's entropy weight α, default 0.1.
+    pub em_alpha: f64,
+    /// Epochs of plain Co-teaching before Co-teaching+ restricts itself to disagreements, default 1.
+    pub coteach_plus_warmup: usize,
+    /// AN-LS smoothing ε (targets become ε/2 and 1 − ε/2), default 0.1.
+    pub label_smoothing: f64,
+    /// ROLE's estimate learning rate as a multiple of the network's, default 10.
+    pub role_lr_mult: f64,
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        MethodConfig {
+            tau_h: 0.012,
+            tau_l: 0.06,
+            e_k: 10.0,
+            reduction: Reduction::Sum,
+            expected_positives: 3.0,
+            ll_delta: None,
+            forget_rate: 0.2,
+            jocor_lambda: 0.5,
+            em_alpha: 0.1,
+            coteach_plus_warmup: 1,
+            label_smoothing: 0.1,
+            role_lr_mult: 10.0,
+        }
+    }
+}
+
+impl MethodConfig {
+    /// Rejects values outside their meaningful ranges, naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let unit = [
+            ("tau_h", self.tau_h),
+            ("tau_l", self.tau_l),
+            ("forget_rate", self.forget_rate),
+            ("jocor_lambda", self.jocor_lambda),
+            ("label_smoothing", self.label_smoothing),
+        ];
+        for (name, v) in unit {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("method config: {name} = {v} must lie in [0, 1]");
+            }
+        }
+        let non_negative = [
+            ("e_k", self.e_k),
+            ("expected_positives", self.expected_positives),
+            ("em_alpha", self.em_alpha),
+            ("ll_delta", self.ll_delta.unwrap_or(0.0)),
+        ];
+        for (name, v) in non_negative {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("method config: {name} = {v} must be a finite number >= 0");
+            }
+        }
+        if !(self.role_lr_mult > 0.0 && self.role_lr_mult.is_finite()) {
+            bail!("method config: role_lr_mult = {} must be > 0", self.role_lr_mult);
+        }
+        Ok(())
+    }
+}
+
+/// How eq. (7)–(8) reduce the per-entry losses of a label set ("One CLS step", Reduction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    /// Each sample's loss is the sum over its kept entries; the batch loss divides by B.
+    #[default]
+    Sum,
+    /// Each sample's loss is the mean over its kept entries, then averaged over B.
+    Mean,
+}
+
+impl FromStr for Reduction {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sum" => Ok(Reduction::Sum),
+            "mean" => Ok(Reduction::Mean),
+            other => bail!("unknown reduction {other:?}: expected \"sum\" or \"mean\""),
+        }
+    }
+}
+
+impl fmt::Display for Reduction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reduction::Sum => "sum",
+            Reduction::Mean => "mean",
+        })
+    }
+}
+
+/// What the loop passes each step.
+pub struct StepCtx<'a> {
+    /// [B, C] f32 observed labels: 1 observed positive, 0 unannotated, -1 observed negative.
+    pub y: &'a Tensor,
+    /// [B] i64 training-set row of each sample (ROLE / LL-Cp state).
+    pub indices: &'a Tensor,
+    /// Completed epochs e (0 during the first epoch).
+    pub epoch: usize,
+    /// The network's current learning rate (ROLE's estimate lr = role_lr_mult × lr).
+    pub lr: f64,
+}
+
+/// What a method returns each step.
+pub struct StepOut {
+    /// One scalar to back-propagate: the sum over networks of their losses (their parameters are
+    /// disjoint, so each network gets the gradient of its own loss).
+    pub loss: Tensor,
+    /// Each network's loss value, for logging.
+    pub per_net: Vec<f64>,
+    /// Per network, a [B, C] bool mask of the unannotated entries that the selection removed or
+    /// corrected as likely positives; empty when the method selects nothing.
+    pub flagged: Vec<Tensor>,
+}
+
+/// A training method: selection plus loss over one or two networks' logits.
+pub trait Method: Send {
+    /// The method's name, one of [`METHODS`].
+    fn name(&self) -> &'static str;
+    /// How many networks the loop must train (1 or 2).
+    fn num_networks(&self) -> usize;
+    /// One step; `logits` holds one [B, C] tensor per network (any float kind: computed in f32).
+    fn step(&mut self, logits: &[Tensor], ctx: &StepCtx) -> StepOut;
+    /// Called after `loss.backward()`; ROLE steps its estimate optimizer here.
+    fn after_backward(&mut self, _ctx: &StepCtx) {}
+    /// Persistent state saved in checkpoints (ROLE's estimates, LL-Cp's corrected labels).
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![]
+    }
+    /// Restores what [`Method::state`] returned.
+    fn load_state(&mut self, _state: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every method [`build`] knows, in the order of method.md.
+pub const METHODS: &[&str] = &[
+    "cls", "cls-h", "cls-l", "clc", "an", "an-ls", "wan", "epr", "role", "asl", "hill", "splc",
+    "ll-r", "ll-ct", "ll-cp", "em", "co-teaching", "co-teaching-plus", "jocor",
+];
+
+/// Builds the method called `name`; `n_train` rows and `n_classes` columns size the persistent
+/// state of ROLE and LL-Cp.
+pub fn build(
+    name: &str,
+    cfg: &MethodConfig,
+    n_train: i64,
+    n_classes: i64,
+    device: Device,
+) -> Result<Box<dyn Method>> {
+    cfg.validate()?;
+    if n_train <= 0 || n_classes <= 0 {
+        bail!("method {name}: need a positive training-set size and class count, got {n_train} × {n_classes}");
+    }
+    let m: Box<dyn Method> = match name {
+        "cls" => Box::new(cls::Cls::new(cls::Variant::Cls, cfg)),
+        "cls-h" => Box::new(cls::Cls::new(cls::Variant::ClsH, cfg)),
+        "cls-l" => Box::new(cls::Cls::new(cls::Variant::ClsL, cfg)),
+        "clc" => Box::new(cls::Cls::new(cls::Variant::Clc, cfg)),
+        "an" => Box::new(an::An::plain()),
+        "an-ls" => Box::new(an::An::label_smoothing(cfg.label_smoothing)),
+        "wan" => Box::new(an::An::weighted(n_classes)),
+        "epr" => Box::new(epr::Epr::new(cfg.expected_positives)),
+        "role" => Box::new(role::Role::new(cfg, n_train, n_classes, device)?),
+        "asl" => Box::new(asl::Asl::default()),
+        "hill" => Box::new(hill::Hill::default()),
+        "splc" => Box::new(splc::Splc::default()),
+        "ll-r" | "ll-ct" | "ll-cp" => {
+            let mode = match name {
+                "ll-r" => ll::Mode::Reject,
+                "ll-ct" => ll::Mode::CorrectTemporary,
+                _ => ll::Mode::CorrectPermanent,
+            };
+            Box::new(ll::LargeLoss::new(mode, cfg.ll_delta, n_train, n_classes, device))
+        }
+        "em" => Box::new(em::Em::new(cfg.em_alpha)),
+        "co-teaching" => Box::new(coteaching::CoTeaching::new(cfg, false)),
+        "co-teaching-plus" => Box::new(coteaching::CoTeaching::new(cfg, true)),
+        "jocor" => Box::new(jocor::JoCoR::new(cfg)),
+        other => bail!("unknown method {other:?}; known methods: {}", METHODS.join(", ")),
+    };
+    Ok(m)
+}
+
+/// The paper's (τ_h, τ_l) for VOC 2007, COCO and NUS-WIDE ("Paper defaults").
+///
+/// `dataset_hint` is matched case-insensitively by substring ("voc", "coco", "nus");
+/// `partial` is the fraction of positives left (0.75, 0.5, 0.25) or "single". `None` otherwise.
+pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
+    let hint = dataset_hint.to_ascii_lowercase();
+    let (tau_hs, tau_l) = if hint.contains("voc") {
+        ([0.002, 0.003, 0.005, 0.005], 0.02)
+    } else if hint.contains("coco") {
+        ([0.005, 0.010, 0.012, 0.012], 0.06)
+    } else if hint.contains("nus") {
+        ([0.006, 0.012, 0.020, 0.020], 0.06)
+    } else {
+        return None;
+    };
+    let p = partial.trim().to_ascii_lowercase();
+    let column = if p == "single" {
+        3
+    } else {
+        let f: f64 = p.parse().ok()?;
+        [0.75, 0.5, 0.25].iter().position(|&v| (v - f).abs() < 1e-9)?
+    };
+    Some((tau_hs[column], tau_l))
+}
+
+/// `--tau-h auto` ("Paper defaults"): h = (k − k_obs)/(C − k_obs), the share of unannotated
+/// entries that are hidden positives; τ_h = h/2, clamped to [0, 0.5] (0 when undefined).
+pub fn auto_tau_h(k_expected: f64, k_observed: f64, n_classes: f64) -> f64 {
+    let h = (k_expected - k_observed) / (n_classes - k_observed);
+    if h.is_finite() && n_classes > k_observed {
+        (h / 2.0).clamp(0.0, 0.5)
+    } else {
+        0.0
+    }
+}
