@@ -1,2 +1,295 @@
+//! Tests of trainer/src/methods against independent f64 references written here with plain loops
+//! (method.md "One CLS step", "Schedules", "Ablations", "Baselines").
+
+use cls_trainer::methods::losses::floor_count;
+use cls_trainer::methods::schedule::keep_rate;
+use cls_trainer::methods::selection::co_label_select;
 use cls_trainer::methods::*;
-#[test] fn builds() { for m in METHODS { build(m, &MethodConfig::default(), 4, 3, tch::Device::Cpu).unwrap(); } }
+use tch::{Device, Kind, Tensor};
+
+type M = Vec<Vec<f64>>;
+
+// ---------- f64 reference pieces ----------
+
+fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+/// −ln σ(x)
+fn nlp(x: f64) -> f64 {
+    softplus(-x)
+}
+/// −ln(1 − σ(x))
+fn nl1p(x: f64) -> f64 {
+    softplus(x)
+}
+fn sig(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+fn bce(x: f64, t: f64) -> f64 {
+    t * nlp(x) + (1.0 - t) * nl1p(x)
+}
+fn flat(m: &M) -> Vec<f64> {
+    m.iter().flatten().copied().collect()
+}
+/// Indices of `cands` ordered by value (ascending or descending), ties by index, first `count`.
+fn pick_ref(vals: &[f64], cands: &[usize], count: usize, largest: bool) -> Vec<usize> {
+    let mut c = cands.to_vec();
+    c.sort_by(|&a, &b| {
+        let o = vals[a].partial_cmp(&vals[b]).unwrap();
+        (if largest { o.reverse() } else { o }).then(a.cmp(&b))
+    });
+    c.truncate(count);
+    c
+}
+fn count_ref(r: f64, n: usize) -> usize {
+    ((r * n as f64) + 1e-9).floor() as usize
+}
+fn rate_ref(e: usize, tau: f64) -> f64 {
+    1.0 - (e as f64 / 10.0 * tau).min(tau)
+}
+
+// ---------- tensor plumbing ----------
+
+fn t(m: &M) -> Tensor {
+    let (b, c) = (m.len() as i64, m[0].len() as i64);
+    let v: Vec<f32> = flat(m).iter().map(|&x| x as f32).collect();
+    Tensor::from_slice(&v).reshape([b, c])
+}
+fn vec_f(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).reshape([-1])).unwrap()
+}
+fn vec_b(t: &Tensor) -> Vec<bool> {
+    vec_f(&t.to_kind(Kind::Double)).iter().map(|&v| v != 0.0).collect()
+}
+fn set(mask: &[bool]) -> Vec<usize> {
+    mask.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect()
+}
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: got {a}, expected {b}");
+}
+
+/// Runs one step of `name` and returns (loss, per_net, flagged as index sets).
+fn run(name: &str, cfg: &MethodConfig, logits: &[M], y: &M, epoch: usize) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
+    let mut m = build(name, cfg, y.len() as i64, y[0].len() as i64, Device::Cpu).unwrap();
+    run_on(m.as_mut(), logits, y, &(0..y.len() as i64).collect::<Vec<_>>(), epoch)
+}
+fn run_on(m: &mut dyn Method, logits: &[M], y: &M, idx: &[i64], epoch: usize) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
+    let (yt, it) = (t(y), Tensor::from_slice(idx));
+    let ctx = StepCtx { y: &yt, indices: &it, epoch, lr: 1e-3 };
+    let ls: Vec<Tensor> = logits.iter().map(t).collect();
+    let out = m.step(&ls, &ctx);
+    assert_eq!(out.per_net.len(), m.num_networks());
+    let flagged = out.flagged.iter().map(|f| set(&vec_b(f))).collect();
+    (vec_f(&out.loss)[0], out.per_net, flagged)
+}
+
+/// A deterministic generator of quantised logits (many exact ties) and labels.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn logits(&mut self, b: usize, c: usize) -> M {
+        (0..b).map(|_| (0..c).map(|_| (self.next() % 17) as f64 * 0.5 - 4.0).collect()).collect()
+    }
+    fn labels(&mut self, b: usize, c: usize) -> M {
+        (0..b)
+            .map(|_| (0..c).map(|_| [1.0, 0.0, 0.0, 0.0, 0.0, -1.0][(self.next() % 6) as usize]).collect())
+            .collect()
+    }
+}
+
+// ---------- schedule and selection, eq. (1)–(6) ----------
+
+#[test]
+fn schedule_ramps_over_completed_epochs() {
+    assert_eq!(keep_rate(0, 10.0, 0.06), 1.0);
+    close(keep_rate(1, 10.0, 0.06), 0.994, "e=1");
+    close(keep_rate(10, 10.0, 0.06), 0.94, "e=10");
+    close(keep_rate(11, 10.0, 0.06), 0.94, "e=11");
+    close(keep_rate(5, 10.0, 0.012), 0.994, "e=5 tau_h");
+    close(keep_rate(0, 0.0, 0.2), 0.8, "no ramp");
+    assert_eq!(floor_count(0.988, 1000), 988);
+    assert_eq!(floor_count(0.74, 4), 2);
+}
+
+#[test]
+fn selection_ties_go_to_the_lower_flat_index() {
+    let equal = Tensor::full([2, 3], 0.7, (Kind::Float, Device::Cpu));
+    let n = Tensor::ones([2, 3], (Kind::Bool, Device::Cpu));
+    // Peer: floor(0.5·6) = 3 smallest of six equal losses → flat 0, 1, 2.
+    // Self: floor(0.7·3) = 2 largest of those three → flat 0, 1.
+    let s = co_label_select(&equal, &equal, &n, 0.5, 0.7, true, true);
+    assert_eq!(set(&vec_b(&s.keep_f)), vec![0, 1]);
+    assert_eq!(set(&vec_b(&s.keep_g)), vec![0, 1]);
+    assert_eq!(set(&vec_b(&s.flagged_f)), vec![3, 4, 5]);
+}
+
+#[test]
+fn selection_hand_computed_with_positives_and_observed_negatives() {
+    // flat:          0    1    2    3     4    5
+    let loss_f = vec![vec![0.6, 0.1, 0.2], vec![0.01, 0.8, 0.05]];
+    let loss_g = vec![vec![0.1, 0.5, 0.3], vec![0.9, 0.2, 0.4]];
+    let y = vec![vec![1.0, 0.0, 0.0], vec![0.0, -1.0, 0.0]]; // N = {1, 2, 3, 5}
+    let n = t(&y).eq(0.0);
+    let s = co_label_select(&t(&loss_f), &t(&loss_g), &n, 0.75, 0.67, true, true);
+    // N_f: 3 smallest loss_g in N = {2 (0.3), 5 (0.4), 1 (0.5)}; N_f': 2 largest loss_f = {2, 1}.
+    assert_eq!(set(&vec_b(&s.keep_f)), vec![0, 1, 2, 4]);
+    assert_eq!(set(&vec_b(&s.flagged_f)), vec![3]);
+    // N_g: 3 smallest loss_f in N = {3 (0.01), 5 (0.05), 1 (0.1)}; N_g': 2 largest loss_g = {3, 1}.
+    assert_eq!(set(&vec_b(&s.keep_g)), vec![0, 1, 3, 4]);
+    assert_eq!(set(&vec_b(&s.flagged_g)), vec![2]);
+    // floor(0.74·4) = 2; without self selection N_f' = N_f = {2, 5}.
+    let s = co_label_select(&t(&loss_f), &t(&loss_g), &n, 0.74, 0.67, true, false);
+    assert_eq!(set(&vec_b(&s.keep_f)), vec![0, 2, 4, 5]);
+    // Without peer selection nothing is flagged and N_f = N: 2 largest loss_f of N = {2, 1}.
+    let s = co_label_select(&t(&loss_f), &t(&loss_g), &n, 0.5, 0.5, false, true);
+    assert_eq!(set(&vec_b(&s.keep_f)), vec![0, 1, 2, 4]);
+    assert!(set(&vec_b(&s.flagged_f)).is_empty());
+}
+
+/// Reference CLS selection for f (eq. 1, 3, 5): returns (kept flat indices' mask, flagged mask).
+fn cls_select_ref(own: &[f64], other: &[f64], y: &[f64], r_h: f64, r_l: f64, peer: bool, self_: bool) -> (Vec<bool>, Vec<bool>) {
+    let n: Vec<usize> = (0..y.len()).filter(|&i| y[i] == 0.0).collect();
+    let nf = if peer { pick_ref(other, &n, count_ref(r_h, n.len()), false) } else { n.clone() };
+    let nf2 = if self_ { pick_ref(own, &nf, count_ref(r_l, nf.len()), true) } else { nf.clone() };
+    let keep = (0..y.len()).map(|i| y[i] != 0.0 || nf2.contains(&i)).collect();
+    let flagged = (0..y.len()).map(|i| y[i] == 0.0 && !nf.contains(&i)).collect();
+    (keep, flagged)
+}
+
+#[test]
+fn selection_matches_reference_on_random_batches_with_ties() {
+    let mut rng = Lcg(7);
+    for case in 0..40 {
+        let (b, c) = (1 + case % 5, 2 + case % 7);
+        let (f, g, y) = (rng.logits(b, c), rng.logits(b, c), rng.labels(b, c));
+        let (lf, lg): (Vec<f64>, Vec<f64>) = (flat(&f).iter().map(|&x| nl1p(x)).collect(), flat(&g).iter().map(|&x| nl1p(x)).collect());
+        let (r_h, r_l) = (0.3 + 0.1 * (case % 6) as f64, 0.5 + 0.05 * (case % 9) as f64);
+        let s = co_label_select(&t(&f).softplus(), &t(&g).softplus(), &t(&y).eq(0.0), r_h, r_l, true, true);
+        let (kf, ff) = cls_select_ref(&lf, &lg, &flat(&y), r_h, r_l, true, true);
+        let (kg, fg) = cls_select_ref(&lg, &lf, &flat(&y), r_h, r_l, true, true);
+        assert_eq!(vec_b(&s.keep_f), kf, "case {case} keep_f");
+        assert_eq!(vec_b(&s.flagged_f), ff, "case {case} flagged_f");
+        assert_eq!(vec_b(&s.keep_g), kg, "case {case} keep_g");
+        assert_eq!(vec_b(&s.flagged_g), fg, "case {case} flagged_g");
+    }
+}
+
+// ---------- CLS family, eq. (7)–(8), ablations ----------
+
+fn cls_cfg(reduction: Reduction) -> MethodConfig {
+    MethodConfig { tau_h: 0.3, tau_l: 0.5, reduction, ..MethodConfig::default() }
+}
+
+/// Reference loss and d loss / d logits of one CLS-family network.
+fn cls_net_ref(own: &[f64], other: &[f64], y: &[f64], b: usize, epoch: usize, variant: &str, mean: bool) -> (f64, Vec<f64>, Vec<bool>) {
+    let (r_h, r_l) = (rate_ref(epoch, 0.3), rate_ref(epoch, 0.5));
+    let l0 = |v: &[f64]| v.iter().map(|&x| nl1p(x)).collect::<Vec<_>>();
+    let (keep, flagged) = cls_select_ref(&l0(own), &l0(other), y, r_h, r_l, variant != "cls-h", variant != "cls-l");
+    let clc = variant == "clc";
+    let c = y.len() / b;
+    let (mut loss, mut grad) = (0.0, vec![0.0; y.len()]);
+    for i in 0..b {
+        let row = i * c..(i + 1) * c;
+        let kept: Vec<usize> = row.filter(|&k| keep[k] || (clc && flagged[k])).collect();
+        let denom = if mean { (b * kept.len().max(1)) as f64 } else { b as f64 };
+        for &k in &kept {
+            let target = if y[k] == 1.0 || (clc && flagged[k]) { 1.0 } else { 0.0 };
+            loss += bce(own[k], target) / denom;
+            grad[k] = (sig(own[k]) - target) / denom;
+        }
+    }
+    (loss, grad, flagged)
+}
+
+/// Steps `name` with gradients; returns (per_net, [grad_f, grad_g], flagged).
+fn run_grad(name: &str, cfg: &MethodConfig, f: &M, g: &M, y: &M, epoch: usize) -> (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<bool>>) {
+    let mut m = build(name, cfg, y.len() as i64, y[0].len() as i64, Device::Cpu).unwrap();
+    let (ft, gt) = (t(f).set_requires_grad(true), t(g).set_requires_grad(true));
+    let (yt, it) = (t(y), Tensor::arange(y.len() as i64, (Kind::Int64, Device::Cpu)));
+    let out = m.step(&[ft.shallow_clone(), gt.shallow_clone()], &StepCtx { y: &yt, indices: &it, epoch, lr: 1e-3 });
+    out.loss.backward();
+    close(vec_f(&out.loss)[0], out.per_net.iter().sum(), "loss = sum of per_net");
+    (out.per_net, vec![vec_f(&ft.grad()), vec_f(&gt.grad())], out.flagged.iter().map(vec_b).collect())
+}
+
+#[test]
+fn cls_family_losses_gradients_and_flags_match_reference() {
+    let mut rng = Lcg(11);
+    for case in 0..10 {
+        let (b, c) = (2 + case % 4, 3 + case % 5);
+        let (f, g, y) = (rng.logits(b, c), rng.logits(b, c), rng.labels(b, c));
+        for variant in ["cls", "cls-h", "cls-l", "clc"] {
+            for (reduction, mean) in [(Reduction::Sum, false), (Reduction::Mean, true)] {
+                for epoch in [0, 4, 12] {
+                    let what = format!("case {case} {variant} {reduction} e={epoch}");
+                    let (per_net, grads, flagged) = run_grad(variant, &cls_cfg(reduction), &f, &g, &y, epoch);
+                    let (lf, gf, ff) = cls_net_ref(&flat(&f), &flat(&g), &flat(&y), b, epoch, variant, mean);
+                    let (lg, gg, fg) = cls_net_ref(&flat(&g), &flat(&f), &flat(&y), b, epoch, variant, mean);
+                    close(per_net[0], lf, &format!("{what} L^f"));
+                    close(per_net[1], lg, &format!("{what} L^g"));
+                    for k in 0..gf.len() {
+                        close(grads[0][k], gf[k], &format!("{what} dL/df[{k}]"));
+                        close(grads[1][k], gg[k], &format!("{what} dL/dg[{k}]"));
+                    }
+                    assert_eq!(flagged[0], ff, "{what} flagged_f");
+                    assert_eq!(flagged[1], fg, "{what} flagged_g");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ablations_differ_from_cls_exactly_where_they_should() {
+    let mut rng = Lcg(5);
+    let (b, c) = (4, 6);
+    let (f, g) = (rng.logits(b, c), rng.logits(b, c));
+    let y: M = (0..b).map(|i| (0..c).map(|j| if j == i { 1.0 } else { 0.0 }).collect()).collect();
+    let cfg = cls_cfg(Reduction::Sum);
+    let (_, cls, cls_flags) = run_grad("cls", &cfg, &f, &g, &y, 20);
+    let (_, cls_l, _) = run_grad("cls-l", &cfg, &f, &g, &y, 20);
+    let (_, clc, _) = run_grad("clc", &cfg, &f, &g, &y, 20);
+    let (_, cls_h, h_flags) = run_grad("cls-h", &cfg, &f, &g, &y, 20);
+    let ff = &cls_flags[0];
+    let n = flat(&y).iter().filter(|&&v| v == 0.0).count(); // 20 unannotated
+    assert_eq!(set(ff).len(), n - count_ref(0.7, n)); // peer removes 20 − floor(0.7·20) = 6
+    let self_removed = count_ref(0.7, n) - count_ref(0.5, count_ref(0.7, n)); // 14 − 7 = 7
+    // CLS removes its entries: zero gradient exactly at the peer- and self-removed ones.
+    assert_eq!(cls[0].iter().filter(|&&d| d == 0.0).count(), set(ff).len() + self_removed);
+    for k in 0..b * c {
+        let x = flat(&f)[k];
+        if ff[k] {
+            assert_eq!(cls[0][k], 0.0);
+            assert_eq!(cls_l[0][k], 0.0, "CLS-L still removes the peer-flagged entry {k}");
+            close(clc[0][k], (sig(x) - 1.0) / b as f64, "CLC trains flagged entries as positives");
+        } else {
+            assert_eq!(clc[0][k], cls[0][k], "CLC equals CLS off the flagged entries ({k})");
+            if cls[0][k] == 0.0 {
+                close(cls_l[0][k], sig(x) / b as f64, "CLS-L keeps the self-removed entries");
+            } else {
+                assert_eq!(cls_l[0][k], cls[0][k]);
+            }
+        }
+    }
+    // CLS-H flags nothing and keeps floor(0.5·|N|) negatives plus the positives.
+    assert!(set(&h_flags[0]).is_empty());
+    assert_eq!(cls_h[0].iter().filter(|&&d| d != 0.0).count(), count_ref(0.5, n) + b);
+}
+
+#[test]
+fn first_epoch_of_cls_is_plain_bce_on_everything() {
+    let mut rng = Lcg(3);
+    let (f, g, y) = (rng.logits(3, 5), rng.logits(3, 5), rng.labels(3, 5));
+    let (cls, _, flags) = run("cls", &MethodConfig::default(), &[f.clone(), g.clone()], &y, 0);
+    let (an_f, _, _) = run("an", &MethodConfig::default(), &[f], &y, 0);
+    let (an_g, _, _) = run("an", &MethodConfig::default(), &[g], &y, 0);
+    close(cls, an_f + an_g, "epoch 0 keeps every entry");
+    assert!(flags.iter().all(|f| f.is_empty()));
+}
