@@ -1,0 +1,113 @@
+//! The decoded-image cache: every image of a dataset is decoded once, in parallel, squished to
+//! one size and stored as uint8 HWC in a memory-mapped file keyed by the dataset and the size.
+//! Later runs with the same images and size reuse the file; each training step crops and flips
+//! from it, so no JPEG is decoded twice in a run (issue 3, "Data").
+
+use anyhow::{bail, Context, Result};
+use cls_core::preprocess::{decode_file, squish, Preprocess};
+use cls_core::Sample;
+use indicatif::{ProgressBar, ProgressStyle};
+use memmap2::{Mmap, MmapMut};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+/// Bump when the cache layout or the resize filter changes.
+const CACHE_VERSION: &str = "images-v1";
+
+pub struct ImageCache {
+    map: Mmap,
+    pub n: usize,
+    pub height: usize,
+    pub width: usize,
+    pub path: PathBuf,
+}
+
+impl ImageCache {
+    /// HWC uint8 pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let sz = self.height * self.width * 3;
+        &self.map[i * sz..(i + 1) * sz]
+    }
+
+    /// Open the cache for `samples` at `height`×`width`, building it first when missing.
+    pub fn open(samples: &[Sample], height: u32, width: u32, dir: &Path, label: &str) -> Result<ImageCache> {
+        let key = cache_key(samples, height, width)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating cache folder {}", dir.display()))?;
+        let path = dir.join(format!("{key}.u8"));
+        let (h, w) = (height as usize, width as usize);
+        let bytes = samples.len() * h * w * 3;
+        if !path.exists() {
+            build(samples, height, width, &path, bytes, label)?;
+        }
+        let file = std::fs::File::open(&path).with_context(|| format!("opening image cache {}", path.display()))?;
+        // SAFETY: the cache file is written once (to a temporary name, then renamed) and never
+        // modified afterwards; we only read it.
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        if map.len() != bytes {
+            bail!("image cache {} has {} bytes, expected {bytes}: delete it and rerun", path.display(), map.len());
+        }
+        Ok(ImageCache { map, n: samples.len(), height: h, width: w, path })
+    }
+}
+
+/// The key: image paths with their sizes and modification times, and the squish size.
+fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("{CACHE_VERSION} {height}x{width}\n"));
+    for s in samples {
+        let meta = std::fs::metadata(&s.path).with_context(|| format!("image {}", s.path.display()))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        h.update(format!("{}\t{}\t{mtime}\n", s.path.display(), meta.len()));
+    }
+    Ok(hex::encode(&h.finalize()[..12]))
+}
+
+fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize, label: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.set_len(bytes as u64)?;
+    // SAFETY: the temporary file is ours alone until renamed.
+    let mut map = unsafe { MmapMut::map_mut(&file) }?;
+    let sz = (height * width * 3) as usize;
+    let max_pixels = Preprocess::imagenet(height, width).max_pixels;
+    let bar = progress(samples.len(), &format!("decoding {label}"));
+    let errors: Vec<String> = map
+        .par_chunks_mut(sz.max(1))
+        .zip(samples.par_iter())
+        .filter_map(|(slot, s)| {
+            let r = decode_file(&s.path, max_pixels).map(|img| squish(&img, width, height));
+            bar.inc(1);
+            match r {
+                Ok(img) => {
+                    slot.copy_from_slice(img.as_raw());
+                    None
+                }
+                Err(e) => Some(format!("{}: {e}", s.path.display())),
+            }
+        })
+        .collect();
+    bar.finish_and_clear();
+    if !errors.is_empty() {
+        let _ = std::fs::remove_file(&tmp);
+        let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
+        bail!("{} image(s) of {label} could not be read:\n  {}", errors.len(), shown.join("\n  "));
+    }
+    map.flush()?;
+    drop(map);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+pub fn progress(n: usize, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}

@@ -1,0 +1,247 @@
+//! The training configuration: every knob is a command-line flag, the same names work as keys
+//! of a TOML file (`--config FILE`), and the resolved configuration is saved in the run folder
+//! (`config.toml`) so a run can be reproduced and resumed.
+//!
+//! Defaults are the paper's (method.md "Paper defaults"): Adam, weight decay 1e-4, batch 120,
+//! 100 epochs, learning rate 4e-5 with cosine decay to 0, E_k = 10.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::methods::{MethodConfig, Reduction};
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    // ---------------------------------------------------------------- data
+    /// Training data: a JSONL manifest, a COCO instances JSON (with --images), a VOC devkit
+    /// folder, a NUS-WIDE folder or a CSV feature table. Without it, the built-in synthetic
+    /// multi-label image dataset is generated and used.
+    #[arg(long, help_heading = "Data")]
+    pub data: Option<PathBuf>,
+    /// Image root for COCO (the folder holding the file_names of the JSON).
+    #[arg(long, help_heading = "Data")]
+    pub images: Option<PathBuf>,
+    /// Validation data, same kind as --data. Default: 20% of train held out with a fixed seed.
+    #[arg(long, help_heading = "Data")]
+    pub val: Option<PathBuf>,
+    /// Image root for a COCO --val.
+    #[arg(long, help_heading = "Data")]
+    pub val_images: Option<PathBuf>,
+    /// Test data, same kind as --data (evaluated at the best epoch, never used for choices).
+    #[arg(long, help_heading = "Data")]
+    pub test: Option<PathBuf>,
+    /// Image root for a COCO --test.
+    #[arg(long, help_heading = "Data")]
+    pub test_images: Option<PathBuf>,
+    /// Split names for VOC / NUS-WIDE folders: train split (the test split is --test-split).
+    #[arg(long, help_heading = "Data")]
+    pub split: Option<String>,
+    /// Test split for VOC / NUS-WIDE when --test names the same folder.
+    #[arg(long, help_heading = "Data")]
+    pub test_split: Option<String>,
+    /// CSV feature tables: the number of label columns at the end of each row.
+    #[arg(long, help_heading = "Data")]
+    pub label_columns: Option<usize>,
+    /// A class list (one name per line) for JSONL manifests.
+    #[arg(long, help_heading = "Data")]
+    pub classes: Option<PathBuf>,
+    /// COCO: keep images without annotations.
+    #[arg(long, help_heading = "Data")]
+    pub keep_empty: bool,
+    /// Fraction of validation held out of train when no --val is given.
+    #[arg(long, default_value_t = 0.2, help_heading = "Data")]
+    pub val_fraction: f64,
+    /// Cache folder for decoded images and backbone features (default: ~/.cache/cls-rs).
+    #[arg(long, help_heading = "Data")]
+    pub cache_dir: Option<PathBuf>,
+
+    // ---------------------------------------------------------------- partial labels
+    /// Partial-label protocol for the training labels: 0.75 | 0.5 | 0.25 (fraction of positives
+    /// left) | single | full | entry:P (every entry unknown with probability P).
+    #[arg(long, default_value = "single", help_heading = "Partial labels")]
+    pub partial: String,
+    /// Let an image lose all its positives under a fractional protocol.
+    #[arg(long, help_heading = "Partial labels")]
+    pub allow_empty: bool,
+    /// Externally supplied observed training labels (SPML .npy, or the Hill/SPLC `name,i j k` text).
+    #[arg(long, help_heading = "Partial labels")]
+    pub observed: Option<PathBuf>,
+
+    // ---------------------------------------------------------------- method
+    /// Method: cls, cls-h, cls-l, clc, an, an-ls, wan, epr, role, asl, hill, splc, ll-r, ll-ct,
+    /// ll-cp, em, co-teaching, co-teaching-plus, jocor.
+    #[arg(long, default_value = "cls", help_heading = "Method")]
+    pub method: String,
+    /// τ_h: final rate of peer removal of high-loss negatives, or `auto` (needs
+    /// --expected-positives). Default: method.md's table for VOC/COCO/NUS-WIDE, else 0.012.
+    #[arg(long, help_heading = "Method")]
+    pub tau_h: Option<String>,
+    /// τ_l: final rate of self removal of low-loss negatives. Default: 0.02 VOC, else 0.06.
+    #[arg(long, help_heading = "Method")]
+    pub tau_l: Option<f64>,
+    /// E_k: epochs over which the removal rates ramp up.
+    #[arg(long, default_value_t = 10.0, help_heading = "Method")]
+    pub e_k: f64,
+    /// Loss reduction for the CLS family: sum (per-sample sums, divided by B) or mean.
+    #[arg(long, default_value = "sum", help_heading = "Method")]
+    pub reduction: String,
+    /// Expected number of positives per image (EPR, ROLE, --tau-h auto).
+    #[arg(long, help_heading = "Method")]
+    pub expected_positives: Option<f64>,
+    /// LL-R/Ct/Cp: growth of the rejected/corrected fraction per epoch, in % of all B·C entries.
+    #[arg(long, help_heading = "Method")]
+    pub ll_delta: Option<f64>,
+    /// Co-teaching / Co-teaching+ / JoCoR forget rate τ.
+    #[arg(long, default_value_t = 0.2, help_heading = "Method")]
+    pub forget_rate: f64,
+    /// JoCoR's λ.
+    #[arg(long, default_value_t = 0.5, help_heading = "Method")]
+    pub jocor_lambda: f64,
+    /// EM's entropy weight α.
+    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
+    pub em_alpha: f64,
+
+    // ---------------------------------------------------------------- model
+    /// Backbone: resnet18, resnet34, resnet50, resnet101, efficientnet-lite0, mlp (feature tables).
+    #[arg(long, help_heading = "Model")]
+    pub backbone: Option<String>,
+    /// Pretrained weights: `imagenet` (EfficientNet-Lite0, converted by scripts/setup) or a
+    /// .safetensors state dict with the PyTorch names (scripts/convert-torchvision).
+    #[arg(long, help_heading = "Model")]
+    pub pretrained: Option<String>,
+    /// Train only the classifier; backbone features are computed once per image and cached.
+    #[arg(long, help_heading = "Model")]
+    pub freeze_backbone: bool,
+    /// The classifier's learning rate as a multiple of the backbone's.
+    #[arg(long, default_value_t = 10.0, help_heading = "Model")]
+    pub head_lr_mult: f64,
+    /// The classifier bias starts at logit(prior); default: the observed positive rate of the
+    /// training labels (at least 0.001).
+    #[arg(long, help_heading = "Model")]
+    pub bias_prior: Option<f64>,
+    /// Hidden width of the MLP backbone.
+    #[arg(long, default_value_t = 512, help_heading = "Model")]
+    pub mlp_hidden: i64,
+
+    // ---------------------------------------------------------------- images
+    /// Training images are squished to HxW (then randomly cropped to --crop). Default 256x256.
+    #[arg(long, help_heading = "Images")]
+    pub resize: Option<String>,
+    /// Random crop size for training, HxW. Default 224x224. Equal to --resize: no crop.
+    #[arg(long, help_heading = "Images")]
+    pub crop: Option<String>,
+    /// Evaluation squish size, HxW (no crop). Default: the crop size.
+    #[arg(long, help_heading = "Images")]
+    pub eval_size: Option<String>,
+    /// Disable random horizontal flips.
+    #[arg(long, help_heading = "Images")]
+    pub no_flip: bool,
+
+    // ---------------------------------------------------------------- optimisation
+    #[arg(long, default_value_t = 100, help_heading = "Optimisation")]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 120, help_heading = "Optimisation")]
+    pub batch_size: usize,
+    /// Learning rate (of the backbone; cosine decay to 0 over the run).
+    #[arg(long, default_value_t = 4e-5, help_heading = "Optimisation")]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4, help_heading = "Optimisation")]
+    pub weight_decay: f64,
+    /// Seed for initialisation, label hiding, shuffling and augmentation.
+    #[arg(long, default_value_t = 0, help_heading = "Optimisation")]
+    pub seed: u64,
+    /// Stop after this many epochs in this invocation (the run stays resumable).
+    #[arg(long, help_heading = "Optimisation")]
+    pub stop_after: Option<usize>,
+
+    // ---------------------------------------------------------------- system
+    /// auto | cpu | cuda | cuda:N  (auto: CUDA when present).
+    #[arg(long, default_value = "auto", help_heading = "System")]
+    pub device: String,
+    /// Put the two peers on two devices, e.g. cuda:0,cuda:1.
+    #[arg(long, help_heading = "System")]
+    pub devices: Option<String>,
+    /// Threads for libtorch and decoding (default: all cores).
+    #[arg(long, help_heading = "System")]
+    pub threads: Option<usize>,
+    /// Which model to export at the end: better (the peer with the higher validation mAP at its
+    /// best epoch) or ensemble (one graph averaging both peers).
+    #[arg(long, default_value = "better", help_heading = "System")]
+    pub export: String,
+    /// Run folder (default: runs/<method>-<partial>-s<seed>-<time>).
+    #[arg(long, help_heading = "System")]
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            c: TrainConfig,
+        }
+        Wrap::parse_from(["cls-train"]).c
+    }
+}
+
+/// Parse "HxW" or a single "S" (square).
+pub fn parse_size(s: &str) -> Result<(u32, u32)> {
+    let parse = |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad size '{s}': expected HxW, e.g. 224x224"));
+    let (h, w) = match s.split_once(['x', 'X']) {
+        Some((h, w)) => (parse(h)?, parse(w)?),
+        None => {
+            let v = parse(s)?;
+            (v, v)
+        }
+    };
+    if h == 0 || w == 0 {
+        bail!("bad size '{s}': zero");
+    }
+    Ok((h, w))
+}
+
+impl TrainConfig {
+    /// Merge a TOML file under the command line: keys in the file set every value that was not
+    /// given explicitly on the command line (`explicit`: the field names given there).
+    pub fn with_file(self, file: &Path, explicit: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading config {}", file.display()))?;
+        let from_file: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", file.display()))?;
+        let mut merged = serde_json::to_value(&self)?;
+        let fields = merged.as_object_mut().expect("a struct serialises to an object");
+        for (k, v) in serde_json::to_value(from_file)?.as_object().into_iter().flatten() {
+            let key = k.replace('-', "_");
+            if !fields.contains_key(&key) {
+                bail!("{}: unknown key '{k}' (keys are the long flags, e.g. tau_h = 0.01)", file.display());
+            }
+            if !explicit.contains(&key) {
+                fields.insert(key, v.clone());
+            }
+        }
+        serde_json::from_value(merged).with_context(|| format!("config {}", file.display()))
+    }
+
+    pub fn reduction(&self) -> Result<Reduction> {
+        self.reduction.parse().map_err(|e| anyhow::anyhow!("--reduction: {e}"))
+    }
+
+    /// The method's knobs, with τ resolved by the caller (dataset- and protocol-dependent).
+    pub fn method_config(&self, tau_h: f64, tau_l: f64, expected_positives: f64) -> Result<MethodConfig> {
+        let d = MethodConfig::default();
+        Ok(MethodConfig {
+            tau_h,
+            tau_l,
+            e_k: self.e_k,
+            reduction: self.reduction()?,
+            expected_positives,
+            ll_delta: self.ll_delta,
+            forget_rate: self.forget_rate,
+            jocor_lambda: self.jocor_lambda,
+            em_alpha: self.em_alpha,
+            ..d
+        })
+    }
+}

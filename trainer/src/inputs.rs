@@ -1,0 +1,100 @@
+//! What the networks read: either rows of a matrix (CSV features, or backbone features computed
+//! once for `--freeze-backbone`) or images from a uint8 cache, cropped, flipped and normalised
+//! per step.
+
+use anyhow::{Context, Result};
+use cls_core::preprocess::crop_flip_normalize;
+use cls_models::Net;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+use crate::cache::{progress, ImageCache};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+pub enum Inputs {
+    /// One row per sample, already on the training device.
+    Rows(Tensor),
+    /// Images from a decoded cache; `crop` is the training crop (equal to the cache size at
+    /// evaluation), `flip` random horizontal flips.
+    Images { cache: ImageCache, crop: (usize, usize), flip: bool },
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Rows(t) => t.size()[0] as usize,
+            Inputs::Images { cache, .. } => cache.n,
+        }
+    }
+
+    /// The inputs of samples `idx`. With `rng`, images get a random crop and flip (training);
+    /// without, the centre crop of the cache (equal to the whole image at evaluation).
+    pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>, device: Device) -> Tensor {
+        match self {
+            Inputs::Rows(t) => {
+                let i = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(t.device());
+                t.index_select(0, &i).to_device(device)
+            }
+            Inputs::Images { cache, crop, flip } => {
+                let (ch, cw) = *crop;
+                let (h, w) = (cache.height, cache.width);
+                // Draw every random number up front, in sample order, so the batch does not
+                // depend on how rayon schedules the work.
+                let params: Vec<(usize, usize, bool)> = match rng {
+                    Some(rng) => idx
+                        .iter()
+                        .map(|_| (rng.random_range(0..=h - ch), rng.random_range(0..=w - cw), *flip && rng.random_bool(0.5)))
+                        .collect(),
+                    None => idx.iter().map(|_| ((h - ch) / 2, (w - cw) / 2, false)).collect(),
+                };
+                let per = 3 * ch * cw;
+                let mut buf = vec![0f32; idx.len() * per];
+                buf.par_chunks_mut(per).zip(idx.par_iter().zip(params.par_iter())).for_each(|(out, (&i, &(top, left, fl)))| {
+                    crop_flip_normalize(cache.image(i), h, w, top, left, ch, cw, fl, IMAGENET_MEAN, IMAGENET_STD, out);
+                });
+                Tensor::from_slice(&buf).view([idx.len() as i64, 3, ch as i64, cw as i64]).to_device(device)
+            }
+        }
+    }
+}
+
+/// Backbone features of every image of `images` (evaluation mode, no augmentation), computed in
+/// batches and cached on disk under `dir` keyed by the image cache and `model_key`.
+pub fn features(net: &Net, images: &Inputs, device: Device, dir: &Path, model_key: &str, label: &str) -> Result<Tensor> {
+    let Inputs::Images { cache, .. } = images else { anyhow::bail!("backbone features need images") };
+    let mut h = Sha256::new();
+    h.update(format!("features-v1 {} {model_key}", cache.path.display()));
+    let key = hex::encode(&h.finalize()[..12]);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{key}.safetensors"));
+    if let Ok(mut named) = Tensor::read_safetensors(&path) {
+        if let Some((_, t)) = named.pop() {
+            if t.size()[0] as usize == cache.n {
+                return Ok(t.to_device(device));
+            }
+        }
+    }
+    let bar = progress(cache.n, &format!("features {label}"));
+    let mut parts = Vec::new();
+    let bs = 64;
+    tch::no_grad(|| {
+        for start in (0..cache.n).step_by(bs) {
+            let idx: Vec<usize> = (start..(start + bs).min(cache.n)).collect();
+            let x = images.batch(&idx, None, device);
+            parts.push(net.features_t(&x, false).to_kind(Kind::Float).to_device(Device::Cpu));
+            bar.inc(idx.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    let all = Tensor::cat(&parts, 0);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    Tensor::write_safetensors(&[("features", &all)], &tmp).context("writing the feature cache")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(all.to_device(device))
+}

@@ -1,0 +1,14 @@
+//! `cls-train`'s library: the methods (one file each under `methods/`), the data path (readers →
+//! image cache → batches), the loop, checkpoints, plots and the export at the end of a run.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod inputs;
+pub mod methods;
+pub mod optim;
+pub mod plots;
+pub mod setup;
+pub mod summary;
+pub mod train;

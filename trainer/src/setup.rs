@@ -1,0 +1,272 @@
+//! Everything a run needs before its first step: the device(s), the data and observed labels,
+//! τ resolved for the dataset, the method, the peers (built, pretrained weights loaded, Adam over
+//! their trainable tensors) and the inputs each split is read from.
+
+use anyhow::{bail, Context, Result};
+use cls_models::{load_pretrained, Arch, Net};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+use crate::cache::ImageCache;
+use crate::config::{parse_size, TrainConfig};
+use crate::data::{self, RunData};
+use crate::inputs::{self, Inputs};
+use crate::methods::{self, Method, MethodConfig};
+use crate::optim::Adam;
+use crate::train::Peer;
+
+pub struct Setup {
+    /// Where losses are computed (the first peer's device).
+    pub device: Device,
+    /// One device per peer.
+    pub devices: Vec<Device>,
+    pub data: RunData,
+    pub arch: Arch,
+    pub mcfg: MethodConfig,
+    pub method: Box<dyn Method>,
+    pub peers: Vec<Peer>,
+    pub train_inputs: Inputs,
+    pub val_inputs: Inputs,
+    pub test_inputs: Option<Inputs>,
+    /// Inputs are backbone features (frozen backbone) or feature rows fed to the classifier only.
+    pub head_only: bool,
+}
+
+/// `auto` | `cpu` | `cuda` | `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    cls_models::init_cuda();
+    Ok(match s {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: CUDA is not available (libtorch sees no GPU; is the CUDA torch wheel installed? scripts/setup --gpu)");
+            }
+            Device::Cuda(0)
+        }
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => {
+                if (i as i64) >= tch::Cuda::device_count() {
+                    bail!("--device {other}: only {} CUDA device(s) visible", tch::Cuda::device_count());
+                }
+                Device::Cuda(i)
+            }
+            _ => bail!("bad device '{other}': expected auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// The backbone when none is given: an MLP for feature tables, else the paper's ResNet-50.
+pub fn arch_for(cfg: &TrainConfig, data: &RunData) -> Result<Arch> {
+    let name = cfg.backbone.clone().unwrap_or_else(|| if data.train.features.is_some() { "mlp".into() } else { "resnet50".into() });
+    let arch: Arch = name.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
+    match (&data.train.features, arch.is_image()) {
+        (Some(f), false) => Ok(arch.with_in_dim(f.ncols() as i64)),
+        (None, true) => Ok(arch),
+        (Some(_), true) => bail!("--backbone {name} needs images, but the data is a feature table: use --backbone mlp"),
+        (None, false) => bail!("--backbone {name} needs a feature table (CSV), but the data are images"),
+    }
+}
+
+/// The weights file behind `--pretrained`: `imagenet` means the converted EfficientNet-Lite0
+/// weights that scripts/setup writes to `weights/` beside the project.
+pub fn pretrained_file(spec: &str, arch: &Arch) -> Result<PathBuf> {
+    if spec != "imagenet" {
+        let p = PathBuf::from(spec);
+        if !p.is_file() {
+            bail!("--pretrained {spec}: no such file (give a .safetensors state dict, or `imagenet` for efficientnet-lite0)");
+        }
+        return Ok(p);
+    }
+    if !matches!(arch, Arch::EfficientNetLite0) {
+        bail!(
+            "--pretrained imagenet is available offline for efficientnet-lite0 only; for {} give a .safetensors file \
+             (convert torchvision weights with scripts/convert-torchvision)",
+            arch.name()
+        );
+    }
+    let name = "efficientnet-lite0-imagenet.safetensors";
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("CLS_WEIGHTS_DIR") {
+        candidates.push(PathBuf::from(d).join(name));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/release/cls-train → project root.
+        for up in exe.ancestors().skip(1).take(4) {
+            candidates.push(up.join("weights").join(name));
+        }
+    }
+    candidates.push(PathBuf::from("weights").join(name));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| format!("ImageNet weights for efficientnet-lite0 not found (looked for {name} in CLS_WEIGHTS_DIR and weights/): run scripts/setup"))
+}
+
+fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Result<(f64, f64)> {
+    let table = methods::default_tau(&data.family, &cfg.partial);
+    let tau_l = cfg.tau_l.or(table.map(|t| t.1)).unwrap_or(0.06);
+    let tau_h = match cfg.tau_h.as_deref() {
+        None => table.map(|t| t.0).unwrap_or(0.012),
+        Some("auto") => {
+            let c = data.observed.labels.ncols() as f64;
+            let k_obs = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.nrows().max(1) as f64;
+            methods::auto_tau_h(expected_positives, k_obs, c)
+        }
+        Some(v) => v.parse::<f64>().with_context(|| format!("--tau-h {v}: expected a number or `auto`"))?,
+    };
+    Ok((tau_h, tau_l))
+}
+
+pub fn prepare(cfg: &TrainConfig, run_dir: &Path) -> Result<Setup> {
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n as i32);
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    let device = parse_device(&cfg.device)?;
+    let data = data::load(cfg)?;
+    let arch = arch_for(cfg, &data)?;
+    let (n_train, n_classes) = (data.train.len(), data.train.num_classes());
+
+    // k: given, else the training set's true mean number of positives (known in simulation).
+    let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
+    let expected_positives = cfg.expected_positives.unwrap_or(k_true);
+    let (tau_h, tau_l) = resolve_tau(cfg, &data, expected_positives)?;
+    let mcfg = cfg.method_config(tau_h, tau_l, expected_positives)?;
+    let method = methods::build(&cfg.method, &mcfg, n_train as i64, n_classes as i64, device)?;
+    let n_nets = method.num_networks();
+    let devices: Vec<Device> = match &cfg.devices {
+        Some(list) => {
+            let d = list.split(',').map(|s| parse_device(s.trim())).collect::<Result<Vec<_>>>()?;
+            if d.len() != n_nets {
+                bail!("--devices lists {} device(s) but {} trains {n_nets} network(s)", d.len(), cfg.method);
+            }
+            d
+        }
+        None => vec![device; n_nets],
+    };
+    let device = devices[0];
+    let observed_rate = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.len().max(1) as f64;
+    let prior = cfg.bias_prior.unwrap_or(observed_rate.max(1e-3)).clamp(1e-4, 0.5);
+
+    let pretrained = cfg.pretrained.as_deref().map(|p| pretrained_file(p, &arch)).transpose()?;
+    if cfg.freeze_backbone && !arch.is_image() {
+        bail!("--freeze-backbone applies to image backbones; the MLP of a feature table always trains whole");
+    }
+    let head_only = cfg.freeze_backbone;
+    let mut peers = Vec::new();
+    for (k, &dev) in devices.iter().enumerate() {
+        tch::manual_seed((cfg.seed as i64).wrapping_mul(7919).wrapping_add(k as i64));
+        let mut vs = nn::VarStore::new(dev);
+        let net = Net::new(&vs.root(), &arch, n_classes as i64, Some(prior));
+        if let Some(file) = &pretrained {
+            load_pretrained(&mut vs, file, false).with_context(|| format!("loading {}", file.display()))?;
+        }
+        peers.push((vs, net));
+    }
+    if cfg.freeze_backbone && peers.len() > 1 {
+        // Frozen, randomly initialised backbones would differ: share the first peer's, so the
+        // cached features serve both and the exported model is what was trained.
+        let (first, rest) = peers.split_at_mut(1);
+        let src = first[0].0.variables();
+        let fc = first[0].1.classifier_prefix().to_string();
+        for (vs, _) in rest {
+            tch::no_grad(|| {
+                for (name, mut v) in vs.variables() {
+                    if !name.starts_with(&fc) {
+                        v.copy_(&src[&name].to_device(v.device()));
+                    }
+                }
+            });
+        }
+    }
+    let peers: Vec<Peer> = peers
+        .into_iter()
+        .map(|(vs, net)| {
+            let fc = format!("{}.", net.classifier_prefix());
+            let mut params: Vec<(String, tch::Tensor, f64)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .filter(|(name, _)| !head_only || name.starts_with(&fc))
+                .map(|(name, t)| {
+                    let mult = if name.starts_with(&fc) { cfg.head_lr_mult } else { 1.0 };
+                    (name, t, mult)
+                })
+                .collect();
+            params.sort_by(|a, b| a.0.cmp(&b.0));
+            let adam = Adam::new(params, cfg.weight_decay);
+            Peer { vs, net, adam }
+        })
+        .collect();
+
+    let (train_inputs, val_inputs, test_inputs) = build_inputs(cfg, &data, &arch, &peers, device, pretrained.as_deref())?;
+    let _ = run_dir;
+    Ok(Setup { device, devices, data, arch, mcfg, method, peers, train_inputs, val_inputs, test_inputs, head_only })
+}
+
+/// The (height, width) sizes: training squish, training crop, evaluation squish.
+pub fn image_sizes(cfg: &TrainConfig) -> Result<((u32, u32), (u32, u32), (u32, u32))> {
+    let crop = parse_size(cfg.crop.as_deref().unwrap_or("224x224"))?;
+    let resize = match &cfg.resize {
+        Some(r) => parse_size(r)?,
+        None if cfg.crop.is_some() => crop,
+        None => (256, 256),
+    };
+    if crop.0 > resize.0 || crop.1 > resize.1 {
+        bail!("--crop {}x{} is larger than --resize {}x{}", crop.0, crop.1, resize.0, resize.1);
+    }
+    let eval = match &cfg.eval_size {
+        Some(e) => parse_size(e)?,
+        None => crop,
+    };
+    Ok((resize, crop, eval))
+}
+
+fn build_inputs(
+    cfg: &TrainConfig,
+    data: &RunData,
+    arch: &Arch,
+    peers: &[Peer],
+    device: Device,
+    pretrained: Option<&Path>,
+) -> Result<(Inputs, Inputs, Option<Inputs>)> {
+    let rows = |ds: &cls_core::Dataset| -> Result<Inputs> {
+        let f = ds.features.as_ref().context("feature table without features")?;
+        let v: Vec<f32> = f.iter().copied().collect();
+        Ok(Inputs::Rows(tch::Tensor::from_slice(&v).view([f.nrows() as i64, f.ncols() as i64]).to_device(device)))
+    };
+    if !arch.is_image() {
+        return Ok((rows(&data.train)?, rows(&data.val)?, data.test.as_ref().map(rows).transpose()?));
+    }
+    let cache = data::cache_dir(cfg);
+    let (resize, crop, eval) = image_sizes(cfg)?;
+    let open = |ds: &cls_core::Dataset, size: (u32, u32), label: &str| ImageCache::open(&ds.samples, size.0, size.1, &cache.join("images"), label);
+    let eval_inputs = |ds: &cls_core::Dataset, label: &str| -> Result<Inputs> {
+        let c = open(ds, eval, label)?;
+        let sz = (c.height, c.width);
+        Ok(Inputs::Images { cache: c, crop: sz, flip: false })
+    };
+    let val = eval_inputs(&data.val, "validation")?;
+    let test = data.test.as_ref().map(|t| eval_inputs(t, "test")).transpose()?;
+    if cfg.freeze_backbone {
+        let train = eval_inputs(&data.train, "train")?;
+        let key = format!("{} {}", arch.name(), pretrained.map_or_else(|| format!("random-seed{}", cfg.seed), file_identity));
+        let dir = cache.join("features");
+        let feats = |inp: &Inputs, label: &str| inputs::features(&peers[0].net, inp, device, &dir, &key, label).map(Inputs::Rows);
+        return Ok((feats(&train, "train")?, feats(&val, "validation")?, test.as_ref().map(|t| feats(t, "test")).transpose()?));
+    }
+    let train = Inputs::Images { cache: open(&data.train, resize, "train")?, crop: (crop.0 as usize, crop.1 as usize), flip: !cfg.no_flip };
+    Ok((train, val, test))
+}
+
+fn file_identity(p: &Path) -> String {
+    let meta = std::fs::metadata(p).ok();
+    format!(
+        "{} {} {:?}",
+        p.display(),
+        meta.as_ref().map_or(0, |m| m.len()),
+        meta.and_then(|m| m.modified().ok())
+    )
+}

@@ -1,0 +1,317 @@
+//! The training loop (method.md Algorithm 1): each epoch, shuffle; each step, forward every
+//! network on the same batch, let the method select labels and compute losses, back-propagate
+//! and update each network with its own Adam; after each epoch, evaluate every peer on the
+//! validation split, log, plot and checkpoint. At the end, export the better peer.
+
+use anyhow::{bail, Context, Result};
+use cls_core::metrics::{self, Metrics};
+use cls_models::Net;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array2;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{self, Checkpoint, RunState};
+use crate::config::TrainConfig;
+use crate::inputs::Inputs;
+use crate::methods::schedule::keep_rate;
+use crate::methods::StepCtx;
+use crate::optim::Adam;
+use crate::setup::{self, Setup};
+use crate::{plots, summary};
+
+
+/// One network with its parameters and optimizer.
+pub struct Peer {
+    pub vs: nn::VarStore,
+    pub net: Net,
+    pub adam: Adam,
+}
+
+/// The per-epoch line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: Vec<f64>,
+    pub val: Vec<ValSummary>,
+    pub r_h: f64,
+    pub r_l: f64,
+    /// Per network: precision and recall of the entries the selection flagged as likely missing
+    /// positives, against the hidden true labels (method.md, "Partial-label protocols").
+    pub selection: Vec<SelectionStats>,
+    pub lr: f64,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ValSummary {
+    #[serde(rename = "mAP")]
+    pub map: f64,
+    #[serde(rename = "CF1")]
+    pub cf1: f64,
+    #[serde(rename = "OF1")]
+    pub of1: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct SelectionStats {
+    pub flagged: u64,
+    pub hidden_positives_flagged: u64,
+    pub hidden_positives: u64,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+}
+
+/// Cosine decay from `lr` to 0 over `total` steps.
+pub fn cosine_lr(lr: f64, step: usize, total: usize) -> f64 {
+    lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+}
+
+/// Seeds derived per epoch and per step so that a resumed run draws exactly the numbers an
+/// uninterrupted one would.
+fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0000_0000);
+    r.set_stream(stream.wrapping_mul(1_000_003) + epoch as u64);
+    r
+}
+
+/// Train (or resume) the run in `run_dir`; returns the run folder.
+pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
+    let s = setup::prepare(&cfg, run_dir)?;
+    let Setup { device, devices, data, arch, mcfg, mut method, mut peers, train_inputs, val_inputs, test_inputs, head_only } = s;
+    let n_nets = peers.len();
+    let n_train = data.train.len();
+    let bs = cfg.batch_size.min(n_train).max(1);
+    let steps_per_epoch = n_train.div_ceil(bs);
+    let total_steps = steps_per_epoch * cfg.epochs;
+
+    let mut state = RunState { best: vec![None; n_nets], ..Default::default() };
+    if resume {
+        let ck = checkpoint::load(run_dir, n_nets)?;
+        for (k, p) in peers.iter_mut().enumerate() {
+            checkpoint::restore_vars(&p.vs, &ck.peers[k])?;
+            p.adam.load_state(&ck.optimizers[k])?;
+        }
+        method.load_state(&ck.method)?;
+        state = ck.state;
+        eprintln!("resuming {} after epoch {}", run_dir.display(), state.epochs_done);
+        truncate_log(run_dir, state.epochs_done)?;
+    }
+
+    // Observed labels and the hidden truth, on the device.
+    let y_all = i8_tensor(&data.observed.labels).to_kind(Kind::Float).to_device(device);
+    let truth_pos = i8_tensor(&data.train.targets).eq(1).to_device(device);
+
+    let stop_at = cfg.stop_after.map_or(cfg.epochs, |n| (state.epochs_done + n).min(cfg.epochs));
+    let interactive = std::io::stderr().is_terminal();
+    for epoch in state.epochs_done..stop_at {
+        let t0 = Instant::now();
+        let mut order: Vec<usize> = (0..n_train).collect();
+        order.shuffle(&mut epoch_rng(cfg.seed, epoch, 1));
+        let mut aug_rng = epoch_rng(cfg.seed, epoch, 2);
+        let bar = step_bar(steps_per_epoch, epoch, cfg.epochs, interactive);
+        let mut loss_sum = vec![0.0; n_nets];
+        let mut sel = vec![SelectionStats::default(); n_nets];
+        let mut lr = cfg.lr;
+
+        for (step, idx) in order.chunks(bs).enumerate() {
+            lr = cosine_lr(cfg.lr, state.steps_done, total_steps);
+            let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+            let y = y_all.index_select(0, &idx_t);
+            let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0]);
+            let logits: Vec<Tensor> = peers
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    let xk = x.to_device(devices[k]);
+                    let out = if head_only { p.net.head(&xk) } else { p.net.forward_t(&xk, true) };
+                    out.to_device(device)
+                })
+                .collect();
+            let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
+            let out = method.step(&logits, &ctx);
+            let loss_value = out.loss.double_value(&[]);
+            if !loss_value.is_finite() {
+                bail!(
+                    "the loss became {loss_value} at epoch {} step {} (learning rate {lr:.3e}); stopping. \
+                     The last good checkpoint (after epoch {}) is kept in {}: lower --lr or check the data, then --resume",
+                    epoch + 1,
+                    step + 1,
+                    state.epochs_done,
+                    run_dir.display()
+                );
+            }
+            for p in peers.iter_mut() {
+                p.adam.zero_grad();
+            }
+            out.loss.backward();
+            method.after_backward(&ctx);
+            for p in peers.iter_mut() {
+                p.adam.step(lr);
+            }
+            for (k, v) in out.per_net.iter().enumerate() {
+                loss_sum[k] += v;
+            }
+            let truth_b = truth_pos.index_select(0, &idx_t);
+            let hidden = truth_b.logical_and(&y.eq(0.0));
+            for (k, f) in out.flagged.iter().enumerate() {
+                let f = f.to_kind(Kind::Bool);
+                sel[k].flagged += f.sum(Kind::Int64).int64_value(&[]) as u64;
+                sel[k].hidden_positives_flagged += f.logical_and(&hidden).sum(Kind::Int64).int64_value(&[]) as u64;
+                sel[k].hidden_positives += hidden.sum(Kind::Int64).int64_value(&[]) as u64;
+            }
+            state.steps_done += 1;
+            let done = (step + 1) * bs;
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} img/s",
+                out.per_net.iter().sum::<f64>() / n_nets as f64,
+                done.min(n_train) as f64 / t0.elapsed().as_secs_f64()
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_secs = t0.elapsed().as_secs_f64();
+
+        // Validation of every peer; keep each peer's best weights.
+        let mut val = Vec::new();
+        for (k, p) in peers.iter().enumerate() {
+            let m = evaluate(p, &val_inputs, &data.val.targets, head_only, devices[k])?;
+            let better = state.best[k].is_none_or(|(_, b)| m.map > b);
+            if better {
+                state.best[k] = Some((epoch + 1, m.map));
+                checkpoint::save_tensors(&run_dir.join(format!("best-peer{k}.safetensors")), &checkpoint::named_vars(&p.vs))?;
+            }
+            val.push(ValSummary { map: m.map, cf1: m.cf1, of1: m.of1 });
+        }
+        for s in sel.iter_mut() {
+            s.precision = (s.flagged > 0).then(|| s.hidden_positives_flagged as f64 / s.flagged as f64);
+            s.recall = (s.hidden_positives > 0).then(|| s.hidden_positives_flagged as f64 / s.hidden_positives as f64);
+        }
+        let (r_h, r_l) = (keep_rate(epoch, mcfg.e_k, mcfg.tau_h), keep_rate(epoch, mcfg.e_k, mcfg.tau_l));
+        let log = EpochLog {
+            epoch: epoch + 1,
+            loss: loss_sum.iter().map(|l| l / steps_per_epoch as f64).collect(),
+            val,
+            r_h,
+            r_l,
+            selection: if sel.iter().any(|s| s.flagged > 0) { sel } else { vec![] },
+            lr,
+            images_per_s: n_train as f64 / train_secs,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        state.epochs_done = epoch + 1;
+        checkpoint::save(
+            run_dir,
+            &Checkpoint {
+                state: state.clone(),
+                peers: peers.iter().map(|p| checkpoint::named_vars(&p.vs)).collect(),
+                optimizers: peers.iter().map(|p| p.adam.state()).collect(),
+                method: method.state(),
+            },
+        )?;
+        append_log(run_dir, &log)?;
+        print_epoch(&log, cfg.epochs);
+        plots::write_run_plots(run_dir).context("writing plots")?;
+    }
+
+    if state.epochs_done < cfg.epochs {
+        eprintln!("stopped after epoch {} of {}; continue with: cls-train --resume {}", state.epochs_done, cfg.epochs, run_dir.display());
+        return Ok(run_dir.to_path_buf());
+    }
+    let model = run_dir.join("model.onnx");
+    summary::finish(&cfg, run_dir, &arch, &data, &mut peers, &state, &val_inputs, test_inputs.as_ref(), head_only, &devices, &model)?;
+    Ok(run_dir.to_path_buf())
+}
+
+/// Probabilities of `peer` on every sample of `inputs`, in order.
+pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) -> Array2<f32> {
+    let n = inputs.len();
+    let c = peer.net.num_classes() as usize;
+    let mut out = Array2::<f32>::zeros((n, c));
+    let bs = 128;
+    tch::no_grad(|| {
+        for start in (0..n).step_by(bs) {
+            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
+            let x = inputs.batch(&idx, None, device);
+            let logits = if head_only { peer.net.head(&x) } else { peer.net.forward_t(&x, false) };
+            let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
+            let v: Vec<f32> = Vec::try_from(p.view([-1])).expect("probabilities are f32");
+            out.slice_mut(ndarray::s![start..start + idx.len(), ..])
+                .assign(&ndarray::ArrayView2::from_shape((idx.len(), c), &v).expect("shape"));
+        }
+    });
+    out
+}
+
+pub fn evaluate(peer: &Peer, inputs: &Inputs, truth: &Array2<i8>, head_only: bool, device: Device) -> Result<Metrics> {
+    let probs = predict(peer, inputs, head_only, device);
+    metrics::evaluate(probs.view(), truth.view(), 0.5).map_err(|e| anyhow::anyhow!("evaluation: {e}"))
+}
+
+pub fn i8_tensor(a: &Array2<i8>) -> Tensor {
+    let (n, c) = a.dim();
+    let v: Vec<i8> = a.iter().copied().collect();
+    Tensor::from_slice(&v).view([n as i64, c as i64])
+}
+
+fn step_bar(steps: usize, epoch: usize, epochs: usize, interactive: bool) -> ProgressBar {
+    if !interactive {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("epoch {}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}", epoch + 1))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn print_epoch(log: &EpochLog, epochs: usize) {
+    let val: Vec<String> = log.val.iter().map(|v| format!("{:.1}", 100.0 * v.map)).collect();
+    let sel = log
+        .selection
+        .first()
+        .and_then(|s| s.precision.map(|p| format!("  sel.prec {:.1}% rec {:.1}%", 100.0 * p, 100.0 * s.recall.unwrap_or(0.0))))
+        .unwrap_or_default();
+    eprintln!(
+        "epoch {:>3}/{epochs}  loss {}  val mAP {}  R_h {:.4} R_l {:.4}{sel}  {:.0} img/s  {:.1}s",
+        log.epoch,
+        log.loss.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join("/"),
+        val.join("/"),
+        log.r_h,
+        log.r_l,
+        log.images_per_s,
+        log.seconds
+    );
+}
+
+fn append_log(run_dir: &Path, log: &EpochLog) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?;
+    writeln!(f, "{}", serde_json::to_string(log)?)?;
+    Ok(())
+}
+
+/// On resume, drop log lines of epochs after the checkpoint (a run killed after logging but
+/// before its next checkpoint would otherwise log an epoch twice).
+fn truncate_log(run_dir: &Path, epochs_done: usize) -> Result<()> {
+    let p = run_dir.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<EpochLog>(l).is_ok_and(|e| e.epoch <= epochs_done))
+        .collect();
+    checkpoint::write_atomic(&p, (keep.join("\n") + if keep.is_empty() { "" } else { "\n" }).as_bytes())
+}
+
+pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).with_context(|| format!("{}: no metrics.jsonl", run_dir.display()))?;
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).context("metrics.jsonl")).collect()
+}
