@@ -219,12 +219,12 @@ def save_safetensors(tensors, path, metadata=None):
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)  # (np.ascontiguousarray would turn a 0-d scalar into shape (1,))
         dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
         array = array.astype(dtype, copy=False)
         if dtype not in SAFETENSORS_DTYPES:
             raise TorchFormatError(f"{name}: dtype {array.dtype} has no safetensors name")
-        raw = array.tobytes()
+        raw = array.tobytes(order="C")
         header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(array.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)

@@ -1,0 +1,171 @@
+//! The exported ONNX graph computes what the tch network computes: for every architecture, random
+//! weights (with non-trivial batch-norm statistics) and random inputs, ONNX Runtime's
+//! probabilities equal `sigmoid(net.forward_t(x, false))` within 1e-4; the two-peer export equals
+//! the mean of both peers' probabilities; the metadata round-trips; `onnx.checker` accepts the file.
+
+mod common;
+
+use std::path::Path;
+
+use cls_models::{export_onnx, Arch, ExportMeta, Net};
+use common::*;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+const CLASSES: i64 = 7;
+
+fn meta(h: i64, w: i64) -> ExportMeta {
+    ExportMeta {
+        classes: (0..CLASSES).map(|i| format!("class {i}")).collect(),
+        height: h,
+        width: w,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        threshold: 0.5,
+        extra: vec![("method".into(), "cls".into()), ("backbone".into(), "test".into())],
+    }
+}
+
+fn input(arch: &Arch, n: i64, h: i64, w: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    match arch {
+        Arch::Mlp { in_dim, .. } => Tensor::randn([n, *in_dim], (Kind::Float, Device::Cpu)),
+        _ => Tensor::randn([n, 3, h, w], (Kind::Float, Device::Cpu)),
+    }
+}
+
+fn input_name(arch: &Arch) -> &'static str {
+    if arch.is_image() {
+        "images"
+    } else {
+        "features"
+    }
+}
+
+/// Runs `onnx.checker.check_model(full_check=True)` when the venv's Python has `onnx`.
+fn python_check(path: &Path) {
+    let Some(python) = venv_python() else {
+        eprintln!("NOTICE: no .venv/bin/python; onnx.checker skipped");
+        return;
+    };
+    let has_onnx = std::process::Command::new(&python)
+        .args(["-c", "import onnx"])
+        .stderr(std::process::Stdio::null())
+        .status().is_ok_and(|s| s.success());
+    if !has_onnx {
+        eprintln!("NOTICE: `import onnx` fails in {}; onnx.checker skipped", python.display());
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .args(["-c", "import onnx, sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)"])
+        .arg(path)
+        .output()
+        .expect("running python");
+    assert!(out.status.success(), "onnx.checker rejected {}:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Builds one random network, exports it, and compares ONNX Runtime with tch.
+fn check_single(arch: Arch, h: i64, w: i64) {
+    let vs = VarStore::new(Device::Cpu);
+    let net = Net::new(&vs.root(), &arch, CLASSES, Some(0.01));
+    randomise(&vs, 1);
+    let x = input(&arch, 2, h, w, 2);
+    calibrate_head(&net, &vs, &x);
+    let expected = tch::no_grad(|| net.forward_t(&x, false).sigmoid());
+    let expected = Vec::<f32>::try_from(&expected.view(-1)).unwrap();
+    // Not saturated: the comparison below means something.
+    assert!(expected.iter().any(|p| *p > 0.05 && *p < 0.95), "{arch}: probabilities all saturated: {expected:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    let m = meta(h, w);
+    export_onnx(&[(&net, &vs)], &arch, &m, &path).unwrap();
+    python_check(&path);
+    let Some(env) = ort_env() else { return };
+    let (shape, probs, metadata) = run_onnx(env, &path, input_name(&arch), &x).unwrap();
+    assert_eq!(shape, vec![2, CLASSES]);
+    let diff = max_abs_diff(&probs, &expected);
+    assert!(diff < 1e-4, "{arch}: ONNX Runtime and tch differ by {diff}");
+
+    let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let classes: Vec<String> = serde_json::from_str(&get("classes").expect("classes")).unwrap();
+    assert_eq!(classes, m.classes);
+    assert_eq!(get("height"), Some(h.to_string()));
+    assert_eq!(get("width"), Some(w.to_string()));
+    let mean: Vec<f32> = serde_json::from_str(&get("mean").unwrap()).unwrap();
+    assert_eq!(mean, m.mean.to_vec());
+    let std: Vec<f32> = serde_json::from_str(&get("std").unwrap()).unwrap();
+    assert_eq!(std, m.std.to_vec());
+    assert_eq!(get("threshold").unwrap().parse::<f64>().unwrap(), 0.5);
+    assert_eq!(get("method").as_deref(), Some("cls"));
+    assert_eq!(get("input").as_deref(), Some(input_name(&arch)));
+}
+
+#[test]
+fn resnet18_matches_tch() {
+    check_single(Arch::ResNet18, 64, 64);
+}
+
+#[test]
+fn resnet50_matches_tch() {
+    check_single(Arch::ResNet50, 64, 64);
+}
+
+#[test]
+fn efficientnet_lite0_matches_tch_at_odd_sizes() {
+    // 61×75: every stride-2 "same" convolution pads asymmetrically on some side.
+    check_single(Arch::EfficientNetLite0, 61, 75);
+}
+
+#[test]
+fn mlp_matches_tch() {
+    check_single(Arch::Mlp { in_dim: 20, hidden: 16 }, 0, 0);
+}
+
+#[test]
+fn linear_head_matches_tch() {
+    check_single(Arch::Mlp { in_dim: 20, hidden: 0 }, 0, 0);
+}
+
+#[test]
+fn ensemble_is_the_mean_of_both_peers() {
+    // Both peers in one VarStore under their own sub-paths, as a co-training trainer may hold them.
+    let arch = Arch::ResNet18;
+    let vs = VarStore::new(Device::Cpu);
+    let a = Net::new(&(vs.root() / "peer_a"), &arch, CLASSES, None);
+    let b = Net::new(&(vs.root() / "peer_b"), &arch, CLASSES, None);
+    randomise(&vs, 3);
+    let x = input(&arch, 3, 48, 40, 4);
+    calibrate_head(&a, &vs, &x);
+    calibrate_head(&b, &vs, &x);
+    let (pa, pb) = tch::no_grad(|| (a.forward_t(&x, false).sigmoid(), b.forward_t(&x, false).sigmoid()));
+    let da = Vec::<f32>::try_from(&pa.view(-1)).unwrap();
+    let db = Vec::<f32>::try_from(&pb.view(-1)).unwrap();
+    assert!(max_abs_diff(&da, &db) > 1e-2, "the two peers should differ");
+    let expected: Vec<f32> = da.iter().zip(&db).map(|(p, q)| (p + q) / 2.0).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ensemble.onnx");
+    export_onnx(&[(&a, &vs), (&b, &vs)], &arch, &meta(48, 40), &path).unwrap();
+    python_check(&path);
+    let Some(env) = ort_env() else { return };
+    let (shape, probs, _) = run_onnx(env, &path, "images", &x).unwrap();
+    assert_eq!(shape, vec![3, CLASSES]);
+    let diff = max_abs_diff(&probs, &expected);
+    assert!(diff < 1e-4, "ensemble: ONNX Runtime and the tch mean differ by {diff}");
+}
+
+#[test]
+fn export_rejects_wrong_class_count_and_arch() {
+    let vs = VarStore::new(Device::Cpu);
+    let arch = Arch::Mlp { in_dim: 4, hidden: 0 };
+    let net = Net::new(&vs.root(), &arch, CLASSES, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = meta(0, 0);
+    m.classes.pop();
+    let err = export_onnx(&[(&net, &vs)], &arch, &m, &dir.path().join("x.onnx")).unwrap_err();
+    assert!(err.to_string().contains("6 class names"), "{err}");
+    let err = export_onnx(&[(&net, &vs)], &Arch::ResNet18, &meta(0, 0), &dir.path().join("y.onnx")).unwrap_err();
+    assert!(err.to_string().contains("resnet18"), "{err}");
+    assert!(export_onnx(&[], &arch, &meta(0, 0), &dir.path().join("z.onnx")).is_err());
+}
