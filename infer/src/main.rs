@@ -8,7 +8,6 @@
 mod model;
 mod output;
 mod pipeline;
-mod prep;
 mod run;
 mod runtime;
 mod shard;

@@ -8,8 +8,7 @@ use ort::session::Session;
 use std::path::Path;
 
 /// ImageNet normalisation, used when a model names no `mean`/`std`.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub use cls_core::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {

@@ -6,7 +6,7 @@
 
 use crate::walk::ImageFile;
 use anyhow::{anyhow, bail, Context, Result};
-use crate::prep::{decode_file, normalize_into, squish, Preprocess};
+use cls_core::preprocess::Preprocess;
 use crossbeam_channel::bounded;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -44,17 +44,17 @@ pub struct Plan<'a> {
     pub pad_to: Option<usize>,
 }
 
-/// Decode, resize and normalise one file into `out` (3·H·W floats, CHW). Panics inside the
-/// decoders are caught and reported as a reason like any other failure.
+/// Decode, resize and normalise one file into `out` (3·H·W floats, CHW) with
+/// `cls_core::preprocess`. The reason for a failure leaves out the path (the caller names the
+/// file). Panics inside the decoders are caught and reported like any other failure.
 fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), String> {
-    let work = || -> Result<(), String> {
-        let img = decode_file(path, pre.max_pixels).map_err(|e| e.to_string())?;
-        let img = squish(&img, pre.width, pre.height);
-        normalize_into(&img, pre.mean, pre.std, out);
-        Ok(())
-    };
-    match catch_unwind(AssertUnwindSafe(work)) {
-        Ok(r) => r,
+    match catch_unwind(AssertUnwindSafe(|| pre.load_into(path, out))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let prefix = format!("{}: ", e.path().display());
+            Err(text.strip_prefix(&prefix).unwrap_or(&text).to_string())
+        }
         Err(_) => Err("the image decoder crashed on this file".to_string()),
     }
 }

@@ -10,7 +10,7 @@ use crate::walk::{self, EXTENSIONS};
 use crate::{runtime, Cli};
 use anyhow::{bail, Context, Result};
 use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
-use crate::prep::Preprocess;
+use cls_core::preprocess::Preprocess;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::Array2;
 use std::collections::HashSet;

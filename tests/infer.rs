@@ -1,0 +1,445 @@
+//! End-to-end tests of the `cls-infer` release binary (build it first: `cargo build --release`).
+//!
+//! The model is built here with `cls_onnx::GraphBuilder`: images → GlobalAveragePool → Flatten
+//! → Gemm (fixed weights) → Sigmoid, so a pure red image scores high on "red" and low on the
+//! others, and every score is a known function of the image's mean colour.
+
+use cls_core::metrics::{evaluate, Metrics};
+use cls_onnx::builder::{Attr, Dim};
+use cls_onnx::GraphBuilder;
+use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
+use ndarray::Array2;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CLASSES: [&str; 4] = ["red", "green", "blue", "bright"];
+const SIZE: u32 = 16;
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target/release/deps").join("cls-infer");
+    assert!(bin.is_file(), "{} is missing: run `cargo build --release` before these tests", bin.display());
+    bin
+}
+
+/// The test model; `metadata` false gives a bare graph without any of cls-train's keys.
+fn model_bytes(metadata: bool) -> Vec<u8> {
+    let mut g = GraphBuilder::new("colour");
+    g.input_f32("images", &[Dim::Named("N".into()), Dim::Fixed(3), Dim::Fixed(SIZE as i64), Dim::Fixed(SIZE as i64)]);
+    // Inputs are normalised with mean 0.5, std 0.25: a channel at 255 averages +2, at 0 −2.
+    #[rustfmt::skip]
+    let w = [
+        3.0, -1.0, -1.0, // red
+        -1.0, 3.0, -1.0, // green
+        -1.0, -1.0, 3.0, // blue
+        1.0, 1.0, 1.0,   // bright
+    ];
+    let w = g.initializer_f32("w", &[4, 3], &w);
+    let b = g.initializer_f32("b", &[4], &[-1.0, -1.0, -1.0, 0.0]);
+    let pooled = g.op("GlobalAveragePool", &["images"], &[]);
+    let flat = g.op("Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
+    let logits = g.op("Gemm", &[&flat, &w, &b], &[("transB", Attr::Int(1))]);
+    g.node("Sigmoid", &[&logits], &["probs"], &[]);
+    g.output_f32("probs", &[Dim::Named("N".into()), Dim::Fixed(4)]);
+    if metadata {
+        g.metadata("classes", serde_json::to_string(&CLASSES).unwrap());
+        g.metadata("height", SIZE.to_string());
+        g.metadata("width", SIZE.to_string());
+        g.metadata("mean", "[0.5, 0.5, 0.5]");
+        g.metadata("std", "[0.25, 0.25, 0.25]");
+        g.metadata("threshold", "0.5");
+    }
+    g.to_bytes()
+}
+
+fn write_model(dir: &Path, metadata: bool) -> PathBuf {
+    let p = dir.join(if metadata { "model.onnx" } else { "bare.onnx" });
+    fs::write(&p, model_bytes(metadata)).unwrap();
+    p
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cls_infer(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).env_remove("SLURM_ARRAY_TASK_ID").env_remove("JOB_COMPLETION_INDEX");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let Output { status, stdout, stderr } = cmd.output().expect("run cls-infer");
+    let run = Run { code: status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() };
+    assert!(!run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"), "a panic:\n{}", run.stderr);
+    run
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read_jsonl(p: &Path) -> Vec<Value> {
+    fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn solid(rgb: [u8; 3], w: u32, h: u32) -> RgbImage {
+    ImageBuffer::from_pixel(w, h, Rgb(rgb))
+}
+
+/// A PNG whose header claims `w × h` pixels (valid chunk CRCs, an empty IDAT).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for chunk in [ihdr, b"IDAT".to_vec(), b"IEND".to_vec()] {
+        out.extend((chunk.len() as u32 - 4).to_be_bytes());
+        out.extend(&chunk);
+        out.extend(crc32(&chunk).to_be_bytes());
+    }
+    out
+}
+
+/// An 8×8 CMYK JPEG (Adobe APP14) made once with Pillow; the `image` crate cannot write CMYK.
+const CMYK_JPEG_HEX: &str = "ffd8ffee000e41646f626500640000000000ffdb0043000302020302020303030304030304050805050404050a070706080c0a0c0c0b0a0b0b0d0e12100d0e110e0b0b1016101113141515150c0f171816141812141514ffc000140800080008044311004d11005911004b1100ffc4001f0000010501010101010100000000000000000102030405060708090a0bffc400b5100002010303020403050504040000017d01020300041105122131410613516107227114328191a1082342b1c11552d1f02433627282090a161718191a25262728292a3435363738393a434445464748494a535455565758595a636465666768696a737475767778797a838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffda000e0443004d0059004b00003f00fd53af8f2be3cafd53afffd9";
+
+fn unhex(h: &str) -> Vec<u8> {
+    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+}
+
+fn is_root() -> bool {
+    // Permission bits do not stop root; find out by trying.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("probe");
+    fs::write(&p, b"x").unwrap();
+    set_mode(&p, 0o000);
+    fs::read(&p).is_ok()
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A folder with good images of every flavour next to every kind of unreadable file.
+/// Returns (good relative paths, bad relative paths), both sorted.
+fn make_zoo(root: &Path) -> (Vec<String>, Vec<String>) {
+    fs::create_dir_all(root.join("nested/deeper")).unwrap();
+    let mut good = vec![];
+    let mut bad = vec![];
+    let add = |list: &mut Vec<String>, rel: &str, bytes: Vec<u8>| {
+        fs::write(root.join(rel), bytes).unwrap();
+        list.push(rel.to_string());
+    };
+    let encode = |img: image::DynamicImage, fmt: image::ImageFormat| {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, fmt).unwrap();
+        buf.into_inner()
+    };
+    use image::{DynamicImage as D, ImageFormat as F};
+    let red_jpg = encode(D::ImageRgb8(solid([250, 10, 10], 40, 30)), F::Jpeg);
+    let blue_png = encode(D::ImageRgb8(solid([0, 0, 255], 20, 20)), F::Png);
+    add(&mut good, "red.jpg", red_jpg.clone());
+    add(&mut good, "blue.png", blue_png.clone());
+    add(&mut good, "gray.png", encode(D::ImageLuma8(ImageBuffer::from_pixel(9, 7, Luma([200u8]))), F::Png));
+    add(&mut good, "rgba.png", encode(D::ImageRgba8(ImageBuffer::from_pixel(8, 8, Rgba([0u8, 255, 0, 128]))), F::Png));
+    add(&mut good, "deep16.png", encode(D::ImageRgb16(ImageBuffer::from_pixel(5, 6, Rgb([65535u16, 0, 0]))), F::Png));
+    add(&mut good, "cmyk.jpg", unhex(CMYK_JPEG_HEX));
+    add(&mut good, "UPPER.JPG", red_jpg.clone());
+    add(&mut good, "Mixed.Png", blue_png.clone());
+    add(&mut good, "pic.bmp", encode(D::ImageRgb8(solid([0, 200, 0], 12, 12)), F::Bmp));
+    add(&mut good, "pic.tiff", encode(D::ImageRgb8(solid([30, 30, 30], 12, 12)), F::Tiff));
+    add(&mut good, "pic.webp", encode(D::ImageRgb8(solid([255, 255, 255], 12, 12)), F::WebP));
+    add(&mut good, "nested/deeper/green.jpeg", encode(D::ImageRgb8(solid([10, 240, 10], 33, 17)), F::Jpeg));
+    add(&mut bad, "corrupt.jpg", [&red_jpg[..20], &[0x5a; 200][..]].concat());
+    add(&mut bad, "truncated.png", blue_png[..blue_png.len() / 2].to_vec());
+    add(&mut bad, "empty.png", vec![]);
+    add(&mut bad, "notes.jpg", b"this is a text file, not a JPEG\n".to_vec());
+    add(&mut bad, "huge.png", png_header_only(100_000, 100_000));
+    add(&mut bad, "nested/locked.jpg", red_jpg.clone());
+    set_mode(&root.join("nested/locked.jpg"), 0o000);
+    if is_root() {
+        eprintln!("NOTICE: running as root, so a chmod 000 file is readable: not testing the no-permission case");
+        bad.retain(|b| b != "nested/locked.jpg");
+        good.push("nested/locked.jpg".into());
+    }
+    fs::write(root.join("readme.txt"), "ignored: not an image extension").unwrap();
+    std::os::unix::fs::symlink("..", root.join("nested/loop")).unwrap();
+    good.sort();
+    bad.sort();
+    (good, bad)
+}
+
+fn images_of(out: &[Value]) -> Vec<String> {
+    out.iter().map(|v| v["image"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn tags_every_good_image_and_lists_every_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    let (good, bad) = make_zoo(&imgs);
+    let model = write_model(dir.path(), true);
+    let (out, errs) = (dir.path().join("out.jsonl"), dir.path().join("errors.jsonl"));
+    let args = ["--model", s(&model), "--images", s(&imgs), "--out", s(&out), "--errors", s(&errs), "--device", "cpu", "--batch", "4", "--threads", "2"];
+    let r = cls_infer(&args, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tags = read_jsonl(&out);
+    let mut expect_order = good.clone();
+    expect_order.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+    assert_eq!(images_of(&tags), expect_order, "every good image once, in path order");
+    let errors: Vec<String> = read_jsonl(&errs).iter().map(|v| v["path"].as_str().unwrap().to_string()).collect();
+    let mut errors_sorted = errors.clone();
+    errors_sorted.sort();
+    assert_eq!(errors_sorted, bad, "every bad file once");
+    for b in &bad {
+        assert_eq!(r.stderr.matches(&format!("skipped {b}:")).count(), 1, "{b} reported once on stderr:\n{}", r.stderr);
+    }
+    let reason = |p: &str| read_jsonl(&errs).into_iter().find(|v| v["path"] == p).unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(reason("huge.png").contains("limit"), "{}", reason("huge.png"));
+    // Colours come through: the solid images get their colour's label and nothing else.
+    let by_name: BTreeMap<String, &Value> = tags.iter().map(|v| (v["image"].as_str().unwrap().to_string(), v)).collect();
+    for (img, label) in [("red.jpg", "red"), ("blue.png", "blue"), ("nested/deeper/green.jpeg", "green"), ("deep16.png", "red"), ("cmyk.jpg", "red")] {
+        assert_eq!(by_name[img]["labels"][0], label, "{img}: {}", by_name[img]);
+        assert_eq!(by_name[img]["scores"].as_object().unwrap().len(), CLASSES.len());
+    }
+    // White: logits bright 6, the others 1 each (tied: class order).
+    assert_eq!(by_name["pic.webp"]["labels"], serde_json::json!(["bright", "red", "green", "blue"]));
+    // --strict turns unreadable files into exit status 1; --follow-links meets the loop and ends.
+    let strict = cls_infer(&[&args[..], &["--strict", "--follow-links"]].concat(), &[]);
+    assert_eq!(strict.code, 1, "{}", strict.stderr);
+    assert!(strict.stderr.contains("loop"), "{}", strict.stderr);
+    assert_eq!(images_of(&read_jsonl(&out)), expect_order);
+}
+
+#[test]
+fn top_k_threshold_and_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    solid([255, 255, 0], 10, 10).save(imgs.join("yellow.png")).unwrap();
+    let model = write_model(dir.path(), true);
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    // Mean colour (2, 2, −2): logits red 5, green 5, bright 2, blue −11; ties go by class order.
+    assert_eq!(v["labels"], serde_json::json!(["red", "green", "bright"]));
+    let p = |c: &str| v["scores"][c].as_f64().unwrap();
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    for (c, logit) in [("red", 5.0), ("green", 5.0), ("bright", 2.0), ("blue", -11.0)] {
+        assert!((p(c) - sigmoid(logit)).abs() < 1e-5, "{c}: {v}");
+    }
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--top-k", "1", "--threshold", "0.9"], &[]);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["labels"], serde_json::json!(["red"]));
+}
+
+/// A folder of solid-colour images with a JSONL ground truth whose labels are noisy, so the
+/// metrics are neither perfect nor trivial.
+fn make_labelled(root: &Path) -> PathBuf {
+    let imgs = root.join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    let mut lines = String::new();
+    for i in 0..24u32 {
+        let c = [(i * 37 % 256) as u8, (i * 91 % 256) as u8, (i * 53 % 256) as u8];
+        solid(c, 12, 9).save(imgs.join(format!("img{i:02}.png"))).unwrap();
+        let mut labels: Vec<&str> = vec![];
+        for (k, name) in CLASSES[..3].iter().enumerate() {
+            if c[k] > 128 || (i % 5 == k as u32) {
+                labels.push(name);
+            }
+        }
+        if i % 7 == 0 {
+            labels.push("bright");
+        }
+        lines.push_str(&serde_json::json!({"image": format!("imgs/img{i:02}.png"), "labels": labels}).to_string());
+        lines.push('\n');
+    }
+    // An entry with no image, and an image with no entry.
+    lines.push_str("{\"image\": \"imgs/missing.png\", \"labels\": [\"red\"]}\n");
+    solid([1, 2, 3], 4, 4).save(imgs.join("unlabelled.png")).unwrap();
+    let gt = root.join("gt.jsonl");
+    fs::write(&gt, lines).unwrap();
+    gt
+}
+
+fn metrics_of(out: &Path, gt: &Path) -> Metrics {
+    // Recompute with cls-core from the scores cls-infer wrote.
+    let truth: BTreeMap<String, Vec<String>> = fs::read_to_string(gt)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["image"].as_str().unwrap().trim_start_matches("imgs/").to_string(), serde_json::from_value(v["labels"].clone()).unwrap()))
+        .collect();
+    let rows: Vec<Value> = read_jsonl(out).into_iter().filter(|v| truth.contains_key(v["image"].as_str().unwrap())).collect();
+    let mut scores = Array2::<f32>::zeros((rows.len(), CLASSES.len()));
+    let mut targets = Array2::<i8>::from_elem((rows.len(), CLASSES.len()), -1);
+    for (i, v) in rows.iter().enumerate() {
+        for (c, name) in CLASSES.iter().enumerate() {
+            scores[[i, c]] = v["scores"][name].as_f64().unwrap() as f32;
+            if truth[v["image"].as_str().unwrap()].iter().any(|l| l == name) {
+                targets[[i, c]] = 1;
+            }
+        }
+    }
+    evaluate(scores.view(), targets.view(), 0.5).unwrap()
+}
+
+#[test]
+fn metrics_equal_core_and_regressions_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = make_labelled(dir.path());
+    let imgs = dir.path().join("imgs");
+    let model = write_model(dir.path(), true);
+    let (out, mfile) = (dir.path().join("out.jsonl"), dir.path().join("metrics.json"));
+    let base = ["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&gt)];
+    let r = cls_infer(&[&base[..], &["--out", s(&out), "--metrics-out", s(&mfile)]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("mAP"), "a table on stderr:\n{}", r.stderr);
+    assert!(r.stderr.contains("1 ground-truth entries have no image"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 tagged images have no ground truth"), "{}", r.stderr);
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    let want = metrics_of(&out, &gt);
+    assert_eq!(got, want);
+    assert_eq!(got.n_images, 24);
+    assert!(got.map > 0.3 && got.map < 1.0, "non-trivial mAP {}", got.map);
+
+    // The regression check: a baseline 0.02 above in one headline metric.
+    let json: Value = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    for metric in ["mAP", "CF1", "OF1"] {
+        let mut b = json.clone();
+        b[metric] = (json[metric].as_f64().unwrap() + 0.02).into();
+        let bfile = dir.path().join(format!("baseline-{metric}.json"));
+        fs::write(&bfile, b.to_string()).unwrap();
+        for (tol, code) in [("0.01", 3), ("0.03", 0), ("0", 3)] {
+            let r = cls_infer(&[&base[..], &["--out", s(&out), "--baseline", s(&bfile), "--tolerance", tol]].concat(), &[]);
+            assert_eq!(r.code, code, "{metric} tolerance {tol}:\n{}", r.stderr);
+            if code == 3 {
+                assert!(r.stderr.contains(&format!("REGRESSION {metric}")), "{}", r.stderr);
+            }
+        }
+    }
+    // Better than the baseline, and a baseline equal to the result, both pass at tolerance 0.
+    let mut b = json.clone();
+    for m in ["mAP", "CF1", "OF1", "CP"] {
+        b[m] = (json[m].as_f64().unwrap() - 0.1).into();
+    }
+    fs::write(dir.path().join("lower.json"), b.to_string()).unwrap();
+    for f in ["lower.json", "metrics.json"] {
+        let r = cls_infer(&[&base[..], &["--out", s(&out), "--baseline", s(&dir.path().join(f))]].concat(), &[]);
+        assert_eq!(r.code, 0, "{f}: {}", r.stderr);
+    }
+    // A baseline that is not a metrics file is bad input.
+    fs::write(dir.path().join("junk.json"), "{\"mAP\": 1}").unwrap();
+    let r = cls_infer(&[&base[..], &["--out", s(&out), "--baseline", s(&dir.path().join("junk.json"))]].concat(), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn shards_partition_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    make_labelled(dir.path());
+    let imgs = dir.path().join("imgs");
+    let model = write_model(dir.path(), true);
+    let base = ["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--batch", "3"];
+    let whole = cls_infer(&base, &[]);
+    assert_eq!(whole.code, 0, "{}", whole.stderr);
+    let mut joined = String::new();
+    for i in 0..3 {
+        let r = cls_infer(&[&base[..], &["--shard", &format!("{i}/3")]].concat(), &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(!r.stdout.is_empty());
+        joined.push_str(&r.stdout);
+    }
+    assert_eq!(joined, whole.stdout);
+    // The same slices from a SLURM array (ids 1..=3) and a Kubernetes indexed job.
+    let mut slurm = String::new();
+    let mut k8s = String::new();
+    for i in 0..3 {
+        let (id, idx) = ((i + 1).to_string(), i.to_string());
+        slurm.push_str(&cls_infer(&base, &[("SLURM_ARRAY_TASK_ID", &id), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "1")]).stdout);
+        k8s.push_str(&cls_infer(&base, &[("JOB_COMPLETION_INDEX", &idx), ("JOB_COMPLETION_COUNT", "3")]).stdout);
+    }
+    assert_eq!(slurm, whole.stdout);
+    assert_eq!(k8s, whole.stdout);
+    assert_eq!(cls_infer(&[&base[..], &["--shard", "3/3"]].concat(), &[]).code, 2);
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), true);
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    fs::write(empty.join("notes.txt"), "x").unwrap();
+    let r = cls_infer(&["--model", s(&model), "--images", s(&empty)], &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no images"), "{}", r.stderr);
+
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    solid([255, 0, 0], 8, 8).save(imgs.join("a.png")).unwrap();
+    let check = |args: &[&str], needle: &str| {
+        let r = cls_infer(args, &[]);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: expected {needle:?} in\n{}", r.stderr);
+    };
+    check(&["--model", s(&dir.path().join("none.onnx")), "--images", s(&imgs)], "none.onnx");
+    fs::write(dir.path().join("junk.onnx"), b"not a model").unwrap();
+    check(&["--model", s(&dir.path().join("junk.onnx")), "--images", s(&imgs), "--device", "cpu"], "junk.onnx");
+    check(&["--model", s(&model), "--images", s(&dir.path().join("nope"))], "nope");
+    check(&["--model", s(&model), "--images", s(&imgs), "--ort-lib", "/nonexistent/libonnxruntime.so"], "ONNX Runtime");
+    check(&["--model", s(&model), "--images", s(&imgs), "--batch", "0"], "--batch");
+    check(&["--model", s(&model), "--images", s(&imgs), "--shard", "x"], "--shard");
+    check(&["--model", s(&model), "--images", s(&imgs), "--baseline", "b.json"], "--ground-truth");
+    check(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--size", "8x8"], "axis");
+
+    // A model without metadata is refused clearly, and runs with --classes and --size.
+    let bare = write_model(dir.path(), false);
+    check(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu"], "--classes");
+    let classes = dir.path().join("classes.txt");
+    fs::write(&classes, CLASSES.join("\n")).unwrap();
+    check(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&classes)], "--size");
+    fs::write(dir.path().join("three.txt"), "a\nb\nc\n").unwrap();
+    check(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&dir.path().join("three.txt")), "--size", "16x16"], "4 classes");
+    let r = cls_infer(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&classes), "--size", "16x16"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["image"], "a.png");
+    assert_eq!(v["labels"][0], "red");
+}
+
+#[test]
+fn device_choice_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    solid([0, 0, 255], 8, 8).save(imgs.join("a.png")).unwrap();
+    let model = write_model(dir.path(), true);
+    let auto = cls_infer(&["--model", s(&model), "--images", s(&imgs)], &[]);
+    assert_eq!(auto.code, 0, "{}", auto.stderr);
+    assert!(auto.stderr.contains("ExecutionProvider"), "{}", auto.stderr);
+    let cuda = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cuda"], &[]);
+    if auto.stderr.contains("on CUDAExecutionProvider") {
+        assert_eq!(cuda.code, 0, "{}", cuda.stderr);
+    } else {
+        assert_eq!(cuda.code, 2, "{}", cuda.stderr);
+        assert!(cuda.stderr.contains("CUDA"), "{}", cuda.stderr);
+    }
+}
