@@ -2,7 +2,9 @@
 
 use tch::{Kind, Tensor};
 
-use super::losses::{f32_logits, neg_log_1mp, neg_log_p, per_sample, sum_over_batch, value, weight, Labels};
+use super::losses::{
+    f32_logits, neg_log_1mp, neg_log_p, per_sample, sum_over_batch, value, weight, Labels,
+};
 use super::{Method, StepCtx, StepOut};
 
 /// (mean over the batch of Σ_j p_ij − k)² / C², on probabilities `p` [B, C].
@@ -42,6 +44,10 @@ impl Method for Epr {
         let labels = Labels::of(ctx.y);
         let loss = sum_over_batch(&observed_bce(&x, &labels))
             + expected_positive_regulariser(&x.sigmoid(), self.k);
-        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
+        StepOut {
+            per_net: vec![value(&loss)],
+            loss,
+            flagged: vec![],
+        }
     }
 }

@@ -108,7 +108,10 @@ impl MethodConfig {
             }
         }
         if !(self.role_lr_mult > 0.0 && self.role_lr_mult.is_finite()) {
-            bail!("method config: role_lr_mult = {} must be > 0", self.role_lr_mult);
+            bail!(
+                "method config: role_lr_mult = {} must be > 0",
+                self.role_lr_mult
+            );
         }
         Ok(())
     }
@@ -191,8 +194,25 @@ pub trait Method: Send {
 
 /// Every method [`build`] knows, in the order of method.md.
 pub const METHODS: &[&str] = &[
-    "cls", "cls-h", "cls-l", "clc", "an", "an-ls", "wan", "epr", "role", "asl", "hill", "splc",
-    "ll-r", "ll-ct", "ll-cp", "em", "co-teaching", "co-teaching-plus", "jocor",
+    "cls",
+    "cls-h",
+    "cls-l",
+    "clc",
+    "an",
+    "an-ls",
+    "wan",
+    "epr",
+    "role",
+    "asl",
+    "hill",
+    "splc",
+    "ll-r",
+    "ll-ct",
+    "ll-cp",
+    "em",
+    "co-teaching",
+    "co-teaching-plus",
+    "jocor",
 ];
 
 /// Builds the method called `name`; `n_train` rows and `n_classes` columns size the persistent
@@ -227,13 +247,22 @@ pub fn build(
                 "ll-ct" => ll::Mode::CorrectTemporary,
                 _ => ll::Mode::CorrectPermanent,
             };
-            Box::new(ll::LargeLoss::new(mode, cfg.ll_delta, n_train, n_classes, device))
+            Box::new(ll::LargeLoss::new(
+                mode,
+                cfg.ll_delta,
+                n_train,
+                n_classes,
+                device,
+            ))
         }
         "em" => Box::new(em::Em::new(cfg.em_alpha)),
         "co-teaching" => Box::new(coteaching::CoTeaching::new(cfg, false)),
         "co-teaching-plus" => Box::new(coteaching::CoTeaching::new(cfg, true)),
         "jocor" => Box::new(jocor::JoCoR::new(cfg)),
-        other => bail!("unknown method {other:?}; known methods: {}", METHODS.join(", ")),
+        other => bail!(
+            "unknown method {other:?}; known methods: {}",
+            METHODS.join(", ")
+        ),
     };
     Ok(m)
 }
@@ -258,7 +287,9 @@ pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
         3
     } else {
         let f: f64 = p.parse().ok()?;
-        [0.75, 0.5, 0.25].iter().position(|&v| (v - f).abs() < 1e-9)?
+        [0.75, 0.5, 0.25]
+            .iter()
+            .position(|&v| (v - f).abs() < 1e-9)?
     };
     Some((tau_hs[column], tau_l))
 }

@@ -55,7 +55,12 @@ pub fn co_label_select(
     };
     let (keep_f, flagged_f) = one(loss_f, loss_g);
     let (keep_g, flagged_g) = one(loss_g, loss_f);
-    Selection { keep_f, keep_g, flagged_f, flagged_g }
+    Selection {
+        keep_f,
+        keep_g,
+        flagged_f,
+        flagged_g,
+    }
 }
 
 /// The `count` candidates with the smallest (`largest == false`) or largest values, as a bool
@@ -70,7 +75,9 @@ pub fn pick(values: &Tensor, candidates: &Tensor, count: i64, largest: bool) -> 
     if count <= 0 {
         return out.reshape(&shape[..]);
     }
-    let order = flat_v.index_select(0, &idx).argsort_stable(true, 0, largest);
+    let order = flat_v
+        .index_select(0, &idx)
+        .argsort_stable(true, 0, largest);
     let chosen = idx.index_select(0, &order.narrow(0, 0, count));
     out.index_fill(0, &chosen, 1).reshape(&shape[..])
 }
