@@ -1,0 +1,83 @@
+//! JSONL manifests: one `{"image": "<path relative to the manifest's folder>", "labels":
+//! ["name", ...]}` object per line; blank lines are skipped, other fields are ignored.
+
+use super::{file_stem_str, label_space, parent_name, read_class_list, read_lines, short_name, DataError, Loc};
+use crate::dataset::{Dataset, Sample};
+use crate::labels::{LabelSpace, NEG, POS};
+use ndarray::Array2;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+#[derive(Deserialize)]
+struct Entry {
+    image: String,
+    labels: Vec<String>,
+}
+
+/// Read a JSONL manifest.
+///
+/// The class list is `classes` if given, else a `classes.txt` next to the manifest, else the
+/// sorted union of the names used. With a class list, a name outside it is an error. Paths are
+/// resolved against the manifest's folder; `Sample.id` is the `image` string as written.
+/// Duplicate images, an empty manifest and (with `check_images`) missing files are errors,
+/// each naming `manifest:line`. The name is `<folder>-<stem>`, e.g. `corel5k-train`.
+pub fn read_jsonl(manifest: &Path, classes: Option<&Path>, check_images: bool) -> Result<Dataset, DataError> {
+    let base = manifest.parent().unwrap_or(Path::new(""));
+    let mut entries = Vec::new();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    for (line, text) in read_lines(manifest)? {
+        let entry: Entry = serde_json::from_str(&text).map_err(|e| DataError::json(manifest, line, &e))?;
+        if let Some(first) = first_line.insert(entry.image.clone(), line) {
+            return Err(DataError::DuplicateImage {
+                at: Loc::line(manifest, line),
+                id: entry.image,
+                first: format!("at line {first}"),
+            });
+        }
+        let path = base.join(&entry.image);
+        if check_images && !path.is_file() {
+            return Err(DataError::MissingImage { at: Loc::line(manifest, line), image: path.display().to_string() });
+        }
+        entries.push((line, entry));
+    }
+    if entries.is_empty() {
+        return Err(DataError::Empty { at: Loc::file(manifest), what: "images" });
+    }
+
+    let default_list = base.join("classes.txt");
+    let space = match classes {
+        Some(list) => read_class_list(list)?,
+        None if default_list.is_file() => read_class_list(&default_list)?,
+        None => union_of_names(&entries, manifest)?,
+    };
+
+    let mut targets = Array2::from_elem((entries.len(), space.len()), NEG);
+    let mut samples = Vec::with_capacity(entries.len());
+    for (row, (line, entry)) in entries.into_iter().enumerate() {
+        for name in &entry.labels {
+            let col = space.index_of(name).ok_or_else(|| DataError::UnknownClass {
+                at: Loc::line(manifest, line),
+                class: name.clone(),
+            })?;
+            targets[[row, col]] = POS;
+        }
+        samples.push(Sample { path: base.join(&entry.image), id: entry.image });
+    }
+    Ok(Dataset {
+        name: short_name(&[&parent_name(manifest), file_stem_str(manifest)]),
+        classes: space,
+        samples,
+        targets,
+        features: None,
+    })
+}
+
+/// The sorted union of all label names in the manifest.
+fn union_of_names(entries: &[(usize, Entry)], manifest: &Path) -> Result<LabelSpace, DataError> {
+    let names: BTreeSet<&String> = entries.iter().flat_map(|(_, e)| &e.labels).collect();
+    if names.is_empty() {
+        return Err(DataError::Empty { at: Loc::file(manifest), what: "labels (and no class list given)" });
+    }
+    label_space(names.into_iter().cloned().collect(), Loc::file(manifest))
+}
