@@ -39,7 +39,8 @@ fn arch_names_parse_and_describe() {
 #[test]
 fn every_arch_builds_with_torch_names_and_parameter_counts() {
     // Trainable parameter counts with a 1000-class classifier, as torchvision reports them
-XX
+    // (sum(p.numel() for p in model.parameters())); Lite0's is the sum of the sizes of the pretrained
+    // file's tensors other than running_mean/var and num_batches_tracked (computed with numpy).
     let expected: [(Arch, i64, &[&str]); 5] = [
         (Arch::ResNet18, 11_689_512, &["conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight", "fc.bias"]),
         (Arch::ResNet34, 21_797_672, &["layer3.5.conv2.weight", "fc.weight"]),
