@@ -7,7 +7,7 @@
 use crate::walk::ImageFile;
 use anyhow::{anyhow, bail, Context, Result};
 use cls_core::preprocess::Preprocess;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded};
 use ort::session::Session;
 use ort::value::TensorRef;
 use rayon::prelude::*;
@@ -60,8 +60,10 @@ fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), Strin
 }
 
 /// Decode `files` (one batch) in parallel; failed slots are squeezed out of the buffer.
-fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: usize) -> Batch {
-    let mut data = vec![0f32; files.len() * per_image];
+/// `data` is a recycled buffer (any contents).
+fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: usize, mut data: Vec<f32>) -> Batch {
+    data.clear();
+    data.resize(files.len() * per_image, 0.0);
     let results: Vec<Result<(), String>> =
         data.par_chunks_mut(per_image).zip(files.par_iter()).map(|(slot, f)| load_into(pre, &f.path, slot)).collect();
     let mut rows = Vec::with_capacity(files.len());
@@ -93,10 +95,13 @@ pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: im
         .build()
         .context("cannot start the decoding threads")?;
     let (tx, rx) = bounded::<Batch>(QUEUE);
+    // Used buffers go back to the producer, so the same few allocations serve the whole run.
+    let (recycle_tx, recycle_rx) = unbounded::<Vec<f32>>();
     std::thread::scope(|scope| -> Result<()> {
         let producer = scope.spawn(move || {
             for (k, chunk) in files.chunks(batch).enumerate() {
-                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image));
+                let buffer = recycle_rx.try_recv().unwrap_or_default();
+                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image, buffer));
                 if tx.send(b).is_err() {
                     break; // the inference loop stopped on an error
                 }
@@ -128,6 +133,7 @@ pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: im
                 };
                 sink(b.start + offset, outcome)?;
             }
+            let _ = recycle_tx.send(b.data);
         }
         producer.join().map_err(|_| anyhow!("the decoding thread crashed"))?;
         Ok(())
