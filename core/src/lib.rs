@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod preprocess;
 pub mod protocol;
 pub mod readers;
+pub mod synthetic;
 
 pub use dataset::{Dataset, Sample};
 pub use labels::{LabelSpace, LabelState, Targets};
