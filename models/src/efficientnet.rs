@@ -72,17 +72,20 @@ fn same_pad(size: i64, kernel: i64, stride: i64) -> (i64, i64) {
     (total / 2, total - total / 2)
 }
 
-/// A bias-free convolution with "same" padding applied explicitly before it.
+/// A bias-free convolution with "same" padding computed from the input size. The symmetric part
+/// of the padding is the convolution's own; only an odd remainder (one row or column at the end,
+/// which stride-2 layers need) costs an explicit pad.
 struct SameConv {
     conv: nn::Conv2D,
     kernel: i64,
     stride: i64,
+    groups: i64,
 }
 
 impl SameConv {
     fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64) -> SameConv {
         let cfg = nn::ConvConfig { stride, padding: 0, groups, bias: false, ..Default::default() };
-        SameConv { conv: nn::conv2d(p, cin, cout, kernel, cfg), kernel, stride }
+        SameConv { conv: nn::conv2d(p, cin, cout, kernel, cfg), kernel, stride, groups }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -90,11 +93,16 @@ impl SameConv {
         let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
         let (top, bottom) = same_pad(h, self.kernel, self.stride);
         let (left, right) = same_pad(w, self.kernel, self.stride);
-        if top + bottom + left + right == 0 {
-            x.apply(&self.conv)
+        // same_pad puts the odd element at the end: bottom - top and right - left are 0 or 1.
+        let extra = [0, right - left, 0, bottom - top];
+        let padded;
+        let input = if extra.iter().any(|&p| p != 0) {
+            padded = x.constant_pad_nd(extra);
+            &padded
         } else {
-            x.constant_pad_nd([left, right, top, bottom]).apply(&self.conv)
-        }
+            x
+        };
+        input.conv2d(&self.conv.ws, None::<&Tensor>, [self.stride, self.stride], [top, left], [1, 1], self.groups)
     }
 }
 
