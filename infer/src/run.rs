@@ -11,7 +11,7 @@ use crate::{runtime, Cli};
 use anyhow::{bail, Context, Result};
 use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
 use cls_core::preprocess::Preprocess;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ndarray::Array2;
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -28,8 +28,10 @@ fn progress(len: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, ETA {eta}") {
-        bar.set_style(style);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {rate} images/s, ETA {eta}") {
+        bar.set_style(style.with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1}", s.per_sec());
+        }));
     }
     bar
 }
