@@ -74,6 +74,8 @@ fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize,
     let sz = (height * width * 3) as usize;
     let max_pixels = Preprocess::imagenet(height, width).max_pixels;
     let bar = progress(samples.len(), &format!("decoding {label}"));
+    let t0 = std::time::Instant::now();
+    eprintln!("decoding {} {label} images into the cache at {height}x{width}", samples.len());
     let errors: Vec<String> = map
         .par_chunks_mut(sz.max(1))
         .zip(samples.par_iter())
@@ -97,6 +99,7 @@ fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize,
     }
     map.flush()?;
     drop(map);
+    eprintln!("decoded {} {label} images in {:.1} s", samples.len(), t0.elapsed().as_secs_f64());
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

@@ -120,3 +120,9 @@ pub fn named_vars(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// Save the resolved configuration as RUN_DIR/config.toml.
+pub fn save_config(cfg: &crate::config::TrainConfig, run_dir: &Path) -> Result<()> {
+    let text = toml::to_string_pretty(cfg).context("serialising the configuration")?;
+    write_atomic(&run_dir.join("config.toml"), text.as_bytes())
+}

@@ -171,6 +171,9 @@ pub struct TrainConfig {
     /// best epoch) or ensemble (one graph averaging both peers).
     #[arg(long, default_value = "better", help_heading = "System")]
     pub export: String,
+    /// Keep every epoch's weights under RUN_DIR/epochs/ (for `cls-train export --checkpoint N`).
+    #[arg(long, help_heading = "System")]
+    pub keep_epochs: bool,
     /// Run folder (default: runs/<method>-<partial>-s<seed>-<time>).
     #[arg(long, help_heading = "System")]
     pub run_dir: Option<PathBuf>,
@@ -209,19 +212,24 @@ impl TrainConfig {
     /// given explicitly on the command line (`explicit`: the field names given there).
     pub fn with_file(self, file: &Path, explicit: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading config {}", file.display()))?;
-        let from_file: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", file.display()))?;
+        self.with_toml(&text, &file.display().to_string(), explicit)
+    }
+
+    /// [`TrainConfig::with_file`] on TOML text; `origin` names it in errors.
+    pub fn with_toml(self, text: &str, origin: &str, explicit: &[String]) -> Result<Self> {
+        let from_file: toml::Table = toml::from_str(text).with_context(|| format!("parsing config {origin}"))?;
         let mut merged = serde_json::to_value(&self)?;
         let fields = merged.as_object_mut().expect("a struct serialises to an object");
         for (k, v) in serde_json::to_value(from_file)?.as_object().into_iter().flatten() {
             let key = k.replace('-', "_");
             if !fields.contains_key(&key) {
-                bail!("{}: unknown key '{k}' (keys are the long flags, e.g. tau_h = 0.01)", file.display());
+                bail!("{origin}: unknown key '{k}' (keys are the long flags, e.g. tau_h = \"0.01\")");
             }
             if !explicit.contains(&key) {
                 fields.insert(key, v.clone());
             }
         }
-        serde_json::from_value(merged).with_context(|| format!("config {}", file.display()))
+        serde_json::from_value(merged).with_context(|| format!("config {origin}"))
     }
 
     pub fn reduction(&self) -> Result<Reduction> {

@@ -81,6 +81,8 @@ pub fn features(net: &Net, images: &Inputs, device: Device, dir: &Path, model_ke
         }
     }
     let bar = progress(cache.n, &format!("features {label}"));
+    let t0 = std::time::Instant::now();
+    eprintln!("computing backbone features of {} {label} images (cached for later runs)", cache.n);
     let mut parts = Vec::new();
     let bs = 64;
     tch::no_grad(|| {
@@ -92,6 +94,7 @@ pub fn features(net: &Net, images: &Inputs, device: Device, dir: &Path, model_ke
         }
     });
     bar.finish_and_clear();
+    eprintln!("features of {} {label} images in {:.1} s", cache.n, t0.elapsed().as_secs_f64());
     let all = Tensor::cat(&parts, 0);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     Tensor::write_safetensors(&[("features", &all)], &tmp).context("writing the feature cache")?;

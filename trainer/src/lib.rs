@@ -1,6 +1,7 @@
 //! `cls-train`'s library: the methods (one file each under `methods/`), the data path (readers →
 //! image cache → batches), the loop, checkpoints, plots and the export at the end of a run.
 
+pub mod bench;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
@@ -11,4 +12,5 @@ pub mod optim;
 pub mod plots;
 pub mod setup;
 pub mod summary;
+pub mod sweep;
 pub mod train;

@@ -5,6 +5,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cls_trainer::checkpoint;
 use cls_trainer::config::TrainConfig;
+use cls_trainer::sweep;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,10 +45,60 @@ enum Command {
         /// better | ensemble (default: the run's setting).
         #[arg(long)]
         export: Option<String>,
+        /// Which weights: best (each peer's best validation epoch), last, or an epoch number
+        /// (kept with --keep-epochs).
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+    },
+    /// Time the training step alone on random data (the benchmark of scripts/bench-train).
+    BenchStep {
+        #[arg(long, default_value = "resnet50")]
+        backbone: String,
+        #[arg(long, default_value = "cls")]
+        method: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: i64,
+        /// Input size HxW.
+        #[arg(long, default_value = "224x224")]
+        size: String,
+        #[arg(long, default_value_t = 80)]
+        classes: i64,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        threads: Option<i32>,
+    },
+    /// Train one run per grid point and pick the best on validation mAP (never test).
+    Sweep {
+        /// Folder for the runs, sweep.json and the sensitivity plots.
+        #[arg(long)]
+        out: PathBuf,
+        /// τ_h values, comma separated (the paper's grid: 0,0.003,0.006,0.009,0.012,0.015,0.018,0.021).
+        #[arg(long)]
+        tau_h_grid: Option<String>,
+        /// τ_l values, comma separated (the paper's grid: 0,0.02,0.04,...,0.14).
+        #[arg(long)]
+        tau_l_grid: Option<String>,
+        /// LL-R/Ct/Cp Δ values (% of B·C per epoch), comma separated.
+        #[arg(long)]
+        ll_delta_grid: Option<String>,
+        #[command(flatten)]
+        train: Box<TrainConfig>,
     },
 }
 
 fn main() -> ExitCode {
+    // libtorch's OpenMP threads spin while waiting; on a shared or busy machine that turns small
+    // operations into long stalls (measured here: a linear-head epoch took 4-12 s instead of
+    // 0.4 s with another process on the cores). Passive waiting unless the user chose otherwise;
+    // set before libtorch starts its thread pool.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+    }
     let matches = Cli::command().get_matches();
     match Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,8 +130,30 @@ lr = 0.003
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let explicit = explicit_keys(matches);
-    if let Some(Command::Export { run_dir, out, export }) = cli.command {
-        return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref());
+    match cli.command {
+        Some(Command::Export { run_dir, out, export, checkpoint }) => {
+            let which = checkpoint.parse().map_err(|e| anyhow::anyhow!("--checkpoint {e}"))?;
+            return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref(), &which);
+        }
+        Some(Command::Sweep { out, tau_h_grid, tau_l_grid, ll_delta_grid, train }) => {
+            let sub = matches.subcommand_matches("sweep").expect("sweep matches");
+            let cfg = resolve(*train, cli.config.as_deref(), &explicit_keys(sub))?;
+            let grid = |g: Option<String>| g.as_deref().map(sweep::parse_grid).transpose().map(Option::unwrap_or_default);
+            sweep::run(&cfg, &out, &grid(tau_h_grid)?, &grid(tau_l_grid)?, &grid(ll_delta_grid)?)?;
+            return Ok(());
+        }
+        Some(Command::BenchStep { backbone, method, batch_size, size, classes, steps, warmup, device, threads }) => {
+            if let Some(n) = threads {
+                tch::set_num_threads(n);
+            }
+            let arch: cls_models::Arch = backbone.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
+            let (h, w) = cls_trainer::config::parse_size(&size)?;
+            let device = cls_trainer::setup::parse_device(&device)?;
+            let r = cls_trainer::bench::bench_step(&arch, &method, batch_size, (h as i64, w as i64), classes, steps, warmup, device)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        None => {}
     }
     if let Some(run_dir) = cli.resume {
         let saved = run_dir.join("config.toml");
@@ -98,26 +171,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         if checkpoint::latest(&run_dir).is_none() {
             bail!("{}: no checkpoint yet (the run stopped before its first epoch ended); start it again", run_dir.display());
         }
-        save_config(&cfg, &run_dir)?;
+        checkpoint::save_config(&cfg, &run_dir)?;
         cls_trainer::train::run(cfg, &run_dir, true)?;
         return Ok(());
     }
 
-    let mut cfg = cli.train;
-    if let Some(file) = &cli.config {
-        cfg = cfg.with_file(file, &explicit)?;
-    }
-    if cfg.data.is_none() {
-        let preset = std::env::temp_dir().join(format!("cls-preset-{}.toml", std::process::id()));
-        std::fs::write(&preset, SYNTHETIC_PRESET)?;
-        let mut keep = explicit.clone();
-        if explicit.iter().any(|k| k == "backbone") {
-            keep.extend(["pretrained", "freeze_backbone", "resize", "crop"].map(String::from));
-        }
-        let merged = cfg.with_file(&preset, &keep);
-        let _ = std::fs::remove_file(&preset);
-        cfg = merged?;
-    }
+    let cfg = resolve(cli.train, cli.config.as_deref(), &explicit)?;
     let run_dir = match &cfg.run_dir {
         Some(d) => d.clone(),
         None => {
@@ -129,13 +188,24 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         bail!("{} already holds a run: continue it with --resume {0}, or choose another --run-dir", run_dir.display());
     }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    save_config(&cfg, &run_dir)?;
+    checkpoint::save_config(&cfg, &run_dir)?;
     eprintln!("run folder: {}", run_dir.display());
     cls_trainer::train::run(cfg, &run_dir, false)?;
     Ok(())
 }
 
-fn save_config(cfg: &TrainConfig, run_dir: &Path) -> Result<()> {
-    let text = toml::to_string_pretty(cfg).context("serialising the configuration")?;
-    checkpoint::write_atomic(&run_dir.join("config.toml"), text.as_bytes())
+/// The configuration from the command line, a `--config` file under it, and the synthetic demo
+/// preset under both when no `--data` is given.
+fn resolve(mut cfg: TrainConfig, file: Option<&Path>, explicit: &[String]) -> Result<TrainConfig> {
+    if let Some(file) = file {
+        cfg = cfg.with_file(file, explicit)?;
+    }
+    if cfg.data.is_none() {
+        let mut keep = explicit.to_vec();
+        if explicit.iter().any(|k| k == "backbone") {
+            keep.extend(["pretrained", "freeze_backbone", "resize", "crop"].map(String::from));
+        }
+        cfg = cfg.with_toml(SYNTHETIC_PRESET, "the synthetic-data preset", &keep)?;
+    }
+    Ok(cfg)
 }

@@ -31,6 +31,52 @@ pub struct Summary {
     pub model: PathBuf,
 }
 
+/// Which saved weights to export: each peer's best epoch (the default), the last checkpoint, or
+/// one epoch kept by `--keep-epochs`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Weights {
+    Best,
+    Last,
+    Epoch(usize),
+}
+
+impl std::str::FromStr for Weights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "best" => Ok(Weights::Best),
+            "last" => Ok(Weights::Last),
+            n => n.parse().map(Weights::Epoch).map_err(|_| format!("'{s}': expected best, last or an epoch number")),
+        }
+    }
+}
+
+impl Weights {
+    fn file(&self, run_dir: &Path, peer: usize) -> Result<PathBuf> {
+        let f = match self {
+            Weights::Best => run_dir.join(format!("best-peer{peer}.safetensors")),
+            Weights::Last => checkpoint::latest(run_dir).context("no checkpoint")?.join(format!("peer{peer}.safetensors")),
+            Weights::Epoch(e) => epoch_file(run_dir, *e, peer),
+        };
+        if !f.is_file() {
+            let kept: Vec<String> = std::fs::read_dir(run_dir.join("epochs"))
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            bail!(
+                "{} does not exist (epochs are kept only with --keep-epochs; kept here: {})",
+                f.display(),
+                if kept.is_empty() { "none".to_string() } else { kept.join(", ") }
+            );
+        }
+        Ok(f)
+    }
+}
+
+/// The weights of `peer` after `epoch` (1-based), kept with `--keep-epochs`.
+pub fn epoch_file(run_dir: &Path, epoch: usize, peer: usize) -> PathBuf {
+    run_dir.join("epochs").join(format!("epoch-{epoch:03}-peer{peer}.safetensors"))
+}
+
 /// Which peer had the higher validation mAP at its best epoch.
 pub fn better_peer(state: &RunState) -> Result<(usize, usize)> {
     state
@@ -56,13 +102,25 @@ pub fn finish(
     head_only: bool,
     devices: &[Device],
     model: &Path,
+    which: &Weights,
 ) -> Result<()> {
-    let (best_peer, best_epoch) = better_peer(state)?;
-    // Every peer back to its best epoch.
+    // Every peer back to the chosen weights, and the better of them.
     for (k, p) in peers.iter_mut().enumerate() {
-        let f = run_dir.join(format!("best-peer{k}.safetensors"));
+        let f = which.file(run_dir, k)?;
         checkpoint::restore_vars(&p.vs, &checkpoint::load_tensors(&f)?)?;
     }
+    let (best_peer, best_epoch) = match which {
+        Weights::Best => better_peer(state)?,
+        Weights::Last | Weights::Epoch(_) => {
+            let epoch = if let Weights::Epoch(e) = which { *e } else { state.epochs_done };
+            let mut maps = Vec::new();
+            for (k, p) in peers.iter().enumerate() {
+                maps.push(evaluate(p, val_inputs, &data.val.targets, head_only, devices[k])?.map);
+            }
+            let k = (0..maps.len()).max_by(|&a, &b| maps[a].total_cmp(&maps[b]).then(b.cmp(&a))).unwrap_or(0);
+            (k, epoch)
+        }
+    };
     let ensemble = match cfg.export.as_str() {
         "better" => false,
         "ensemble" => {
@@ -95,7 +153,9 @@ pub fn finish(
         realised_fraction: data.observed.realised_fraction,
         model: model.to_path_buf(),
     };
-    checkpoint::write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    // A re-export elsewhere gets its own summary beside the model; the run's stays as it is.
+    let summary_path = if model == run_dir.join("model.onnx") { run_dir.join("summary.json") } else { model.with_extension("summary.json") };
+    checkpoint::write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("best: peer {best_peer} at epoch {best_epoch}");
     eprintln!("validation:\n{}", summary.val.table());
     if let Some(t) = &summary.test {
@@ -137,7 +197,7 @@ pub fn export_meta(cfg: &TrainConfig, run_dir: &Path, arch: &Arch, data: &RunDat
 
 /// `cls-train export RUN_DIR`: rebuild the run's networks, load each peer's best weights and
 /// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind.
-pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>) -> Result<()> {
+pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which: &Weights) -> Result<()> {
     let saved = run_dir.join("config.toml");
     let mut cfg = TrainConfig::default().with_file(&saved, &[]).with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
@@ -146,5 +206,5 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>) -> Res
     let ck = checkpoint::load(run_dir, 0)?;
     let mut s = setup::prepare(&cfg, run_dir)?;
     let model = out.map_or_else(|| run_dir.join("model.onnx"), Path::to_path_buf);
-    finish(&cfg, run_dir, &s.arch, &s.data, &mut s.peers, &ck.state, &s.val_inputs, s.test_inputs.as_ref(), s.head_only, &s.devices, &model)
+    finish(&cfg, run_dir, &s.arch, &s.data, &mut s.peers, &ck.state, &s.val_inputs, s.test_inputs.as_ref(), s.head_only, &s.devices, &model, which)
 }

@@ -21,7 +21,7 @@ use crate::checkpoint::{self, Checkpoint, RunState};
 use crate::config::TrainConfig;
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
-use crate::methods::StepCtx;
+use crate::methods::{Method, StepCtx, StepOut};
 use crate::optim::Adam;
 use crate::setup::{self, Setup};
 use crate::{plots, summary};
@@ -126,36 +126,18 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let y = y_all.index_select(0, &idx_t);
             let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0]);
-            let logits: Vec<Tensor> = peers
-                .iter()
-                .enumerate()
-                .map(|(k, p)| {
-                    let xk = x.to_device(devices[k]);
-                    let out = if head_only { p.net.head(&xk) } else { p.net.forward_t(&xk, true) };
-                    out.to_device(device)
-                })
-                .collect();
             let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
-            let out = method.step(&logits, &ctx);
-            let loss_value = out.loss.double_value(&[]);
-            if !loss_value.is_finite() {
-                bail!(
+            let out = match train_step(&mut peers, method.as_mut(), &x, &ctx, head_only, &devices) {
+                Ok(out) => out,
+                Err(loss_value) => bail!(
                     "the loss became {loss_value} at epoch {} step {} (learning rate {lr:.3e}); stopping. \
                      The last good checkpoint (after epoch {}) is kept in {}: lower --lr or check the data, then --resume",
                     epoch + 1,
                     step + 1,
                     state.epochs_done,
                     run_dir.display()
-                );
-            }
-            for p in peers.iter_mut() {
-                p.adam.zero_grad();
-            }
-            out.loss.backward();
-            method.after_backward(&ctx);
-            for p in peers.iter_mut() {
-                p.adam.step(lr);
-            }
+                ),
+            };
             for (k, v) in out.per_net.iter().enumerate() {
                 loss_sum[k] += v;
             }
@@ -216,6 +198,12 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
                 method: method.state(),
             },
         )?;
+        if cfg.keep_epochs {
+            std::fs::create_dir_all(run_dir.join("epochs"))?;
+            for (k, p) in peers.iter().enumerate() {
+                checkpoint::save_tensors(&summary::epoch_file(run_dir, epoch + 1, k), &checkpoint::named_vars(&p.vs))?;
+            }
+        }
         append_log(run_dir, &log)?;
         print_epoch(&log, cfg.epochs);
         plots::write_run_plots(run_dir).context("writing plots")?;
@@ -226,8 +214,39 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
         return Ok(run_dir.to_path_buf());
     }
     let model = run_dir.join("model.onnx");
-    summary::finish(&cfg, run_dir, &arch, &data, &mut peers, &state, &val_inputs, test_inputs.as_ref(), head_only, &devices, &model)?;
+    summary::finish(&cfg, run_dir, &arch, &data, &mut peers, &state, &val_inputs, test_inputs.as_ref(), head_only, &devices, &model, &summary::Weights::Best)?;
     Ok(run_dir.to_path_buf())
+}
+
+/// One optimisation step of every peer on the batch `x` (Algorithm 1, steps 1–6): forward
+/// each network, let the method select labels and compute the losses, back-propagate once (the
+/// peers' parameters are disjoint) and step each peer's Adam. A non-finite loss is returned as
+/// `Err(value)` before any update.
+pub fn train_step(peers: &mut [Peer], method: &mut dyn Method, x: &Tensor, ctx: &StepCtx, head_only: bool, devices: &[Device]) -> Result<StepOut, f64> {
+    let loss_device = devices[0];
+    let logits: Vec<Tensor> = peers
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let xk = x.to_device(devices[k]);
+            let out = if head_only { p.net.head(&xk) } else { p.net.forward_t(&xk, true) };
+            out.to_device(loss_device)
+        })
+        .collect();
+    let out = method.step(&logits, ctx);
+    let loss_value = out.loss.double_value(&[]);
+    if !loss_value.is_finite() {
+        return Err(loss_value);
+    }
+    for p in peers.iter_mut() {
+        p.adam.zero_grad();
+    }
+    out.loss.backward();
+    method.after_backward(ctx);
+    for p in peers.iter_mut() {
+        p.adam.step(ctx.lr);
+    }
+    Ok(out)
 }
 
 /// Probabilities of `peer` on every sample of `inputs`, in order.

@@ -1,0 +1,118 @@
+//! `cls-train sweep`: train one run per grid point (τ_h × τ_l, or LL's Δ) and pick the point
+//! with the best **validation** mAP (method.md: "a sweep, picking on validation mAP, never on
+//! test"). Writes `sweep.json` (every point, the choice) and a sensitivity plot per swept knob
+//! (the paper's Figures 7 and 8).
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use crate::config::TrainConfig;
+use crate::plots::{line_chart, Series};
+use crate::summary::Summary;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub tau_h: Option<f64>,
+    pub tau_l: Option<f64>,
+    pub ll_delta: Option<f64>,
+    pub run_dir: PathBuf,
+    pub val_map: f64,
+    pub test_map: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SweepResult {
+    pub method: String,
+    pub points: Vec<Point>,
+    /// Index into `points` of the best validation mAP.
+    pub best: usize,
+}
+
+pub fn parse_grid(s: &str) -> Result<Vec<f64>> {
+    s.split(',').map(|v| v.trim().parse::<f64>().with_context(|| format!("bad grid value '{v}' in '{s}'"))).collect()
+}
+
+/// Run the grid; `out` holds one run folder per point plus `sweep.json` and the plots.
+pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delta: &[f64]) -> Result<SweepResult> {
+    if tau_h.is_empty() && tau_l.is_empty() && ll_delta.is_empty() {
+        bail!("sweep: give at least one of --tau-h-grid, --tau-l-grid, --ll-delta-grid");
+    }
+    std::fs::create_dir_all(out)?;
+    let opt = |v: &[f64]| -> Vec<Option<f64>> { if v.is_empty() { vec![None] } else { v.iter().copied().map(Some).collect() } };
+    let mut points = Vec::new();
+    for th in opt(tau_h) {
+        for tl in opt(tau_l) {
+            for d in opt(ll_delta) {
+                let mut cfg = base.clone();
+                let mut name = vec![cfg.method.clone()];
+                if let Some(v) = th {
+                    cfg.tau_h = Some(v.to_string());
+                    name.push(format!("tauh{v}"));
+                }
+                if let Some(v) = tl {
+                    cfg.tau_l = Some(v);
+                    name.push(format!("taul{v}"));
+                }
+                if let Some(v) = d {
+                    cfg.ll_delta = Some(v);
+                    name.push(format!("delta{v}"));
+                }
+                let dir = out.join(name.join("-"));
+                cfg.run_dir = Some(dir.clone());
+                let summary_path = dir.join("summary.json");
+                if !summary_path.exists() {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)?;
+                    }
+                    std::fs::create_dir_all(&dir)?;
+                    crate::checkpoint::save_config(&cfg, &dir)?;
+                    eprintln!("sweep point {}", dir.display());
+                    crate::train::run(cfg, &dir, false)?;
+                }
+                let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?).with_context(|| format!("{}", summary_path.display()))?;
+                points.push(Point { tau_h: th, tau_l: tl, ll_delta: d, run_dir: dir, val_map: s.val.map, test_map: s.test.map(|t| t.map) });
+            }
+        }
+    }
+    let best = points
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.val_map.total_cmp(&b.1.val_map))
+        .map(|(i, _)| i)
+        .expect("at least one point");
+    let result = SweepResult { method: base.method.clone(), points, best };
+    std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&result)?)?;
+    plot(&result, out)?;
+    let b = &result.points[best];
+    eprintln!(
+        "best on validation: τ_h {:?} τ_l {:?} Δ {:?}: val mAP {:.2}{}",
+        b.tau_h,
+        b.tau_l,
+        b.ll_delta,
+        100.0 * b.val_map,
+        b.test_map.map_or(String::new(), |t| format!(", test mAP {:.2}", 100.0 * t))
+    );
+    Ok(result)
+}
+
+/// One sensitivity curve per swept knob, the others fixed at the best point's values.
+fn plot(r: &SweepResult, out: &Path) -> Result<()> {
+    let b = &r.points[r.best];
+    type Get = fn(&Point) -> Option<f64>;
+    let knobs: [(&str, Get); 3] = [("tau_h", |p| p.tau_h), ("tau_l", |p| p.tau_l), ("ll_delta", |p| p.ll_delta)];
+    for (i, (name, get)) in knobs.iter().enumerate() {
+        let others: Vec<&(&str, Get)> = knobs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, k)| k).collect();
+        let mut pts: Vec<&Point> = r.points.iter().filter(|p| get(p).is_some() && others.iter().all(|(_, g)| g(p) == g(b))).collect();
+        if pts.len() < 2 {
+            continue;
+        }
+        pts.sort_by(|a, c| get(a).unwrap_or(0.0).total_cmp(&get(c).unwrap_or(0.0)));
+        let mut series = vec![Series { name: "validation".into(), points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.val_map)).collect() }];
+        if pts.iter().all(|p| p.test_map.is_some()) {
+            series.push(Series { name: "test".into(), points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.test_map.unwrap_or(0.0))).collect() });
+        }
+        line_chart(&out.join(format!("sensitivity-{name}.png")), &format!("{}: mAP against {name}", r.method), name, "mAP (%)", &series)?;
+    }
+    Ok(())
+}
