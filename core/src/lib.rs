@@ -3,6 +3,7 @@
 //! Data flows one way: files → [`readers`] → [`Dataset`] (a [`LabelSpace`] and ground-truth
 //! [`Targets`]) → [`protocol`] (hides training labels) → trainer; and scores → [`metrics`].
 //! [`preprocess`] turns image files into normalised NCHW tensors for both trainer and infer.
+//! [`synthetic`] writes the built-in demo dataset (coloured shapes, JSONL manifests).
 
 pub mod dataset;
 pub mod labels;
