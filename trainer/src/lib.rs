@@ -10,6 +10,7 @@ pub mod inputs;
 pub mod methods;
 pub mod optim;
 pub mod plots;
+pub mod report;
 pub mod setup;
 pub mod summary;
 pub mod sweep;

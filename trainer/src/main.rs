@@ -72,6 +72,17 @@ enum Command {
         #[arg(long)]
         threads: Option<i32>,
     },
+    /// Compare runs in one markdown file with tables and plots (mAP per epoch, selection
+    /// precision/recall per epoch, per-class AP).
+    Report {
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The markdown file (plots go to <stem>_plots/ beside it).
+        #[arg(long, default_value = "report.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "CLS runs")]
+        title: String,
+    },
     /// Train one run per grid point and pick the best on validation mAP (never test).
     Sweep {
         /// Folder for the runs, sweep.json and the sensitivity plots.
@@ -153,6 +164,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
+        Some(Command::Report { runs, out, title }) => return cls_trainer::report::write(&runs, &out, &title),
         None => {}
     }
     if let Some(run_dir) = cli.resume {
