@@ -29,6 +29,8 @@ pub use load::{load_pretrained, IncompatibleWeights, LoadReport};
 pub enum ModelError {
     #[error("unknown architecture {0:?} (expected resnet18, resnet34, resnet50, resnet101, efficientnet-lite0 or mlp)")]
     UnknownArch(String),
+    #[error("invalid network: {0}")]
+    Invalid(String),
 }
 
 /// Which network to build.
@@ -154,31 +156,43 @@ impl Net {
     /// With `prior = Some(p)` the classifier bias starts at `logit(p)` for every class (method.md:
     /// the bias starts at logit(0.01)); otherwise it keeps PyTorch's default uniform init.
     ///
-    /// Panics only on programmer errors (an `Mlp` with `in_dim <= 0`, `num_classes <= 0`, or a
-    /// prior outside (0, 1)); validate user input before calling.
+    /// Panics on invalid sizes or prior (see [`Net::try_new`], which returns them as errors).
     pub fn new(root: &nn::Path, arch: &Arch, num_classes: i64, prior: Option<f64>) -> Net {
-        assert!(num_classes > 0, "Net::new: num_classes must be positive, got {num_classes}");
+        Net::try_new(root, arch, num_classes, prior).unwrap_or_else(|e| panic!("Net::new: {e}"))
+    }
+
+    /// [`Net::new`], with an error instead of a panic when `num_classes <= 0`, an `Mlp` has
+    /// `in_dim <= 0` (set it with [`Arch::with_in_dim`]) or `hidden < 0`, or the prior is not in
+    /// (0, 1).
+    pub fn try_new(root: &nn::Path, arch: &Arch, num_classes: i64, prior: Option<f64>) -> Result<Net, ModelError> {
+        if num_classes <= 0 {
+            return Err(ModelError::Invalid(format!("num_classes must be positive, got {num_classes}")));
+        }
+        if let Some(p) = prior.filter(|p| !(*p > 0.0 && *p < 1.0)) {
+            return Err(ModelError::Invalid(format!("the classifier prior must be in (0, 1), got {p}")));
+        }
         let backbone = match arch {
             Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 | Arch::ResNet101 => {
                 Backbone::ResNet(resnet::ResNet::new(root, arch))
             }
             Arch::EfficientNetLite0 => Backbone::EfficientNet(efficientnet::EfficientNet::new(root)),
             Arch::Mlp { in_dim, hidden } => {
-                assert!(*in_dim > 0, "Net::new: Mlp in_dim must be set (Arch::with_in_dim), got {in_dim}");
+                if *in_dim <= 0 || *hidden < 0 {
+                    return Err(ModelError::Invalid(format!(
+                        "mlp needs in_dim > 0 (Arch::with_in_dim) and hidden >= 0, got in_dim {in_dim}, hidden {hidden}"
+                    )));
+                }
                 Backbone::Mlp(mlp::Mlp::new(root, *in_dim, *hidden))
             }
         };
-        let prefix_name = classifier_prefix(arch);
-        let fc = nn::linear(root / prefix_name, arch.feature_dim(), num_classes, Default::default());
-        if let Some(p) = prior {
-            assert!(p > 0.0 && p < 1.0, "Net::new: prior must be in (0, 1), got {p}");
-            if let Some(bs) = &fc.bs {
-                tch::no_grad(|| {
-                    let _ = bs.shallow_clone().fill_(logit(p));
-                });
-            }
+        let fc = nn::linear(root / classifier_prefix(arch), arch.feature_dim(), num_classes, Default::default());
+        if let (Some(p), Some(bs)) = (prior, &fc.bs) {
+            tch::no_grad(|| {
+                let _ = bs.shallow_clone().fill_(logit(p));
+            });
         }
-        Net { arch: arch.clone(), prefix: root.components().collect::<Vec<_>>().join("."), num_classes, backbone, fc }
+        let prefix = root.components().collect::<Vec<_>>().join(".");
+        Ok(Net { arch: arch.clone(), prefix, num_classes, backbone, fc })
     }
 
     /// Features after global average pooling, `[N, feature_dim]`. `train` selects batch-norm's

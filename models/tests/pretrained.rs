@@ -227,3 +227,30 @@ fn pretrained_efficientnet_lite0_weights_load_completely() {
     assert_eq!(report.unused.len(), 49, "{:?}", report.unused);
     assert!(report.unused.iter().all(|k| k.ends_with("num_batches_tracked")));
 }
+
+#[test]
+fn init_cuda_is_harmless_without_a_gpu() {
+    // On a CPU machine the dlopen may succeed or fail; either way nothing panics, a second call
+    // is a no-op, and CPU computation still works.
+    cls_models::init_cuda();
+    cls_models::init_cuda();
+    let n = tch::Cuda::device_count();
+    let loaded = std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("libtorch_cuda.so"));
+    eprintln!("CUDA devices after init_cuda: {n}; libtorch_cuda.so mapped: {loaded}");
+    let vs = VarStore::new(Device::Cpu);
+    let net = Net::new(&vs.root(), &Arch::Mlp { in_dim: 3, hidden: 4 }, 2, None);
+    let y = net.forward_t(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)), false);
+    assert_eq!(y.size(), vec![2, 2]);
+}
+
+#[test]
+fn invalid_sizes_and_priors_are_errors() {
+    let vs = VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let err = Net::try_new(&root, &"mlp".parse().unwrap(), 3, None).unwrap_err();
+    assert!(err.to_string().contains("in_dim"), "{err}");
+    assert!(Net::try_new(&root, &Arch::ResNet18, 0, None).is_err());
+    for p in [0.0, 1.0, -0.5, f64::NAN] {
+        assert!(Net::try_new(&root, &Arch::Mlp { in_dim: 2, hidden: 0 }, 3, Some(p)).is_err(), "prior {p}");
+    }
+}
