@@ -19,7 +19,7 @@ const QUEUE: usize = 2;
 
 /// One decoded batch: the successfully decoded images' tensors packed at the front of `data`.
 struct Batch {
-    /// Index range of the image list this batch covers.
+    /// Index in the image list of the batch's first file.
     start: usize,
     /// Per file of the range: `Ok(row)` (its row in `data`) or `Err(reason)`.
     rows: Vec<Result<usize, String>>,
