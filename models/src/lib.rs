@@ -117,7 +117,7 @@ impl Arch {
 
 enum Backbone {
     ResNet(resnet::ResNet),
-    EfficientNet(efficientnet::EfficientNet),
+    EfficientNet(Box<efficientnet::EfficientNet>),
     Mlp(mlp::Mlp),
 }
 
@@ -175,7 +175,7 @@ impl Net {
             Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 | Arch::ResNet101 => {
                 Backbone::ResNet(resnet::ResNet::new(root, arch))
             }
-            Arch::EfficientNetLite0 => Backbone::EfficientNet(efficientnet::EfficientNet::new(root)),
+            Arch::EfficientNetLite0 => Backbone::EfficientNet(Box::new(efficientnet::EfficientNet::new(root))),
             Arch::Mlp { in_dim, hidden } => {
                 if *in_dim <= 0 || *hidden < 0 {
                     return Err(ModelError::Invalid(format!(

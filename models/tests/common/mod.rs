@@ -107,6 +107,9 @@ fn find_onnxruntime() -> Option<PathBuf> {
     None
 }
 
+/// What [`run_onnx`] returns: the shape and values of `probs`, and the custom metadata.
+pub type OnnxRun = (Vec<i64>, Vec<f32>, Vec<(String, String)>);
+
 /// Runs the model at `path` on one input and returns the output `probs` (shape, values) and the
 /// model's custom metadata.
 pub fn run_onnx(
@@ -114,7 +117,7 @@ pub fn run_onnx(
     path: &Path,
     input: &str,
     x: &Tensor,
-) -> Result<(Vec<i64>, Vec<f32>, Vec<(String, String)>)> {
+) -> Result<OnnxRun> {
     let mut session = ort::session::Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_intra_threads(2)
