@@ -107,6 +107,11 @@ fn resnet18_matches_tch() {
 }
 
 #[test]
+fn resnet34_matches_tch() {
+    check_single(Arch::ResNet34, 40, 56);
+}
+
+#[test]
 fn resnet50_matches_tch() {
     check_single(Arch::ResNet50, 64, 64);
 }
