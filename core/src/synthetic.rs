@@ -12,7 +12,8 @@
 //! - Background: a tinted grey gradient with per-pixel noise and up to two grey line clutter.
 //!
 //! Files (the JSONL manifest format of [`crate::readers`]): `classes.txt`, `train.jsonl`,
-//! `test.jsonl`, and quality-90 JPEGs `images/00001.jpg`… (train first, then test). Each image is
+//! `test.jsonl`, and quality-90 JPEGs `images/train/00001.jpg`… then `images/test/02401.jpg`… (so
+//! the test images form a folder of their own to tag). Each image is
 //! drawn from its own ChaCha8 stream (seed, image index), so output is byte-identical for a
 //! seed whatever the number of threads.
 
@@ -54,7 +55,7 @@ const PAIRS: [(usize, usize); 3] = [(0, 6), (2, 9), (4, 11)];
 const COUNT_CDF: [f32; 4] = [0.3, 0.65, 0.85, 1.0];
 
 /// Bumped whenever the drawing changes, so an old `.complete` stamp is not trusted.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SyntheticSpec {
@@ -318,13 +319,15 @@ pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
         "synthetic image size {} is below the minimum of 8",
         spec.size
     );
-    let images = dir.join("images");
-    fs::create_dir_all(&images).with_context(|| {
-        format!(
-            "cannot create the synthetic dataset folder {}",
-            images.display()
-        )
-    })?;
+    for split in ["train", "test"] {
+        let images = dir.join("images").join(split);
+        fs::create_dir_all(&images).with_context(|| {
+            format!(
+                "cannot create the synthetic dataset folder {}",
+                images.display()
+            )
+        })?;
+    }
     if stamp_path.exists() {
         fs::remove_file(&stamp_path)
             .with_context(|| format!("cannot remove the stale stamp {}", stamp_path.display()))?;
@@ -335,7 +338,7 @@ pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
         .into_par_iter()
         .map(|i| -> Result<Vec<usize>> {
             let (img, labels) = sample(spec, i);
-            let path = images.join(file_name(i));
+            let path = dir.join(rel_path(spec, i));
             let mut bytes = Vec::new();
             JpegEncoder::new_with_quality(&mut bytes, 90)
                 .encode_image(&img)
@@ -346,24 +349,27 @@ pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
         .collect::<Result<_>>()?;
 
     write_file(&dir.join("classes.txt"), &(CLASSES.join("\n") + "\n"))?;
-    write_file(&train_path, &manifest(&labels, 0..spec.n_train)?)?;
+    write_file(&train_path, &manifest(spec, &labels, 0..spec.n_train)?)?;
     write_file(
         &dir.join("test.jsonl"),
-        &manifest(&labels, spec.n_train..n)?,
+        &manifest(spec, &labels, spec.n_train..n)?,
     )?;
     write_file(&stamp_path, &serde_json::to_string(&stamp)?)?;
     Ok(train_path)
 }
 
-fn file_name(index: usize) -> String {
-    format!("{:05}.jpg", index + 1)
+/// `images/train/00001.jpg` for training images, `images/test/NNNNN.jpg` for test images
+/// (numbered on from the training ones).
+fn rel_path(spec: &SyntheticSpec, index: usize) -> String {
+    let split = if index < spec.n_train { "train" } else { "test" };
+    format!("images/{split}/{:05}.jpg", index + 1)
 }
 
-fn manifest(labels: &[Vec<usize>], range: std::ops::Range<usize>) -> Result<String> {
+fn manifest(spec: &SyntheticSpec, labels: &[Vec<usize>], range: std::ops::Range<usize>) -> Result<String> {
     let mut out = String::new();
     for i in range {
         let line = ManifestLine {
-            image: format!("images/{}", file_name(i)),
+            image: rel_path(spec, i),
             labels: labels[i].iter().map(|&c| CLASSES[c]).collect(),
         };
         out += &serde_json::to_string(&line)?;

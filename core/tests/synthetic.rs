@@ -66,7 +66,7 @@ fn same_seed_gives_identical_bytes() {
     assert_eq!(sa, sb);
     assert_eq!(sa.keys().collect::<Vec<_>>(), sc.keys().collect::<Vec<_>>());
     assert_ne!(sa["train.jsonl"], sc["train.jsonl"]);
-    assert_ne!(sa["images/00001.jpg"], sc["images/00001.jpg"]);
+    assert_ne!(sa["images/train/00001.jpg"], sc["images/train/00001.jpg"]);
     // An image does not depend on how many come before or after it.
     let bigger = SyntheticSpec {
         n_train: 90,
@@ -86,8 +86,8 @@ fn manifests_classes_and_images_are_consistent() {
     let tr = read_manifest(&train);
     let te = read_manifest(&dir.path().join("test.jsonl"));
     assert_eq!((tr.len(), te.len()), (40, 12));
-    assert_eq!(tr[0].0, "images/00001.jpg");
-    assert_eq!(te[0].0, "images/00041.jpg");
+    assert_eq!(tr[0].0, "images/train/00001.jpg");
+    assert_eq!(te[0].0, "images/test/00041.jpg");
     for (i, (img, labels)) in tr.iter().chain(&te).enumerate() {
         let rgb = decode_file(dir.path().join(img), DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!(rgb.dimensions(), (32, 32));
@@ -177,7 +177,7 @@ fn generation_is_idempotent_and_redone_for_another_spec() {
     let dir = tempfile::tempdir().unwrap();
     let first = small(5);
     generate(dir.path(), &first).unwrap();
-    let probe = dir.path().join("images/00003.jpg");
+    let probe = dir.path().join("images/train/00003.jpg");
     let original = fs::read(&probe).unwrap();
 
     // Same spec: returns at once without touching anything (the deleted file stays deleted).

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use cls_core::protocol::{self, Observed, Partial};
 use cls_core::readers::{self, LabelColumns, ReadOptions};
+use cls_core::synthetic::{self, SyntheticSpec};
 use cls_core::Dataset;
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -54,7 +55,10 @@ fn read_options(cfg: &TrainConfig, images: Option<&PathBuf>, split: &str) -> Rea
 
 /// The built-in synthetic dataset (generated once into the cache folder).
 pub fn synthetic_manifests(cfg: &TrainConfig) -> Result<(PathBuf, PathBuf)> {
-    let _ = cfg; bail!("TEMP")
+    let spec = SyntheticSpec::default();
+    let dir = cache_dir(cfg).join(format!("synthetic-v2-s{}", spec.seed));
+    let train = synthetic::generate(&dir, &spec).context("generating the built-in synthetic dataset")?;
+    Ok((train, dir.join("test.jsonl")))
 }
 
 pub fn load(cfg: &TrainConfig) -> Result<RunData> {
