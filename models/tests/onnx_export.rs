@@ -174,3 +174,10 @@ fn export_rejects_wrong_class_count_and_arch() {
     assert!(err.to_string().contains("resnet18"), "{err}");
     assert!(export_onnx(&[], &arch, &meta(0, 0), &dir.path().join("z.onnx")).is_err());
 }
+
+#[test]
+fn efficientnet_lite0_matches_tch_at_small_even_sizes() {
+    // 40×40 and 32×32: the spatial size reaches 5 and 3, where "same" padding is odd again.
+    check_single(Arch::EfficientNetLite0, 40, 40);
+    check_single(Arch::EfficientNetLite0, 32, 32);
+}

@@ -189,6 +189,9 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     }
 
     let cfg = resolve(cli.train, cli.config.as_deref(), &explicit)?;
+    if !cls_trainer::methods::METHODS.contains(&cfg.method.as_str()) {
+        bail!("unknown method {:?}; known methods: {}", cfg.method, cls_trainer::methods::METHODS.join(", "));
+    }
     let run_dir = match &cfg.run_dir {
         Some(d) => d.clone(),
         None => {
