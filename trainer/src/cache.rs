@@ -59,7 +59,9 @@ fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
     for s in samples {
         let meta = std::fs::metadata(&s.path).with_context(|| format!("image {}", s.path.display()))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        h.update(format!("{}\t{}\t{mtime}\n", s.path.display(), meta.len()));
+        // The canonical path, so `../data/x.jpg` and `/abs/data/x.jpg` share one cache.
+        let path = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+        h.update(format!("{}\t{}\t{mtime}\n", path.display(), meta.len()));
     }
     Ok(hex::encode(&h.finalize()[..12]))
 }

@@ -50,6 +50,8 @@ enum Command {
         #[arg(long, default_value = "best")]
         checkpoint: String,
     },
+    /// Print what libtorch sees (CUDA devices, threads) as JSON.
+    Info,
     /// Time the training step alone on random data (the benchmark of scripts/bench-train).
     BenchStep {
         #[arg(long, default_value = "resnet50")]
@@ -162,6 +164,18 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let device = cls_trainer::setup::parse_device(&device)?;
             let r = cls_trainer::bench::bench_step(&arch, &method, batch_size, (h as i64, w as i64), classes, steps, warmup, device)?;
             println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        Some(Command::Info) => {
+            cls_models::init_cuda();
+            let info = serde_json::json!({
+                "cuda_available": tch::Cuda::is_available(),
+                "cuda_devices": tch::Cuda::device_count(),
+                "cudnn_available": tch::Cuda::cudnn_is_available(),
+                "threads": tch::get_num_threads(),
+                "version": env!("CARGO_PKG_VERSION"),
+            });
+            println!("{info}");
             return Ok(());
         }
         Some(Command::Report { runs, out, title }) => return cls_trainer::report::write(&runs, &out, &title),
