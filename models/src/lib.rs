@@ -265,3 +265,50 @@ pub fn init_cuda() {
         }
     });
 }
+
+extern "C" {
+    fn cls_set_cuda_autocast_bf16() -> i32;
+}
+
+/// Make bfloat16 the dtype of `tch::autocast` on CUDA (libtorch's default is float16); the
+/// trainer wraps forward passes on CUDA in `tch::autocast(true, ..)`. Returns false if libtorch
+/// refused.
+pub fn use_bf16_autocast() -> bool {
+    // SAFETY: a C function of our own (csrc/amp.cpp) that catches every C++ exception.
+    unsafe { cls_set_cuda_autocast_bf16() == 0 }
+}
+
+/// Store every 4-D parameter of `vs` in channels-last (NHWC) memory order, which cuDNN's
+/// convolutions prefer; the logical shape stays NCHW. (tch has no memory-format API: a permute
+/// to NHWC, `contiguous`, and the permute back give exactly the channels-last strides.)
+pub fn to_channels_last(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut t) in vs.variables() {
+            if t.dim() == 4 {
+                let cl = channels_last(&t);
+                t.set_data(&cl);
+            }
+        }
+    });
+}
+
+/// `x` with channels-last strides (same values, same NCHW shape).
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+#[cfg(test)]
+mod amp_tests {
+    use super::*;
+
+    #[test]
+    fn channels_last_keeps_values_and_changes_strides() {
+        let x = Tensor::arange(2 * 3 * 4 * 5, (tch::Kind::Float, tch::Device::Cpu)).view([2, 3, 4, 5]);
+        let y = channels_last(&x);
+        assert_eq!(y.size(), x.size());
+        assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+        assert!(y.equal(&x));
+        // Setting the autocast dtype works without a GPU (it only records the choice).
+        assert!(use_bf16_autocast());
+    }
+}

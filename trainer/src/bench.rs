@@ -26,10 +26,12 @@ pub struct BenchResult {
     pub images_per_s: f64,
     pub device: String,
     pub threads: i32,
+    /// bf16 autocast + channels-last (CUDA only).
+    pub amp: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), classes: i64, steps: usize, warmup: usize, device: Device) -> Result<BenchResult> {
+pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), classes: i64, steps: usize, warmup: usize, device: Device, amp: bool) -> Result<BenchResult> {
     if !arch.is_image() {
         bail!("bench-step times image backbones");
     }
@@ -43,6 +45,13 @@ pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), class
             Peer { adam: Adam::new(params, 1e-4), vs, net }
         })
         .collect();
+    let amp = amp && device.is_cuda();
+    if amp {
+        cls_models::use_bf16_autocast();
+        for p in &peers {
+            cls_models::to_channels_last(&p.vs);
+        }
+    }
     tch::manual_seed(42);
     let x = Tensor::randn([batch, 3, size.0, size.1], (Kind::Float, device));
     let y = Tensor::rand([batch, classes], (Kind::Float, device)).lt(0.05).to_kind(Kind::Float);
@@ -58,7 +67,7 @@ pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), class
             }
             t = Instant::now();
         }
-        if let Err(v) = train_step(&mut peers, m.as_mut(), &x, &ctx, false, &devices) {
+        if let Err(v) = train_step(&mut peers, m.as_mut(), &x, &ctx, false, &devices, amp) {
             bail!("loss {v} in the benchmark step");
         }
     }
@@ -78,5 +87,6 @@ pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), class
         images_per_s: (batch as f64 * steps as f64) / secs,
         device: format!("{device:?}"),
         threads: tch::get_num_threads(),
+        amp,
     })
 }

@@ -164,6 +164,9 @@ pub struct TrainConfig {
     /// Put the two peers on two devices, e.g. cuda:0,cuda:1.
     #[arg(long, help_heading = "System")]
     pub devices: Option<String>,
+    /// On CUDA, train in fp32 instead of bf16 autocast with channels-last memory.
+    #[arg(long, help_heading = "System")]
+    pub no_amp: bool,
     /// Threads for libtorch and decoding (default: all cores).
     #[arg(long, help_heading = "System")]
     pub threads: Option<usize>,

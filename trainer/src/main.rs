@@ -73,6 +73,9 @@ enum Command {
         device: String,
         #[arg(long)]
         threads: Option<i32>,
+        /// On CUDA: fp32 instead of bf16 autocast + channels-last.
+        #[arg(long)]
+        no_amp: bool,
     },
     /// Compare runs in one markdown file with tables and plots (mAP per epoch, selection
     /// precision/recall per epoch, per-class AP).
@@ -155,14 +158,14 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             sweep::run(&cfg, &out, &grid(tau_h_grid)?, &grid(tau_l_grid)?, &grid(ll_delta_grid)?)?;
             return Ok(());
         }
-        Some(Command::BenchStep { backbone, method, batch_size, size, classes, steps, warmup, device, threads }) => {
+        Some(Command::BenchStep { backbone, method, batch_size, size, classes, steps, warmup, device, threads, no_amp }) => {
             if let Some(n) = threads {
                 tch::set_num_threads(n);
             }
             let arch: cls_models::Arch = backbone.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
             let (h, w) = cls_trainer::config::parse_size(&size)?;
             let device = cls_trainer::setup::parse_device(&device)?;
-            let r = cls_trainer::bench::bench_step(&arch, &method, batch_size, (h as i64, w as i64), classes, steps, warmup, device)?;
+            let r = cls_trainer::bench::bench_step(&arch, &method, batch_size, (h as i64, w as i64), classes, steps, warmup, device, !no_amp)?;
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }

@@ -30,6 +30,8 @@ pub struct Setup {
     pub test_inputs: Option<Inputs>,
     /// Inputs are backbone features (frozen backbone) or feature rows fed to the classifier only.
     pub head_only: bool,
+    /// bf16 autocast and channels-last on CUDA (`--no-amp` turns it off).
+    pub amp: bool,
 }
 
 /// `auto` | `cpu` | `cuda` | `cuda:N`.
@@ -119,7 +121,7 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
     Ok((tau_h, tau_l))
 }
 
-pub fn prepare(cfg: &TrainConfig, run_dir: &Path) -> Result<Setup> {
+pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -203,14 +205,22 @@ pub fn prepare(cfg: &TrainConfig, run_dir: &Path) -> Result<Setup> {
         .collect();
 
     let (train_inputs, val_inputs, test_inputs) = build_inputs(cfg, &data, &arch, &peers, device, pretrained.as_deref())?;
-    let _ = run_dir;
     if cfg.threads.is_none() && (head_only || !arch.is_image()) {
         // A linear head or an MLP is made of small operations where waking a second OpenMP
         // thread costs more than it saves: measured on 2 cores with another process running,
         // an epoch of Corel5k's linear head took 0.4 s on one thread and 12 s on two.
         tch::set_num_threads(1);
     }
-    Ok(Setup { device, devices, data, arch, mcfg, method, peers, train_inputs, val_inputs, test_inputs, head_only })
+    let amp = !cfg.no_amp && devices.iter().any(|d| d.is_cuda());
+    if amp {
+        if !cls_models::use_bf16_autocast() {
+            bail!("libtorch refused bfloat16 autocast on CUDA; run with --no-amp");
+        }
+        for p in &peers {
+            cls_models::to_channels_last(&p.vs);
+        }
+    }
+    Ok(Setup { device, devices, data, arch, mcfg, method, peers, train_inputs, val_inputs, test_inputs, head_only, amp })
 }
 
 /// The (height, width) sizes: training squish, training crop, evaluation squish.

@@ -204,7 +204,7 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which:
         cfg.export = e.to_string();
     }
     let ck = checkpoint::load(run_dir, 0)?;
-    let mut s = setup::prepare(&cfg, run_dir)?;
+    let mut s = setup::prepare(&cfg)?;
     let model = out.map_or_else(|| run_dir.join("model.onnx"), Path::to_path_buf);
     finish(&cfg, run_dir, &s.arch, &s.data, &mut s.peers, &ck.state, &s.val_inputs, s.test_inputs.as_ref(), s.head_only, &s.devices, &model, which)
 }

@@ -84,8 +84,8 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
 
 /// Train (or resume) the run in `run_dir`; returns the run folder.
 pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
-    let s = setup::prepare(&cfg, run_dir)?;
-    let Setup { device, devices, data, arch, mcfg, mut method, mut peers, train_inputs, val_inputs, test_inputs, head_only } = s;
+    let s = setup::prepare(&cfg)?;
+    let Setup { device, devices, data, arch, mcfg, mut method, mut peers, train_inputs, val_inputs, test_inputs, head_only, amp } = s;
     let n_nets = peers.len();
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
@@ -127,7 +127,7 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             let y = y_all.index_select(0, &idx_t);
             let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0]);
             let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
-            let out = match train_step(&mut peers, method.as_mut(), &x, &ctx, head_only, &devices) {
+            let out = match train_step(&mut peers, method.as_mut(), &x, &ctx, head_only, &devices, amp) {
                 Ok(out) => out,
                 Err(loss_value) => bail!(
                     "the loss became {loss_value} at epoch {} step {} (learning rate {lr:.3e}); stopping. \
@@ -221,17 +221,22 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
 /// One optimisation step of every peer on the batch `x` (Algorithm 1, steps 1–6): forward
 /// each network, let the method select labels and compute the losses, back-propagate once (the
 /// peers' parameters are disjoint) and step each peer's Adam. A non-finite loss is returned as
-/// `Err(value)` before any update.
-pub fn train_step(peers: &mut [Peer], method: &mut dyn Method, x: &Tensor, ctx: &StepCtx, head_only: bool, devices: &[Device]) -> Result<StepOut, f64> {
+/// `Err(value)` before any update. With `amp`, forward passes on CUDA run under bf16 autocast
+/// with channels-last inputs (the losses are computed in f32 by the methods).
+pub fn train_step(
+    peers: &mut [Peer],
+    method: &mut dyn Method,
+    x: &Tensor,
+    ctx: &StepCtx,
+    head_only: bool,
+    devices: &[Device],
+    amp: bool,
+) -> Result<StepOut, f64> {
     let loss_device = devices[0];
     let logits: Vec<Tensor> = peers
         .iter()
         .enumerate()
-        .map(|(k, p)| {
-            let xk = x.to_device(devices[k]);
-            let out = if head_only { p.net.head(&xk) } else { p.net.forward_t(&xk, true) };
-            out.to_device(loss_device)
-        })
+        .map(|(k, p)| forward(p, &x.to_device(devices[k]), true, head_only, amp).to_device(loss_device))
         .collect();
     let out = method.step(&logits, ctx);
     let loss_value = out.loss.double_value(&[]);
@@ -249,6 +254,19 @@ pub fn train_step(peers: &mut [Peer], method: &mut dyn Method, x: &Tensor, ctx: 
     Ok(out)
 }
 
+/// One network's logits: the classifier alone on features (`head_only`), else the whole net;
+/// on CUDA with `amp`, in bf16 autocast with a channels-last input.
+pub fn forward(p: &Peer, x: &Tensor, train: bool, head_only: bool, amp: bool) -> Tensor {
+    if head_only {
+        return p.net.head(x);
+    }
+    if amp && x.device().is_cuda() {
+        let x = cls_models::channels_last(x);
+        return tch::autocast(true, || p.net.forward_t(&x, train));
+    }
+    p.net.forward_t(x, train)
+}
+
 /// Probabilities of `peer` on every sample of `inputs`, in order.
 pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) -> Array2<f32> {
     let n = inputs.len();
@@ -259,7 +277,7 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
         for start in (0..n).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
             let x = inputs.batch(&idx, None, device);
-            let logits = if head_only { peer.net.head(&x) } else { peer.net.forward_t(&x, false) };
+            let logits = forward(peer, &x, false, head_only, true);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
             let v: Vec<f32> = Vec::try_from(p.view([-1])).expect("probabilities are f32");
             out.slice_mut(ndarray::s![start..start + idx.len(), ..])
