@@ -213,3 +213,23 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_diverging_loss_stops_the_run_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 200, 9);
+    // A learning rate this large sends the weights, and then the loss, to infinity or NaN.
+    let out = Command::new(bin("cls-train"))
+        .args(["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "3", "--batch-size", "16", "--lr", "1e30"])
+        .args(["--method", "an", "--run-dir"])
+        .arg(tmp.path().join("run"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the loss became") && err.contains("checkpoint") && !err.contains("panicked"), "{err}");
+    assert!(!tmp.path().join("run/summary.json").exists());
+}
