@@ -17,6 +17,26 @@ use std::path::Path;
 /// Batches decoded ahead of the one being inferred.
 const QUEUE: usize = 2;
 
+/// Nice value of the decoding threads. Decoders and ONNX Runtime's intra-op threads share the
+/// same cores; ONNX Runtime splits each operator across its threads and waits for the slowest, so
+/// a decoder preempting one of them stalls the others. At a lower priority the decoders take the
+/// cores while ONNX Runtime's threads wait, and still get all of them when inference waits for
+/// images (the channel runs dry), so no time is lost either way. Measured on 2 cores with
+/// EfficientNet-Lite0 (640x480 JPEGs, 4 runs each): median 79 images/s at nice 0, 82 at 10, 86
+/// at 19 (the lowest priority).
+const DECODE_NICE: i32 = 19;
+
+/// Lower the calling thread's scheduling priority (Linux keeps the nice value per thread).
+/// Best effort: a failure only costs speed.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + DECODE_NICE).min(19));
+    }
+}
+
 /// One decoded batch: the successfully decoded images' tensors packed at the front of `data`.
 struct Batch {
     /// Index in the image list of the batch's first file.
@@ -92,6 +112,7 @@ pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: im
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.decode_threads.max(1))
         .thread_name(|i| format!("cls-decode-{i}"))
+        .start_handler(|_| lower_priority())
         .build()
         .context("cannot start the decoding threads")?;
     let (tx, rx) = bounded::<Batch>(QUEUE);
