@@ -233,3 +233,38 @@ fn a_diverging_loss_stops_the_run_with_a_clear_message() {
     assert!(err.contains("the loss became") && err.contains("checkpoint") && !err.contains("panicked"), "{err}");
     assert!(!tmp.path().join("run/summary.json").exists());
 }
+
+#[test]
+fn runs_started_side_by_side_build_each_cache_once() {
+    // Two runs on a cold cache: one decodes the images and computes the backbone features, the
+    // other waits for the files (cache::BuildLock) instead of doing the same work again.
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 240, 8, "train");
+    let te = write_images(tmp.path(), 40, 9, "test");
+    let cache = tmp.path().join("cache");
+    let spawn = |k: usize| {
+        Command::new(bin("cls-train"))
+            .args(["--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "efficientnet-lite0"])
+            .args(["--freeze-backbone", "--crop", "64x64", "--epochs", "1", "--batch-size", "16", "--method", "an", "--threads", "1"])
+            .arg("--run-dir")
+            .arg(tmp.path().join(format!("run{k}")))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(0), spawn(1));
+    let mut stderr = String::new();
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{text}");
+        stderr += &text;
+    }
+    let count = |what: &str| stderr.lines().filter(|l| l.starts_with(what)).count();
+    assert_eq!(count("computing backbone features of"), 3, "train, validation and test features once each:\n{stderr}");
+    assert_eq!(count("decoding "), 3, "train, validation and test images decoded once each:\n{stderr}");
+    let (s0, s1) = (read_json(&tmp.path().join("run0/summary.json")), read_json(&tmp.path().join("run1/summary.json")));
+    assert_eq!(s0["test"]["mAP"], s1["test"]["mAP"], "both runs read the same features");
+}

@@ -39,7 +39,12 @@ impl ImageCache {
         let (h, w) = (height as usize, width as usize);
         let bytes = samples.len() * h * w * 3;
         if !path.exists() {
-            build(samples, height, width, &path, bytes, label)?;
+            // Runs started side by side with a cold cache would all decode the same images: the
+            // first takes the lock and builds, the others wait and then find the file.
+            let _lock = BuildLock::acquire(&path)?;
+            if !path.exists() {
+                build(samples, height, width, &path, bytes, label)?;
+            }
         }
         let file = std::fs::File::open(&path).with_context(|| format!("opening image cache {}", path.display()))?;
         // SAFETY: the cache file is written once (to a temporary name, then renamed) and never
@@ -104,6 +109,32 @@ fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize,
     eprintln!("decoded {} {label} images in {:.1} s", samples.len(), t0.elapsed().as_secs_f64());
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+/// An exclusive advisory lock on `<cache file>.lock`, held while that cache file is built and
+/// released on drop (the OS releases it too if the process dies, so a killed run never leaves a
+/// stale lock behind).
+pub struct BuildLock {
+    file: std::fs::File,
+}
+
+impl BuildLock {
+    pub fn acquire(cache_file: &Path) -> Result<BuildLock> {
+        let path = cache_file.with_extension("lock");
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+            .with_context(|| format!("creating the lock file {}", path.display()))?;
+        if file.try_lock().is_err() {
+            eprintln!("waiting for another cls-train run to finish {}", cache_file.display());
+            file.lock().with_context(|| format!("locking {}", path.display()))?;
+        }
+        Ok(BuildLock { file })
+    }
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 pub fn progress(n: usize, msg: &str) -> ProgressBar {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-use crate::cache::{progress, ImageCache};
+use crate::cache::{progress, BuildLock, ImageCache};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -73,12 +73,17 @@ pub fn features(net: &Net, images: &Inputs, device: Device, dir: &Path, model_ke
     let key = hex::encode(&h.finalize()[..12]);
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{key}.safetensors"));
-    if let Ok(mut named) = Tensor::read_safetensors(&path) {
-        if let Some((_, t)) = named.pop() {
-            if t.size()[0] as usize == cache.n {
-                return Ok(t.to_device(device));
-            }
-        }
+    let cached = || -> Option<Tensor> {
+        let (_, t) = Tensor::read_safetensors(&path).ok()?.pop()?;
+        (t.size()[0] as usize == cache.n).then_some(t)
+    };
+    if let Some(t) = cached() {
+        return Ok(t.to_device(device));
+    }
+    // One run computes, runs started beside it wait for the file (see cache::BuildLock).
+    let _lock = BuildLock::acquire(&path)?;
+    if let Some(t) = cached() {
+        return Ok(t.to_device(device));
     }
     let bar = progress(cache.n, &format!("features {label}"));
     let t0 = std::time::Instant::now();
