@@ -254,15 +254,14 @@ pub fn train_step(
     Ok(out)
 }
 
-/// One network's logits: the classifier alone on features (`head_only`), else the whole net;
-/// on CUDA with `amp`, in bf16 autocast with a channels-last input.
+/// One network's logits: the classifier alone on features (`head_only`), else the whole net
+/// (channels-last inside, see `Net::features_t`); on CUDA with `amp`, in bf16 autocast.
 pub fn forward(p: &Peer, x: &Tensor, train: bool, head_only: bool, amp: bool) -> Tensor {
     if head_only {
         return p.net.head(x);
     }
     if amp && x.device().is_cuda() {
-        let x = cls_models::channels_last(x);
-        return tch::autocast(true, || p.net.forward_t(&x, train));
+        return tch::autocast(true, || p.net.forward_t(x, train));
     }
     p.net.forward_t(x, train)
 }
