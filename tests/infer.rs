@@ -27,8 +27,12 @@ fn binary() -> PathBuf {
 
 /// The test model; `metadata` false gives a bare graph without any of cls-train's keys.
 fn model_bytes(metadata: bool) -> Vec<u8> {
+    model_bytes_with_batch(metadata, Dim::Named("N".into()))
+}
+
+fn model_bytes_with_batch(metadata: bool, batch: Dim) -> Vec<u8> {
     let mut g = GraphBuilder::new("colour");
-    g.input_f32("images", &[Dim::Named("N".into()), Dim::Fixed(3), Dim::Fixed(SIZE as i64), Dim::Fixed(SIZE as i64)]);
+    g.input_f32("images", &[batch.clone(), Dim::Fixed(3), Dim::Fixed(SIZE as i64), Dim::Fixed(SIZE as i64)]);
     // Inputs are normalised with mean 0.5, std 0.25: a channel at 255 averages +2, at 0 −2.
     #[rustfmt::skip]
     let w = [
@@ -43,7 +47,7 @@ fn model_bytes(metadata: bool) -> Vec<u8> {
     let flat = g.op("Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
     let logits = g.op("Gemm", &[&flat, &w, &b], &[("transB", Attr::Int(1))]);
     g.node("Sigmoid", &[&logits], &["probs"], &[]);
-    g.output_f32("probs", &[Dim::Named("N".into()), Dim::Fixed(4)]);
+    g.output_f32("probs", &[batch, Dim::Fixed(4)]);
     if metadata {
         g.metadata("classes", serde_json::to_string(&CLASSES).unwrap());
         g.metadata("height", SIZE.to_string());
@@ -423,6 +427,27 @@ fn bad_input_exits_2_with_a_message() {
     let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["image"], "a.png");
     assert_eq!(v["labels"][0], "red");
+}
+
+#[test]
+fn a_model_with_a_fixed_batch_size_tags_every_image() {
+    // cls-infer reads the batch size from the file before ONNX Runtime loads it (decoding starts
+    // meanwhile), so a wrong reading would feed ONNX Runtime batches of the wrong size.
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    let colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0], [0, 255, 0]];
+    for (i, c) in colours.iter().enumerate() {
+        solid(*c, 8, 8).save(imgs.join(format!("{i}.png"))).unwrap();
+    }
+    let model = dir.path().join("fixed.onnx");
+    fs::write(&model, model_bytes_with_batch(true, Dim::Fixed(3))).unwrap();
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--batch", "32"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("fixed at 3"), "{}", r.stderr);
+    let lines: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tops: Vec<&str> = lines.iter().map(|v| v["labels"][0].as_str().unwrap()).collect();
+    assert_eq!(tops, ["red", "green", "blue", "red", "green"]);
 }
 
 #[test]

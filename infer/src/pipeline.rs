@@ -1,6 +1,7 @@
 //! The tagging pipeline: a producer thread decodes and resizes one batch of files at a time on a
 //! rayon pool, straight into the batch's NCHW buffer, and hands finished batches to the
-//! inference loop through a bounded channel. Decoding batch k+1 overlaps inference on batch k;
+//! inference loop through a bounded channel. The first batches decode while ONNX Runtime builds
+//! its session (the `open` argument), and batch k+1 while batch k is inferred;
 //! at most `QUEUE + 2` batches exist at once, so memory stays flat however large the folder is.
 //! Batches travel in order, so results come out in the order of the image list.
 
@@ -52,13 +53,11 @@ pub enum Outcome<'a> {
     Failed(&'a str),
 }
 
-/// How to run: batch size, decode threads, and the model's input/output.
+/// How to run: batch size, decode threads, and the model's output size.
 pub struct Plan<'a> {
     pub pre: &'a Preprocess,
     pub batch: usize,
     pub decode_threads: usize,
-    pub input: &'a str,
-    pub output: &'a str,
     pub num_classes: usize,
     /// Pad every batch to this many rows (models whose graph fixes the batch size).
     pub pad_to: Option<usize>,
@@ -104,8 +103,21 @@ fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: 
     Batch { start, rows, data }
 }
 
-/// Tag `files` with `session`, calling `sink(index, outcome)` once per file in list order.
-pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: impl FnMut(usize, Outcome) -> Result<()>) -> Result<()> {
+/// A ready ONNX Runtime session and the names of the input it is fed and the output read.
+pub struct Runner {
+    pub session: Session,
+    pub input: String,
+    pub output: String,
+}
+
+/// Tag `files` with the session that `open` builds (on the calling thread, while the decoders
+/// start), calling `sink(index, outcome)` once per file in list order.
+pub fn run(
+    files: &[ImageFile],
+    plan: &Plan,
+    open: impl FnOnce() -> Result<Runner>,
+    mut sink: impl FnMut(usize, Outcome) -> Result<()>,
+) -> Result<()> {
     let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
     let per_image = 3 * h * w;
     let batch = plan.pad_to.unwrap_or(plan.batch).max(1);
@@ -128,6 +140,8 @@ pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: im
                 }
             }
         });
+        // On an error the channel's receiver is dropped, so the producer stops at its next batch.
+        let Runner { mut session, input, output } = open()?;
         for mut b in rx.iter() {
             let n = b.data.len() / per_image;
             let mut probs: &[f32] = &[];
@@ -138,12 +152,12 @@ pub fn run(files: &[ImageFile], plan: &Plan, session: &mut Session, mut sink: im
                 let tensor = TensorRef::from_array_view(([rows, 3, h, w], b.data.as_slice()))
                     .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
                 outputs = session
-                    .run(ort::inputs![plan.input => tensor])
+                    .run(ort::inputs![input.as_str() => tensor])
                     .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
-                let value = outputs.get(plan.output).with_context(|| format!("the model produced no output {:?}", plan.output))?;
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {:?} is not float32: {e}", plan.output))?;
+                let value = outputs.get(&output).with_context(|| format!("the model produced no output {output:?}"))?;
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
                 if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != plan.num_classes {
-                    bail!("the output {:?} has shape {:?}; expected [{rows}, {}]", plan.output, &shape[..], plan.num_classes);
+                    bail!("the output {output:?} has shape {:?}; expected [{rows}, {}]", &shape[..], plan.num_classes);
                 }
                 probs = data;
             }

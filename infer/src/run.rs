@@ -1,9 +1,10 @@
-//! One cls-infer run, top to bottom: list and shard the folder, load the model, read the ground
-//! truth and baseline (so bad input fails before any work), tag, then evaluate and compare.
+//! One cls-infer run, top to bottom: list and shard the folder, read the model's metadata and the
+//! ground truth and baseline (so bad input fails before any work), tag (ONNX Runtime loads the
+//! model while the first images decode), then evaluate and compare.
 
 use crate::model::{self, ModelInfo};
 use crate::output::{error_line, tag_line, write_file, Output};
-use crate::pipeline::{self, Outcome, Plan};
+use crate::pipeline::{self, Outcome, Plan, Runner};
 use crate::shard::Shard;
 use crate::truth::{preview, resolve, Truth};
 use crate::walk::{self, EXTENSIONS};
@@ -64,33 +65,39 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let range = shard.range(listing.images.len());
     let files = &listing.images[range.clone()];
 
-    // The model.
+    // The model: its description from the file's metadata, read without ONNX Runtime, so that
+    // the first batches decode while ONNX Runtime builds the session (in `open`, below).
     if !cli.model.is_file() {
         bail!("--model {}: no such file", cli.model.display());
     }
-    let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
-    let (mut session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
-    let info: ModelInfo = {
-        let meta = session.metadata().map_err(|e| anyhow::anyhow!("cannot read the model's metadata: {e}"))?;
-        model::describe(|k| meta.custom(k), classes, size).with_context(|| format!("--model {}", cli.model.display()))?
-    };
-    let io = model::io(&session, &info).with_context(|| format!("--model {}", cli.model.display()))?;
+    let head = model::read_head(&cli.model)?;
+    let info: ModelInfo = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
+        .with_context(|| format!("--model {}", cli.model.display()))?;
     for note in &info.notes {
         eprintln!("cls-infer: note: {note}");
     }
     let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
     let mut batch = cli.batch as usize;
-    if let Some(fixed) = io.fixed_batch {
+    if let Some(fixed) = head.fixed_batch {
         if fixed != batch {
             eprintln!("cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
             batch = fixed;
         }
     }
-    eprintln!(
-        "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
-        files.len(),
-        if shard.is_whole() { String::new() } else { format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len()) },
-    );
+    let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
+    let open = || -> Result<Runner> {
+        let (session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
+        let io = model::io(&session, &info).with_context(|| format!("--model {}", cli.model.display()))?;
+        if io.fixed_batch.is_some() && io.fixed_batch != head.fixed_batch {
+            bail!("--model {}: ONNX Runtime fixes the batch size at {}; run with --batch {0}", cli.model.display(), io.fixed_batch.unwrap_or(0));
+        }
+        eprintln!(
+            "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
+            files.len(),
+            if shard.is_whole() { String::new() } else { format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len()) },
+        );
+        Ok(Runner { session, input: io.input, output: io.output })
+    };
 
     // Ground truth and baseline, before any work.
     let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, &info.classes)).transpose()?;
@@ -124,17 +131,15 @@ pub fn run(cli: &Cli) -> Result<u8> {
         pre: &pre,
         batch,
         decode_threads: threads,
-        input: &io.input,
-        output: &io.output,
         num_classes: info.classes.len(),
-        pad_to: io.fixed_batch,
+        pad_to: head.fixed_batch,
     };
     let top_k = cli.top_k.map(|k| k as usize);
     let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::new(), 0usize);
     let bar = progress(files.len());
     let started = Instant::now();
     let mut tagged = 0usize;
-    pipeline::run(files, &plan, &mut session, |i, outcome| {
+    pipeline::run(files, &plan, open, |i, outcome| {
         bar.inc(1);
         match outcome {
             Outcome::Scores(scores) => {
