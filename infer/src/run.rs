@@ -88,8 +88,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let open = || -> Result<Runner> {
         let (session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
         let io = model::io(&session, &info).with_context(|| format!("--model {}", cli.model.display()))?;
-        if io.fixed_batch.is_some() && io.fixed_batch != head.fixed_batch {
-            bail!("--model {}: ONNX Runtime fixes the batch size at {}; run with --batch {0}", cli.model.display(), io.fixed_batch.unwrap_or(0));
+        if let Some(n) = io.fixed_batch.filter(|_| io.fixed_batch != head.fixed_batch) {
+            bail!(
+                "--model {}: ONNX Runtime fixes the input's batch size at {n}, which cls-infer could not read from the file's graph",
+                cli.model.display()
+            );
         }
         eprintln!(
             "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
