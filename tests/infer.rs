@@ -407,6 +407,9 @@ fn bad_input_exits_2_with_a_message() {
     check(&["--model", s(&dir.path().join("none.onnx")), "--images", s(&imgs)], "none.onnx");
     fs::write(dir.path().join("junk.onnx"), b"not a model").unwrap();
     check(&["--model", s(&dir.path().join("junk.onnx")), "--images", s(&imgs), "--device", "cpu"], "junk.onnx");
+    fs::write(dir.path().join("zero.onnx"), b"").unwrap();
+    check(&["--model", s(&dir.path().join("zero.onnx")), "--images", s(&imgs)], "zero.onnx: the file is empty");
+    check(&["--model", s(&imgs), "--images", s(&imgs)], "not a file");
     check(&["--model", s(&model), "--images", s(&dir.path().join("nope"))], "nope");
     check(&["--model", s(&model), "--images", s(&imgs), "--ort-lib", "/nonexistent/libonnxruntime.so"], "ONNX Runtime");
     check(&["--model", s(&model), "--images", s(&imgs), "--batch", "0"], "--batch");
@@ -448,6 +451,12 @@ fn a_model_with_a_fixed_batch_size_tags_every_image() {
     let lines: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let tops: Vec<&str> = lines.iter().map(|v| v["labels"][0].as_str().unwrap()).collect();
     assert_eq!(tops, ["red", "green", "blue", "red", "green"]);
+    // The time report counts the batches ONNX Runtime ran: 5 images in batches of 3.
+    let timing = r.stderr.lines().find(|l| l.contains("ONNX Runtime: session")).unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(timing.contains("(2 batches, the first"), "{timing}");
+    let secs: Vec<f64> = timing.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let (session, inference, first) = (secs[0], secs[1], secs[2]);
+    assert!(session > 0.0 && first <= inference, "{timing}");
 }
 
 #[test]

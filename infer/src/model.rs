@@ -102,7 +102,15 @@ struct TensorName {
 
 /// Read the [`Head`] of the ONNX file at `path`.
 pub fn read_head(path: &Path) -> Result<Head> {
-    let bytes = std::fs::read(path).with_context(|| format!("--model {}", path.display()))?;
+    // Mapped, not read: the weights (nearly all of the file) are skipped without being copied or
+    // even paged in.
+    let file = std::fs::File::open(path).with_context(|| format!("--model {}", path.display()))?;
+    // SAFETY: the map is read once, here, and dropped before returning; a file truncated by
+    // another process meanwhile could fault, as with any reader of a file that changes under it.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("--model {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("--model {}: the file is empty", path.display());
+    }
     head_of(&bytes).with_context(|| format!("--model {}: not an ONNX model", path.display()))
 }
 

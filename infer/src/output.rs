@@ -78,21 +78,57 @@ pub fn chosen_labels(scores: &[f32], threshold: f64, top_k: Option<usize>) -> Ve
     idx
 }
 
-/// One output line: `{"image": rel, "labels": [...], "scores": {class: p, ...}}` with the
-/// scores in class order (f32 printed in its shortest exact form).
-pub fn tag_line(rel: &str, classes: &[String], scores: &[f32], threshold: f64, top_k: Option<usize>) -> String {
-    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string());
-    let labels: Vec<String> = chosen_labels(scores, threshold, top_k).into_iter().map(|c| q(&classes[c])).collect();
-    let mut line = format!("{{\"image\": {}, \"labels\": [{}], \"scores\": {{", q(rel), labels.join(", "));
-    for (c, (name, p)) in classes.iter().zip(scores).enumerate() {
-        if c > 0 {
-            line.push_str(", ");
-        }
-        let value = if p.is_finite() { serde_json::to_string(p).unwrap_or_else(|_| "null".into()) } else { "null".into() };
-        line.push_str(&format!("{}: {value}", q(name)));
+/// Writes the output lines: `{"image": rel, "labels": [...], "scores": {class: p, ...}}` with the
+/// scores in class order (f32 in its shortest exact form, as serde_json prints it). The class
+/// names are quoted once and the line buffer is reused: with 374 classes, building every line
+/// from fresh strings cost 0.14 ms per image, 1.4% of a run, spent between inference batches.
+pub struct Tagger {
+    /// `"<class>": ` per class, JSON-escaped.
+    keys: Vec<String>,
+    line: Vec<u8>,
+}
+
+impl Tagger {
+    pub fn new(classes: &[String]) -> Tagger {
+        let keys = classes.iter().map(|c| format!("{}: ", quote(c))).collect();
+        Tagger { keys, line: Vec::new() }
     }
-    line.push_str("}}");
-    line
+
+    /// The line for one image (without the newline).
+    pub fn line(&mut self, rel: &str, scores: &[f32], threshold: f64, top_k: Option<usize>) -> &str {
+        let l = &mut self.line;
+        l.clear();
+        l.extend_from_slice(b"{\"image\": ");
+        l.extend_from_slice(quote(rel).as_bytes());
+        l.extend_from_slice(b", \"labels\": [");
+        for (k, c) in chosen_labels(scores, threshold, top_k).into_iter().enumerate() {
+            if k > 0 {
+                l.extend_from_slice(b", ");
+            }
+            let key = &self.keys[c];
+            l.extend_from_slice(&key.as_bytes()[..key.len() - 2]); // the quoted name without ": "
+        }
+        l.extend_from_slice(b"], \"scores\": {");
+        for (c, (key, p)) in self.keys.iter().zip(scores).enumerate() {
+            if c > 0 {
+                l.extend_from_slice(b", ");
+            }
+            l.extend_from_slice(key.as_bytes());
+            if p.is_finite() {
+                // Writing a finite f32 into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *l, p);
+            } else {
+                l.extend_from_slice(b"null");
+            }
+        }
+        l.extend_from_slice(b"}}");
+        // Only JSON text went in: quoted UTF-8 strings, numbers and punctuation.
+        std::str::from_utf8(l).unwrap_or_default()
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
 /// One `--errors` line: `{"path": ..., "reason": ...}`.
@@ -114,13 +150,21 @@ mod tests {
 
     #[test]
     fn tag_lines_round_trip() {
-        let classes = ["a \"q\"".to_string(), "b".to_string()];
-        let line = tag_line("x/y.jpg", &classes, &[0.1, 0.7], 0.5, None);
+        let classes = ["a \"q\"".to_string(), "b".to_string(), "ü\\".to_string()];
+        let mut tagger = Tagger::new(&classes);
+        let line = tagger.line("x/\"y\".jpg", &[0.1, 0.7, 0.9], 0.5, None).to_string();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["image"], "x/y.jpg");
-        assert_eq!(v["labels"], serde_json::json!(["b"]));
+        assert_eq!(v["image"], "x/\"y\".jpg");
+        assert_eq!(v["labels"], serde_json::json!(["ü\\", "b"]));
         assert_eq!(v["scores"]["a \"q\""].as_f64().unwrap() as f32, 0.1f32);
         assert_eq!(v["scores"]["b"].as_f64().unwrap() as f32, 0.7f32);
+        assert_eq!(v["scores"]["ü\\"].as_f64().unwrap() as f32, 0.9f32);
+        // The buffer is reused: a second line carries nothing of the first; NaN becomes null.
+        let second = tagger.line("z.png", &[f32::NAN, 0.2, 0.3], 0.5, Some(1)).to_string();
+        let v: serde_json::Value = serde_json::from_str(&second).unwrap();
+        assert_eq!(v["image"], "z.png");
+        assert_eq!(v["labels"], serde_json::json!([]));
+        assert!(v["scores"]["a \"q\""].is_null());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ort::value::TensorRef;
 use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::time::Instant;
 
 /// Batches decoded ahead of the one being inferred.
 const QUEUE: usize = 2;
@@ -103,6 +104,30 @@ fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: 
     Batch { start, rows, data }
 }
 
+/// Where the inference thread's time went, in seconds: it tells a slow run's bottleneck.
+/// Waiting for images means decoding is the bottleneck (more threads or a faster disk help);
+/// ONNX Runtime's first batch runs slower than the rest (its memory arena grows).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// Loading ONNX Runtime and building the session (the decoders run meanwhile).
+    pub session: f64,
+    /// Waiting for decoded batches, after the session was ready.
+    pub waiting: f64,
+    /// `session.run`, all batches.
+    pub inference: f64,
+    pub first_batch: f64,
+    pub batches: usize,
+}
+
+impl Timing {
+    pub fn summary(&self) -> String {
+        format!(
+            "ONNX Runtime: session {:.3} s, inference {:.3} s ({} batches, the first {:.3} s), waiting for images {:.3} s",
+            self.session, self.inference, self.batches, self.first_batch, self.waiting
+        )
+    }
+}
+
 /// A ready ONNX Runtime session and the names of the input it is fed and the output read.
 pub struct Runner {
     pub session: Session,
@@ -111,13 +136,14 @@ pub struct Runner {
 }
 
 /// Tag `files` with the session that `open` builds (on the calling thread, while the decoders
-/// start), calling `sink(index, outcome)` once per file in list order.
+/// start), calling `sink(index, outcome)` once per file in list order. Returns where the inference
+/// thread's time went.
 pub fn run(
     files: &[ImageFile],
     plan: &Plan,
     open: impl FnOnce() -> Result<Runner>,
     mut sink: impl FnMut(usize, Outcome) -> Result<()>,
-) -> Result<()> {
+) -> Result<Timing> {
     let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
     let per_image = 3 * h * w;
     let batch = plan.pad_to.unwrap_or(plan.batch).max(1);
@@ -130,7 +156,7 @@ pub fn run(
     let (tx, rx) = bounded::<Batch>(QUEUE);
     // Used buffers go back to the producer, so the same few allocations serve the whole run.
     let (recycle_tx, recycle_rx) = unbounded::<Vec<f32>>();
-    std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<Timing> {
         let producer = scope.spawn(move || {
             for (k, chunk) in files.chunks(batch).enumerate() {
                 let buffer = recycle_rx.try_recv().unwrap_or_default();
@@ -141,8 +167,15 @@ pub fn run(
             }
         });
         // On an error the channel's receiver is dropped, so the producer stops at its next batch.
+        let mut timing = Timing::default();
+        let clock = Instant::now();
         let Runner { mut session, input, output } = open()?;
-        for mut b in rx.iter() {
+        timing.session = clock.elapsed().as_secs_f64();
+        loop {
+            let clock = Instant::now();
+            let Ok(mut b) = rx.recv() else { break };
+            timing.waiting += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
             let n = b.data.len() / per_image;
             let mut probs: &[f32] = &[];
             let outputs;
@@ -161,6 +194,12 @@ pub fn run(
                 }
                 probs = data;
             }
+            let secs = clock.elapsed().as_secs_f64();
+            timing.inference += secs;
+            if timing.batches == 0 {
+                timing.first_batch = secs;
+            }
+            timing.batches += 1;
             for (offset, row) in b.rows.iter().enumerate() {
                 let outcome = match row {
                     Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),
@@ -171,6 +210,6 @@ pub fn run(
             let _ = recycle_tx.send(b.data);
         }
         producer.join().map_err(|_| anyhow!("the decoding thread crashed"))?;
-        Ok(())
+        Ok(timing)
     })
 }

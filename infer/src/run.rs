@@ -3,7 +3,7 @@
 //! model while the first images decode), then evaluate and compare.
 
 use crate::model::{self, ModelInfo};
-use crate::output::{error_line, tag_line, write_file, Output};
+use crate::output::{error_line, write_file, Output, Tagger};
 use crate::pipeline::{self, Outcome, Plan, Runner};
 use crate::shard::Shard;
 use crate::truth::{preview, resolve, Truth};
@@ -68,7 +68,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     // The model: its description from the file's metadata, read without ONNX Runtime, so that
     // the first batches decode while ONNX Runtime builds the session (in `open`, below).
     if !cli.model.is_file() {
-        bail!("--model {}: no such file", cli.model.display());
+        bail!("--model {}: {}", cli.model.display(), if cli.model.exists() { "not a file" } else { "no such file" });
     }
     let head = model::read_head(&cli.model)?;
     let info: ModelInfo = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
@@ -84,8 +84,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
             batch = fixed;
         }
     }
-    let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
+    // Loading ONNX Runtime (tens of ms) and building the session run while the first batches
+    // decode.
     let open = || -> Result<Runner> {
+        let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
         let (session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
         let io = model::io(&session, &info).with_context(|| format!("--model {}", cli.model.display()))?;
         if let Some(n) = io.fixed_batch.filter(|_| io.fixed_batch != head.fixed_batch) {
@@ -138,16 +140,17 @@ pub fn run(cli: &Cli) -> Result<u8> {
         pad_to: head.fixed_batch,
     };
     let top_k = cli.top_k.map(|k| k as usize);
+    let mut tagger = Tagger::new(&info.classes);
     let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::new(), 0usize);
     let bar = progress(files.len());
     let started = Instant::now();
     let mut tagged = 0usize;
-    pipeline::run(files, &plan, open, |i, outcome| {
+    let timing = pipeline::run(files, &plan, open, |i, outcome| {
         bar.inc(1);
         match outcome {
             Outcome::Scores(scores) => {
                 tagged += 1;
-                out.line(&tag_line(&files[i].rel, &info.classes, scores, threshold, top_k))?;
+                out.line(tagger.line(&files[i].rel, scores, threshold, top_k))?;
                 if let Some(t) = &truth {
                     match t.row_of(&resolve(&files[i].path)) {
                         Some(row) => {
@@ -169,8 +172,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "cls-infer: tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)",
-        tagged as f64 / secs.max(1e-9)
+        "cls-infer: tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)\ncls-infer: {}",
+        tagged as f64 / secs.max(1e-9),
+        timing.summary()
     );
 
     // Metrics.
