@@ -386,6 +386,67 @@ fn shards_partition_the_folder() {
 }
 
 #[test]
+fn metrics_of_shard_outputs_equal_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = make_labelled(dir.path());
+    let imgs = dir.path().join("imgs");
+    let model = write_model(dir.path(), true);
+    let base = ["--model", s(&model), "--images", s(&imgs), "--ground-truth", s(&gt)];
+    let whole_metrics = dir.path().join("whole.json");
+    let r = cls_infer(&[&base[..], &["--device", "cpu", "--out", s(&dir.path().join("whole.jsonl")), "--metrics-out", s(&whole_metrics)]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let part = dir.path().join(format!("part{i}.jsonl"));
+        let r = cls_infer(&[&base[..], &["--device", "cpu", "--batch", "4", "--shard", &format!("{i}/3"), "--out", s(&part)]].concat(), &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        parts.push(part);
+    }
+    let parts: Vec<&str> = parts.iter().map(|p| s(p)).collect();
+
+    // All three shards: the whole run's metrics, exactly (scores are written in full precision).
+    let merged = dir.path().join("merged.json");
+    let r = cls_infer(&[&base[..], &["--metrics-out", s(&merged), "--from-tags"], &parts[..]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("read 25 tagged images from 3 files"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 ground-truth entries were not tagged"), "{}", r.stderr);
+    let want: Metrics = serde_json::from_str(&fs::read_to_string(&whole_metrics).unwrap()).unwrap();
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
+    assert_eq!(got, want);
+
+    // Two shards of three: fewer images, the rest reported.
+    let r = cls_infer(&[&base[..], &["--metrics-out", s(&merged), "--from-tags"], &parts[..2]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let two: Metrics = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
+    assert!(two.n_images < want.n_images && two.n_images > 0, "{} of {}", two.n_images, want.n_images);
+    // The entries of the third shard are reported, with the one that never had an image.
+    let untagged = format!("{} ground-truth entries were not tagged", want.n_images - two.n_images + 1);
+    assert!(r.stderr.contains(&untagged), "expected {untagged:?} in\n{}", r.stderr);
+
+    // The regression gate works on tag files too.
+    let mut b: Value = serde_json::from_str(&fs::read_to_string(&whole_metrics).unwrap()).unwrap();
+    b["mAP"] = (b["mAP"].as_f64().unwrap() + 0.05).into();
+    let bfile = dir.path().join("higher.json");
+    fs::write(&bfile, b.to_string()).unwrap();
+    let r = cls_infer(&[&base[..], &["--baseline", s(&bfile), "--tolerance", "0.01", "--from-tags"], &parts[..]].concat(), &[]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+
+    // Overlapping inputs, tags of another model, and tagging options are refused.
+    let check = |extra: &[&str], needle: &str| {
+        let r = cls_infer(&[&base[..], extra].concat(), &[]);
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{extra:?}: expected {needle:?} in\n{}", r.stderr);
+    };
+    check(&["--from-tags", parts[0], parts[1], parts[0]], "tagged twice");
+    let other = dir.path().join("other.jsonl");
+    fs::write(&other, "{\"image\": \"img00.png\", \"labels\": [], \"scores\": {\"cat\": 0.5}}\n").unwrap();
+    check(&["--from-tags", s(&other)], "no score for the model's class");
+    fs::write(&other, "not json\n").unwrap();
+    check(&["--from-tags", s(&other)], "line 1");
+    check(&["--from-tags", parts[0], "--shard", "0/3"], "--shard");
+}
+
+#[test]
 fn bad_input_exits_2_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let model = write_model(dir.path(), true);

@@ -79,11 +79,18 @@ pub struct Cli {
     /// Input size HxW for a model without metadata (overrides the metadata).
     #[arg(long, value_name = "HxW")]
     pub size: Option<String>,
+    /// Compute the metrics of these tag files (cls-infer's output, e.g. one per --shard of an
+    /// array job) instead of running the model; image paths in them are relative to --images.
+    #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth",
+          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "follow_links", "device", "batch", "threads", "ort_lib"])]
+    pub from_tags: Vec<PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
 Output: one JSON line per image, ordered by path relative to --images:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
+Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
+  cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
   or JOB_COMPLETION_INDEX with JOB_COMPLETION_COUNT (set it to the job's completions).
 ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the system's.

@@ -14,7 +14,7 @@ use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
 use cls_core::preprocess::Preprocess;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ndarray::Array2;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,6 +56,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let size = cli.size.as_deref().map(model::parse_size).transpose()?;
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
     let threads = cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if !cli.from_tags.is_empty() {
+        return evaluate_tags(cli, classes, size);
+    }
 
     // The folder.
     let listing = walk::list_images(&cli.images, cli.follow_links)?;
@@ -67,15 +70,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
 
     // The model: its description from the file's metadata, read without ONNX Runtime, so that
     // the first batches decode while ONNX Runtime builds the session (in `open`, below).
-    if !cli.model.is_file() {
-        bail!("--model {}: {}", cli.model.display(), if cli.model.exists() { "not a file" } else { "no such file" });
-    }
-    let head = model::read_head(&cli.model)?;
-    let info: ModelInfo = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
-        .with_context(|| format!("--model {}", cli.model.display()))?;
-    for note in &info.notes {
-        eprintln!("cls-infer: note: {note}");
-    }
+    let (head, info) = model_info(cli, classes, size)?;
     let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
     let mut batch = cli.batch as usize;
     if let Some(fixed) = head.fixed_batch {
@@ -141,7 +136,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
     let top_k = cli.top_k.map(|k| k as usize);
     let mut tagger = Tagger::new(&info.classes);
-    let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::new(), 0usize);
+    let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::<f32>::new(), 0usize);
     let bar = progress(files.len());
     let started = Instant::now();
     let mut tagged = 0usize;
@@ -185,31 +180,122 @@ pub fn run(cli: &Cli) -> Result<u8> {
         if !orphans.is_empty() {
             eprintln!("cls-infer: {} ground-truth entries have no image under {}: {}", orphans.len(), cli.images.display(), preview(&orphans));
         }
-        if no_truth > 0 {
-            eprintln!("cls-infer: {no_truth} tagged images have no ground truth (left out of the metrics)");
-        }
-        if gt_rows.is_empty() {
-            bail!("none of the tagged images is in the ground truth {}: no metrics", cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
-        }
-        let scores = Array2::from_shape_vec((gt_rows.len(), info.classes.len()), gt_scores)?;
-        let targets = t.targets.select(ndarray::Axis(0), &gt_rows);
-        let metrics = evaluate(scores.view(), targets.view(), threshold).context("cannot compute the metrics")?;
-        eprint!("{}", metrics.table());
-        if let Some(path) = &cli.metrics_out {
-            write_file(path, &serde_json::to_string_pretty(&metrics)?)?;
-        }
-        if let Some(base) = &baseline {
-            let dropped = regressions(base, &metrics, cli.tolerance);
-            eprint!("{}", comparison_table(base, &metrics));
-            if dropped.is_empty() {
-                eprintln!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
-            } else {
-                for r in &dropped {
-                    eprintln!("cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})", r.metric, r.old, r.new, r.diff, cli.tolerance);
-                }
-                status = EXIT_REGRESSION;
-            }
+        let scored = Scored { rows: gt_rows, scores: gt_scores, no_truth };
+        if score_and_compare(cli, t, baseline.as_ref(), info.classes.len(), threshold, scored)? {
+            status = EXIT_REGRESSION;
         }
     }
     Ok(status)
+}
+
+/// The model's head and description (its metadata, or `--classes` / `--size`), notes printed.
+fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<(model::Head, ModelInfo)> {
+    if !cli.model.is_file() {
+        bail!("--model {}: {}", cli.model.display(), if cli.model.exists() { "not a file" } else { "no such file" });
+    }
+    let head = model::read_head(&cli.model)?;
+    let info = model::describe(|k| head.metadata.get(k).cloned(), classes, size).with_context(|| format!("--model {}", cli.model.display()))?;
+    for note in &info.notes {
+        eprintln!("cls-infer: note: {note}");
+    }
+    Ok((head, info))
+}
+
+/// Scores of the tagged images that have ground truth: `rows` index the ground truth, `scores`
+/// holds one row of class probabilities per entry of `rows`.
+struct Scored {
+    rows: Vec<usize>,
+    scores: Vec<f32>,
+    /// Tagged images without ground truth.
+    no_truth: usize,
+}
+
+/// Compute the metrics (table on stderr, `--metrics-out`) and compare with `--baseline`.
+/// Returns whether a metric regressed.
+fn score_and_compare(cli: &Cli, truth: &Truth, baseline: Option<&Metrics>, n_classes: usize, threshold: f64, scored: Scored) -> Result<bool> {
+    if scored.no_truth > 0 {
+        eprintln!("cls-infer: {} tagged images have no ground truth (left out of the metrics)", scored.no_truth);
+    }
+    if scored.rows.is_empty() {
+        bail!("none of the tagged images is in the ground truth {}: no metrics", cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    }
+    let scores = Array2::from_shape_vec((scored.rows.len(), n_classes), scored.scores)?;
+    let targets = truth.targets.select(ndarray::Axis(0), &scored.rows);
+    let metrics = evaluate(scores.view(), targets.view(), threshold).context("cannot compute the metrics")?;
+    eprint!("{}", metrics.table());
+    if let Some(path) = &cli.metrics_out {
+        write_file(path, &serde_json::to_string_pretty(&metrics)?)?;
+    }
+    let Some(base) = baseline else { return Ok(false) };
+    let dropped = regressions(base, &metrics, cli.tolerance);
+    eprint!("{}", comparison_table(base, &metrics));
+    if dropped.is_empty() {
+        eprintln!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
+    }
+    for r in &dropped {
+        eprintln!("cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})", r.metric, r.old, r.new, r.diff, cli.tolerance);
+    }
+    Ok(!dropped.is_empty())
+}
+
+/// `--from-tags`: the metrics of tag files cls-infer wrote earlier (one per shard of an array
+/// job, say), without running the model. Image paths are relative to `--images`, as written;
+/// the model gives the class order and the default threshold.
+fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<u8> {
+    let (_, info) = model_info(cli, classes, size)?;
+    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
+    let gt = cli.ground_truth.as_deref().context("--from-tags needs --ground-truth")?;
+    let truth = Truth::load(gt, &cli.images, &info.classes)?;
+    for note in &truth.notes {
+        eprintln!("cls-infer: note: {note}");
+    }
+    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
+    let mut scored = Scored { rows: Vec::new(), scores: Vec::new(), no_truth: 0 };
+    // Where each image was tagged, to refuse an image tagged twice (overlapping shards).
+    let mut seen: HashMap<PathBuf, String> = HashMap::new();
+    for file in &cli.from_tags {
+        let text = std::fs::read_to_string(file).with_context(|| format!("--from-tags {}", file.display()))?;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let place = format!("{} line {}", file.display(), n + 1);
+            let (image, row) = parse_tag_line(line, &info.classes).with_context(|| format!("--from-tags {place}"))?;
+            let path = resolve(&cli.images.join(&image));
+            let row_in_truth = truth.row_of(&path);
+            if let Some(first) = seen.insert(path, place.clone()) {
+                bail!("--from-tags: {image} is tagged twice, in {first} and in {place}");
+            }
+            match row_in_truth {
+                Some(r) => {
+                    scored.rows.push(r);
+                    scored.scores.extend_from_slice(&row);
+                }
+                None => scored.no_truth += 1,
+            }
+        }
+    }
+    eprintln!("cls-infer: read {} tagged images from {} files", seen.len(), cli.from_tags.len());
+    let present: HashSet<PathBuf> = seen.into_keys().collect();
+    let orphans = truth.entries_without_image(&present);
+    if !orphans.is_empty() {
+        eprintln!("cls-infer: {} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
+    }
+    Ok(if score_and_compare(cli, &truth, baseline.as_ref(), info.classes.len(), threshold, scored)? { EXIT_REGRESSION } else { EXIT_OK })
+}
+
+/// One line of cls-infer's output: the image's path and its scores in `classes` order.
+fn parse_tag_line(line: &str, classes: &[String]) -> Result<(String, Vec<f32>)> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        image: String,
+        scores: HashMap<String, Option<f64>>,
+    }
+    let l: Line = serde_json::from_str(line).context("not a line of cls-infer's output ({\"image\": ..., \"scores\": {...}})")?;
+    let row = classes
+        .iter()
+        .map(|c| match l.scores.get(c) {
+            Some(Some(p)) => Ok(*p as f32),
+            Some(None) => bail!("{}: the score of {c:?} is not a number", l.image),
+            None => bail!("{}: no score for the model's class {c:?} (tagged by another model?)", l.image),
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    Ok((l.image, row))
 }
