@@ -105,7 +105,7 @@ fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: 
 }
 
 /// Where the inference thread's time went, in seconds: it tells a slow run's bottleneck.
-/// Waiting for images means decoding is the bottleneck (more threads or a faster disk help);
+/// Waiting for images means decoding is the bottleneck (a slow disk, large images, a fast GPU);
 /// ONNX Runtime's first batch runs slower than the rest (its memory arena grows).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timing {
@@ -115,7 +115,9 @@ pub struct Timing {
     pub waiting: f64,
     /// `session.run`, all batches.
     pub inference: f64,
+    /// `session.run` of the first batch.
     pub first_batch: f64,
+    /// Batches run (a batch of unreadable files only is not).
     pub batches: usize,
 }
 
@@ -193,13 +195,13 @@ pub fn run(
                     bail!("the output {output:?} has shape {:?}; expected [{rows}, {}]", &shape[..], plan.num_classes);
                 }
                 probs = data;
+                let secs = clock.elapsed().as_secs_f64();
+                timing.inference += secs;
+                if timing.batches == 0 {
+                    timing.first_batch = secs;
+                }
+                timing.batches += 1;
             }
-            let secs = clock.elapsed().as_secs_f64();
-            timing.inference += secs;
-            if timing.batches == 0 {
-                timing.first_batch = secs;
-            }
-            timing.batches += 1;
             for (offset, row) in b.rows.iter().enumerate() {
                 let outcome = match row {
                     Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),

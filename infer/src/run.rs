@@ -1,6 +1,7 @@
 //! One cls-infer run, top to bottom: list and shard the folder, read the model's metadata and the
 //! ground truth and baseline (so bad input fails before any work), tag (ONNX Runtime loads the
-//! model while the first images decode), then evaluate and compare.
+//! model while the first images decode), then evaluate and compare. With `--from-tags`, the
+//! evaluation reads earlier outputs instead of tagging.
 
 use crate::model::{self, ModelInfo};
 use crate::output::{error_line, write_file, Output, Tagger};
@@ -52,13 +53,13 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if !(cli.tolerance.is_finite() && cli.tolerance >= 0.0) {
         bail!("--tolerance {} must be a non-negative number", cli.tolerance);
     }
-    let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
     let size = cli.size.as_deref().map(model::parse_size).transpose()?;
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
-    let threads = cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if !cli.from_tags.is_empty() {
         return evaluate_tags(cli, classes, size);
     }
+    let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
+    let threads = cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     // The folder.
     let listing = walk::list_images(&cli.images, cli.follow_links)?;
