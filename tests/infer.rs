@@ -444,6 +444,17 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
     fs::write(&other, "not json\n").unwrap();
     check(&["--from-tags", s(&other)], "line 1");
     check(&["--from-tags", parts[0], "--shard", "0/3"], "--shard");
+
+    // A shard without ground truth (the last of 25 holds only unlabelled.png) is no error; a whole
+    // folder without any is.
+    let r = cls_infer(&[&base[..], &["--device", "cpu", "--shard", "24/25"]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("unlabelled.png") && r.stderr.contains("no metrics for it"), "{}\n{}", r.stdout, r.stderr);
+    let elsewhere = dir.path().join("elsewhere.jsonl");
+    fs::write(&elsewhere, "{\"image\": \"nowhere/x.png\", \"labels\": [\"red\"]}\n").unwrap();
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&elsewhere)], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("none of the tagged images is in the ground truth"), "{}", r.stderr);
 }
 
 #[test]
