@@ -103,6 +103,15 @@ pub struct TrainConfig {
     /// EM's entropy weight α.
     #[arg(long, default_value_t = 0.1, help_heading = "Method")]
     pub em_alpha: f64,
+    /// Co-teaching+: epochs of plain Co-teaching before it keeps to the peers' disagreements.
+    #[arg(long, default_value_t = 1, help_heading = "Method")]
+    pub coteach_plus_warmup: usize,
+    /// AN-LS: label smoothing ε (targets become ε/2 and 1 − ε/2).
+    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
+    pub label_smoothing: f64,
+    /// ROLE: the label estimates' learning rate as a multiple of the network's.
+    #[arg(long, default_value_t = 10.0, help_heading = "Method")]
+    pub role_lr_mult: f64,
 
     // ---------------------------------------------------------------- model
     /// Backbone: resnet18, resnet34, resnet50, resnet101, efficientnet-lite0, mlp (feature tables).
@@ -241,7 +250,6 @@ impl TrainConfig {
 
     /// The method's knobs, with τ resolved by the caller (dataset- and protocol-dependent).
     pub fn method_config(&self, tau_h: f64, tau_l: f64, expected_positives: f64) -> Result<MethodConfig> {
-        let d = MethodConfig::default();
         Ok(MethodConfig {
             tau_h,
             tau_l,
@@ -252,7 +260,42 @@ impl TrainConfig {
             forget_rate: self.forget_rate,
             jocor_lambda: self.jocor_lambda,
             em_alpha: self.em_alpha,
-            ..d
+            coteach_plus_warmup: self.coteach_plus_warmup,
+            label_smoothing: self.label_smoothing,
+            role_lr_mult: self.role_lr_mult,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        c: TrainConfig,
+    }
+
+    #[test]
+    fn every_method_knob_reaches_the_method_config() {
+        // Defaults agree with MethodConfig's.
+        let d = TrainConfig::default().method_config(0.01, 0.05, 3.0).unwrap();
+        let m = MethodConfig::default();
+        assert_eq!((d.coteach_plus_warmup, d.label_smoothing, d.role_lr_mult), (m.coteach_plus_warmup, m.label_smoothing, m.role_lr_mult));
+        assert_eq!((d.forget_rate, d.jocor_lambda, d.em_alpha, d.e_k), (m.forget_rate, m.jocor_lambda, m.em_alpha, m.e_k));
+        // Flags and TOML keys set them.
+        let c = Wrap::parse_from(["x", "--coteach-plus-warmup", "4", "--label-smoothing", "0.2", "--role-lr-mult", "3", "--em-alpha", "0.5"]).c;
+        let got = c.method_config(0.01, 0.05, 3.0).unwrap();
+        assert_eq!((got.coteach_plus_warmup, got.label_smoothing, got.role_lr_mult, got.em_alpha), (4, 0.2, 3.0, 0.5));
+        let c = TrainConfig::default().with_toml("coteach_plus_warmup = 2\nlabel-smoothing = 0.3\n", "t", &[]).unwrap();
+        let got = c.method_config(0.01, 0.05, 3.0).unwrap();
+        assert_eq!((got.coteach_plus_warmup, got.label_smoothing), (2, 0.3));
+        // Out-of-range values are refused by name.
+        let bad = Wrap::parse_from(["x", "--label-smoothing", "1.5"]).c.method_config(0.01, 0.05, 3.0).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("label_smoothing"));
+        let bad = Wrap::parse_from(["x", "--role-lr-mult", "0"]).c.method_config(0.01, 0.05, 3.0).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("role_lr_mult"));
     }
 }
