@@ -212,6 +212,24 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing") && !err.contains("panicked"), "{err}");
+
+    // A validation set without a single positive label cannot pick an epoch: refused before
+    // training, by name, with no run folder left behind.
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 60, 3);
+    let val = tmp.path().join("val.csv");
+    std::fs::write(&val, "f0,f1,f2,f3,f4,f5,f6,f7,a,b,c,d\n0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0,0,0,0\n").unwrap();
+    let out = Command::new(bin("cls-train"))
+        .args(["--data", tr.to_str().unwrap(), "--val", val.to_str().unwrap(), "--label-columns", "4", "--epochs", "1", "--run-dir"])
+        .arg(tmp.path().join("r3"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("validation set (1 images) has no positive label") && !err.contains("panicked"), "{err}");
+    assert!(!tmp.path().join("r3/summary.json").exists());
 }
 
 #[test]

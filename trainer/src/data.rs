@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use cls_core::protocol::{self, Observed, Partial};
 use cls_core::readers::{self, LabelColumns, ReadOptions};
 use cls_core::synthetic::{self, SyntheticSpec};
+use cls_core::labels::POS;
 use cls_core::Dataset;
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -99,6 +100,20 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
         None => None,
     };
 
+    // Every epoch is scored by validation mAP, which needs at least one positive: say so now
+    // rather than after the first epoch.
+    let no_positive = |ds: &Dataset| !ds.targets.iter().any(|&v| v == POS);
+    if no_positive(&val) {
+        bail!(
+            "the validation set ({} images{}) has no positive label, so its mAP, which picks the best epoch, is undefined: \
+             give --val a labelled set, or a larger --val-fraction",
+            val.len(),
+            if cfg.val.is_none() { ", held out from --data" } else { "" }
+        );
+    }
+    if let Some(t) = test.as_ref().filter(|t| no_positive(t)) {
+        bail!("the test set ({} images) has no positive label: its mAP is undefined", t.len());
+    }
     let observed = observe(cfg, &train)?;
     let family = family_of(&train_path, &train);
     Ok(RunData { train, val, test, observed, family })
