@@ -286,3 +286,23 @@ fn runs_started_side_by_side_build_each_cache_once() {
     let (s0, s1) = (read_json(&tmp.path().join("run0/summary.json")), read_json(&tmp.path().join("run1/summary.json")));
     assert_eq!(s0["test"]["mAP"], s1["test"]["mAP"], "both runs read the same features");
 }
+
+#[test]
+fn methods_that_need_k_say_where_it_came_from_on_unsimulated_labels() {
+    // With --partial full the training labels are taken as given, maybe already partial, so the
+    // default k (their mean) may be low: EPR says so unless --expected-positives is given.
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 80, 5);
+    let run = |extra: &[&str], name: &str| {
+        let out = train(
+            &[&["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "1", "--batch-size", "16", "--method", "epr"], extra,
+              &["--run-dir", tmp.path().join(name).to_str().unwrap(), "--cache-dir", tmp.path().join("cache").to_str().unwrap()]]
+                .concat(),
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(run(&["--partial", "full"], "a").contains("pass --expected-positives"));
+    assert!(!run(&["--partial", "full", "--expected-positives", "2"], "b").contains("pass --expected-positives"));
+    assert!(!run(&["--partial", "single"], "c").contains("pass --expected-positives"));
+}

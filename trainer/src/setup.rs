@@ -134,6 +134,14 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     // k: given, else the training set's true mean number of positives (known in simulation).
     let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
     let expected_positives = cfg.expected_positives.unwrap_or(k_true);
+    let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
+    if uses_k && cfg.expected_positives.is_none() && cfg.partial == "full" && cfg.observed.is_none() {
+        // Without simulation the training labels may themselves be the partial ones.
+        eprintln!(
+            "note: k, the expected number of positives per image, defaults to the mean of the training labels ({k_true:.2}); \
+             if those are incomplete the true mean is higher: pass --expected-positives"
+        );
+    }
     let (tau_h, tau_l) = resolve_tau(cfg, &data, expected_positives)?;
     let mcfg = cfg.method_config(tau_h, tau_l, expected_positives)?;
     let method = methods::build(&cfg.method, &mcfg, n_train as i64, n_classes as i64, device)?;
