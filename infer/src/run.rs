@@ -258,16 +258,21 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
     let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
     let mut scored = Scored { rows: Vec::new(), scores: Vec::new(), no_truth: 0 };
     // Where each image was tagged, to refuse an image tagged twice (overlapping shards).
-    let mut seen: HashMap<PathBuf, String> = HashMap::new();
-    for file in &cli.from_tags {
-        let text = std::fs::read_to_string(file).with_context(|| format!("--from-tags {}", file.display()))?;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let place = format!("{} line {}", file.display(), n + 1);
-            let (image, row) = parse_tag_line(line, &info.classes).with_context(|| format!("--from-tags {place}"))?;
+    let mut seen: HashMap<PathBuf, (usize, usize)> = HashMap::new();
+    let place = |f: usize, n: usize| format!("{} line {}", cli.from_tags[f].display(), n + 1);
+    for (f, file) in cli.from_tags.iter().enumerate() {
+        // Streamed: the tags of a huge folder need not fit in memory.
+        let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()))?);
+        for (n, line) in std::io::BufRead::lines(reader).enumerate() {
+            let line = line.with_context(|| format!("--from-tags {}", file.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (image, row) = parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
             let path = resolve(&cli.images.join(&image));
             let row_in_truth = truth.row_of(&path);
-            if let Some(first) = seen.insert(path, place.clone()) {
-                bail!("--from-tags: {image} is tagged twice, in {first} and in {place}");
+            if let Some((f0, n0)) = seen.insert(path, (f, n)) {
+                bail!("--from-tags: {image} is tagged twice, in {} and in {}", place(f0, n0), place(f, n));
             }
             match row_in_truth {
                 Some(r) => {
