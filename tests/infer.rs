@@ -230,6 +230,14 @@ fn tags_every_good_image_and_lists_every_bad_one() {
     assert_eq!(strict.code, 1, "{}", strict.stderr);
     assert!(strict.stderr.contains("loop"), "{}", strict.stderr);
     assert_eq!(images_of(&read_jsonl(&out)), expect_order);
+    // One image a batch: the time report counts only the batches that reached ONNX Runtime.
+    let mut one_a_batch = args.to_vec();
+    let at = one_a_batch.iter().position(|a| *a == "--batch").unwrap();
+    one_a_batch[at + 1] = "1";
+    let single = cls_infer(&one_a_batch, &[]);
+    assert_eq!(single.code, 0, "{}", single.stderr);
+    let batches = format!("({} batches,", good.len());
+    assert!(single.stderr.contains(&batches), "expected {batches:?} in\n{}", single.stderr);
 }
 
 #[test]
