@@ -190,6 +190,13 @@ fn make_zoo(root: &Path) -> (Vec<String>, Vec<String>) {
     (good, bad)
 }
 
+/// cls-infer with `args` exits 2 (bad input) with `needle` in its message.
+fn exits_2_saying(args: &[&str], needle: &str) {
+    let r = cls_infer(args, &[]);
+    assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    assert!(r.stderr.contains(needle), "{args:?}: expected {needle:?} in\n{}", r.stderr);
+}
+
 fn images_of(out: &[Value]) -> Vec<String> {
     out.iter().map(|v| v["image"].as_str().unwrap().to_string()).collect()
 }
@@ -440,11 +447,7 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
     assert_eq!(r.code, 3, "{}", r.stderr);
 
     // Overlapping inputs, tags of another model, and tagging options are refused.
-    let check = |extra: &[&str], needle: &str| {
-        let r = cls_infer(&[&base[..], extra].concat(), &[]);
-        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
-        assert!(r.stderr.contains(needle), "{extra:?}: expected {needle:?} in\n{}", r.stderr);
-    };
+    let check = |extra: &[&str], needle: &str| exits_2_saying(&[&base[..], extra].concat(), needle);
     check(&["--from-tags", parts[0], parts[1], parts[0]], "tagged twice");
     let other = dir.path().join("other.jsonl");
     fs::write(&other, "{\"image\": \"img00.png\", \"labels\": [], \"scores\": {\"cat\": 0.5}}\n").unwrap();
@@ -479,11 +482,7 @@ fn bad_input_exits_2_with_a_message() {
     let imgs = dir.path().join("imgs");
     fs::create_dir_all(&imgs).unwrap();
     solid([255, 0, 0], 8, 8).save(imgs.join("a.png")).unwrap();
-    let check = |args: &[&str], needle: &str| {
-        let r = cls_infer(args, &[]);
-        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains(needle), "{args:?}: expected {needle:?} in\n{}", r.stderr);
-    };
+    let check = exits_2_saying;
     check(&["--model", s(&dir.path().join("none.onnx")), "--images", s(&imgs)], "none.onnx");
     fs::write(dir.path().join("junk.onnx"), b"not a model").unwrap();
     check(&["--model", s(&dir.path().join("junk.onnx")), "--images", s(&imgs), "--device", "cpu"], "junk.onnx");

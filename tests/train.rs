@@ -15,6 +15,17 @@ fn train(args: &[&str]) -> Output {
     out
 }
 
+/// cls-train with `args` (run folder `tmp/<run>`, cache `tmp/cache`) fails with status 1, a
+/// message and no panic, and finishes no run. Returns its stderr.
+fn train_fails(args: &[&str], tmp: &Path, run: &str) -> String {
+    let out = Command::new(bin("cls-train")).args(args).arg("--run-dir").arg(tmp.join(run)).arg("--cache-dir").arg(tmp.join("cache")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!tmp.join(run).join("summary.json").exists());
+    err
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
@@ -219,17 +230,8 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     write_csv(&tr, 60, 3);
     let val = tmp.path().join("val.csv");
     std::fs::write(&val, "f0,f1,f2,f3,f4,f5,f6,f7,a,b,c,d\n0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0,0,0,0\n").unwrap();
-    let out = Command::new(bin("cls-train"))
-        .args(["--data", tr.to_str().unwrap(), "--val", val.to_str().unwrap(), "--label-columns", "4", "--epochs", "1", "--run-dir"])
-        .arg(tmp.path().join("r3"))
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("validation set (1 images) has no positive label") && !err.contains("panicked"), "{err}");
-    assert!(!tmp.path().join("r3/summary.json").exists());
+    let err = train_fails(&["--data", tr.to_str().unwrap(), "--val", val.to_str().unwrap(), "--label-columns", "4", "--epochs", "1"], tmp.path(), "r3");
+    assert!(err.contains("validation set (1 images) has no positive label"), "{err}");
 }
 
 #[test]
@@ -238,18 +240,9 @@ fn a_diverging_loss_stops_the_run_with_a_clear_message() {
     let tr = tmp.path().join("train.csv");
     write_csv(&tr, 200, 9);
     // A learning rate this large sends the weights, and then the loss, to infinity or NaN.
-    let out = Command::new(bin("cls-train"))
-        .args(["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "3", "--batch-size", "16", "--lr", "1e30"])
-        .args(["--method", "an", "--run-dir"])
-        .arg(tmp.path().join("run"))
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("the loss became") && err.contains("checkpoint") && !err.contains("panicked"), "{err}");
-    assert!(!tmp.path().join("run/summary.json").exists());
+    let args = ["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "3", "--batch-size", "16", "--lr", "1e30", "--method", "an"];
+    let err = train_fails(&args, tmp.path(), "run");
+    assert!(err.contains("the loss became") && err.contains("checkpoint"), "{err}");
 }
 
 #[test]
