@@ -83,15 +83,14 @@ pub fn chosen_labels(scores: &[f32], threshold: f64, top_k: Option<usize>) -> Ve
 /// names are quoted once and the line buffer is reused: with 374 classes, building every line
 /// from fresh strings cost 0.14 ms per image, 1.4% of a run, spent between inference batches.
 pub struct Tagger {
-    /// `"<class>": ` per class, JSON-escaped.
-    keys: Vec<String>,
+    /// The class names, JSON-quoted.
+    names: Vec<String>,
     line: Vec<u8>,
 }
 
 impl Tagger {
     pub fn new(classes: &[String]) -> Tagger {
-        let keys = classes.iter().map(|c| format!("{}: ", quote(c))).collect();
-        Tagger { keys, line: Vec::new() }
+        Tagger { names: classes.iter().map(|c| quote(c)).collect(), line: Vec::new() }
     }
 
     /// The line for one image (without the newline).
@@ -105,15 +104,15 @@ impl Tagger {
             if k > 0 {
                 l.extend_from_slice(b", ");
             }
-            let key = &self.keys[c];
-            l.extend_from_slice(&key.as_bytes()[..key.len() - 2]); // the quoted name without ": "
+            l.extend_from_slice(self.names[c].as_bytes());
         }
         l.extend_from_slice(b"], \"scores\": {");
-        for (c, (key, p)) in self.keys.iter().zip(scores).enumerate() {
+        for (c, (name, p)) in self.names.iter().zip(scores).enumerate() {
             if c > 0 {
                 l.extend_from_slice(b", ");
             }
-            l.extend_from_slice(key.as_bytes());
+            l.extend_from_slice(name.as_bytes());
+            l.extend_from_slice(b": ");
             if p.is_finite() {
                 // Writing a finite f32 into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *l, p);

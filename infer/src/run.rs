@@ -101,13 +101,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
 
     // Ground truth and baseline, before any work.
-    let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, &info.classes)).transpose()?;
-    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
-    if let Some(t) = &truth {
-        for note in &t.notes {
-            eprintln!("cls-infer: note: {note}");
-        }
-    }
+    let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
 
     // Tag.
     let mut out = Output::create(cli.out.as_deref())?;
@@ -207,6 +201,16 @@ fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>)
     Ok((head, info))
 }
 
+/// `--ground-truth` mapped onto the model's classes (notes printed) and `--baseline`, each if given.
+fn truth_and_baseline(cli: &Cli, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
+    let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, classes)).transpose()?;
+    for note in truth.iter().flat_map(|t| &t.notes) {
+        eprintln!("cls-infer: note: {note}");
+    }
+    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
+    Ok((truth, baseline))
+}
+
 /// Scores of the tagged images that have ground truth: `rows` index the ground truth, `scores`
 /// holds one row of class probabilities per entry of `rows`.
 struct Scored {
@@ -250,12 +254,8 @@ fn score_and_compare(cli: &Cli, truth: &Truth, baseline: Option<&Metrics>, n_cla
 fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<u8> {
     let (_, info) = model_info(cli, classes, size)?;
     let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
-    let gt = cli.ground_truth.as_deref().context("--from-tags needs --ground-truth")?;
-    let truth = Truth::load(gt, &cli.images, &info.classes)?;
-    for note in &truth.notes {
-        eprintln!("cls-infer: note: {note}");
-    }
-    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
+    let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
+    let truth = truth.context("--from-tags needs --ground-truth")?;
     let mut scored = Scored { rows: Vec::new(), scores: Vec::new(), no_truth: 0 };
     // Where each image was tagged, to refuse an image tagged twice (overlapping shards).
     let mut seen: HashMap<PathBuf, (usize, usize)> = HashMap::new();
