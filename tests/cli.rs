@@ -7,8 +7,15 @@ use std::process::Command;
 #[test]
 fn binaries_print_help_with_their_main_flags() {
     for (name, flags) in [
-        ("cls-train", &["--data", "--method", "--partial", "--tau-h", "--backbone", "--freeze-backbone", "--resume", "--device"][..]),
-        ("cls-infer", &["--model", "--images", "--threshold", "--ground-truth", "--baseline", "--tolerance", "--shard"][..]),
+        (
+            "cls-train",
+            &["--data", "--method", "--partial", "--tau-h", "--backbone", "--freeze-backbone", "--resume", "--device"]
+                [..],
+        ),
+        (
+            "cls-infer",
+            &["--model", "--images", "--threshold", "--ground-truth", "--baseline", "--tolerance", "--shard"][..],
+        ),
     ] {
         let out = Command::new(bin(name)).env_remove("LD_LIBRARY_PATH").arg("--help").output().unwrap();
         assert!(out.status.success(), "{name} --help: {}", String::from_utf8_lossy(&out.stderr));

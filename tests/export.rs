@@ -19,8 +19,18 @@ fn json(p: &Path) -> Value {
 }
 
 fn infer_map(model: &Path, images: &Path, truth: &Path, out: &Path) -> Value {
-    run(Command::new(bin("cls-infer")).args(["--model"]).arg(model).arg("--images").arg(images).arg("--ground-truth").arg(truth)
-        .arg("--metrics-out").arg(out).arg("--out").arg(out.with_extension("tags.jsonl")).args(["--device", "cpu"]));
+    run(Command::new(bin("cls-infer"))
+        .args(["--model"])
+        .arg(model)
+        .arg("--images")
+        .arg(images)
+        .arg("--ground-truth")
+        .arg(truth)
+        .arg("--metrics-out")
+        .arg(out)
+        .arg("--out")
+        .arg(out.with_extension("tags.jsonl"))
+        .args(["--device", "cpu"]));
     json(out)
 }
 
@@ -42,7 +52,21 @@ print(json.dumps(sorted(meta)))
     );
     let out = run(Command::new(venv_python()).arg("-c").arg(script).arg(model));
     let keys: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["classes", "height", "width", "mean", "std", "threshold", "method", "backbone", "dataset", "partial", "val_metrics", "test_metrics", "config_sha256"] {
+    for k in [
+        "classes",
+        "height",
+        "width",
+        "mean",
+        "std",
+        "threshold",
+        "method",
+        "backbone",
+        "dataset",
+        "partial",
+        "val_metrics",
+        "test_metrics",
+        "config_sha256",
+    ] {
         assert!(keys.iter().any(|x| x == k), "metadata lacks {k}: {keys:?}");
     }
 }
@@ -53,10 +77,32 @@ fn trainer_and_infer_agree_on_the_test_metrics() {
     let tr = write_images(tmp.path(), 48, 31, "train");
     let te = write_images(tmp.path(), 24, 32, "test");
     let rd = tmp.path().join("run");
-    run(Command::new(bin("cls-train")).arg("--data").arg(&tr).arg("--test").arg(&te).args([
-        "--backbone", "resnet18", "--resize", "36x36", "--crop", "32x32", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
-        "--partial", "full", "--keep-epochs",
-    ]).arg("--run-dir").arg(&rd).arg("--cache-dir").arg(tmp.path().join("cache")));
+    run(Command::new(bin("cls-train"))
+        .arg("--data")
+        .arg(&tr)
+        .arg("--test")
+        .arg(&te)
+        .args([
+            "--backbone",
+            "resnet18",
+            "--resize",
+            "36x36",
+            "--crop",
+            "32x32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--partial",
+            "full",
+            "--keep-epochs",
+        ])
+        .arg("--run-dir")
+        .arg(&rd)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache")));
     let summary = json(&rd.join("summary.json"));
 
     let m = infer_map(&rd.join("model.onnx"), &tmp.path().join("test"), &te, &tmp.path().join("m.json"));
@@ -81,7 +127,13 @@ fn trainer_and_infer_agree_on_the_test_metrics() {
     let e1 = tmp.path().join("e1.onnx");
     run(Command::new(bin("cls-train")).arg("export").arg(&rd).args(["--checkpoint", "1", "--out"]).arg(&e1));
     assert_eq!(json(&e1.with_extension("summary.json"))["best_epoch"], 1);
-    let out = Command::new(bin("cls-train")).arg("export").arg(&rd).args(["--checkpoint", "7", "--out"]).arg(tmp.path().join("x.onnx")).output().unwrap();
+    let out = Command::new(bin("cls-train"))
+        .arg("export")
+        .arg(&rd)
+        .args(["--checkpoint", "7", "--out"])
+        .arg(tmp.path().join("x.onnx"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("epoch-001-peer0") && !err.contains("panicked"), "{err}");
@@ -95,10 +147,32 @@ fn frozen_pretrained_efficientnet_export_matches_the_trainer() {
     let tr = write_images(tmp.path(), 32, 41, "train");
     let te = write_images(tmp.path(), 16, 42, "test");
     let rd = tmp.path().join("run");
-    run(Command::new(bin("cls-train")).arg("--data").arg(&tr).arg("--test").arg(&te).args([
-        "--backbone", "efficientnet-lite0", "--pretrained", "imagenet", "--freeze-backbone", "--crop", "64x64", "--epochs", "3",
-        "--batch-size", "16", "--lr", "3e-3", "--method", "an",
-    ]).arg("--run-dir").arg(&rd).arg("--cache-dir").arg(tmp.path().join("cache")));
+    run(Command::new(bin("cls-train"))
+        .arg("--data")
+        .arg(&tr)
+        .arg("--test")
+        .arg(&te)
+        .args([
+            "--backbone",
+            "efficientnet-lite0",
+            "--pretrained",
+            "imagenet",
+            "--freeze-backbone",
+            "--crop",
+            "64x64",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--method",
+            "an",
+        ])
+        .arg("--run-dir")
+        .arg(&rd)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache")));
     python_checks(&rd.join("model.onnx"), 3);
     let summary = json(&rd.join("summary.json"));
     let m = infer_map(&rd.join("model.onnx"), &tmp.path().join("test"), &te, &tmp.path().join("m.json"));

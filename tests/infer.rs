@@ -78,7 +78,11 @@ fn cls_infer(args: &[&str], envs: &[(&str, &str)]) -> Run {
         cmd.env(k, v);
     }
     let Output { status, stdout, stderr } = cmd.output().expect("run cls-infer");
-    let run = Run { code: status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into(),
+        stderr: String::from_utf8_lossy(&stderr).into(),
+    };
     assert!(!run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"), "a panic:\n{}", run.stderr);
     run
 }
@@ -208,7 +212,22 @@ fn tags_every_good_image_and_lists_every_bad_one() {
     let (good, bad) = make_zoo(&imgs);
     let model = write_model(dir.path(), true);
     let (out, errs) = (dir.path().join("out.jsonl"), dir.path().join("errors.jsonl"));
-    let args = ["--model", s(&model), "--images", s(&imgs), "--out", s(&out), "--errors", s(&errs), "--device", "cpu", "--batch", "4", "--threads", "2"];
+    let args = [
+        "--model",
+        s(&model),
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&out),
+        "--errors",
+        s(&errs),
+        "--device",
+        "cpu",
+        "--batch",
+        "4",
+        "--threads",
+        "2",
+    ];
     let r = cls_infer(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let tags = read_jsonl(&out);
@@ -222,11 +241,20 @@ fn tags_every_good_image_and_lists_every_bad_one() {
     for b in &bad {
         assert_eq!(r.stderr.matches(&format!("skipped {b}:")).count(), 1, "{b} reported once on stderr:\n{}", r.stderr);
     }
-    let reason = |p: &str| read_jsonl(&errs).into_iter().find(|v| v["path"] == p).unwrap()["reason"].as_str().unwrap().to_string();
+    let reason = |p: &str| {
+        read_jsonl(&errs).into_iter().find(|v| v["path"] == p).unwrap()["reason"].as_str().unwrap().to_string()
+    };
     assert!(reason("huge.png").contains("limit"), "{}", reason("huge.png"));
     // Colours come through: the solid images get their colour's label and nothing else.
-    let by_name: BTreeMap<String, &Value> = tags.iter().map(|v| (v["image"].as_str().unwrap().to_string(), v)).collect();
-    for (img, label) in [("red.jpg", "red"), ("blue.png", "blue"), ("nested/deeper/green.jpeg", "green"), ("deep16.png", "red"), ("cmyk.jpg", "red")] {
+    let by_name: BTreeMap<String, &Value> =
+        tags.iter().map(|v| (v["image"].as_str().unwrap().to_string(), v)).collect();
+    for (img, label) in [
+        ("red.jpg", "red"),
+        ("blue.png", "blue"),
+        ("nested/deeper/green.jpeg", "green"),
+        ("deep16.png", "red"),
+        ("cmyk.jpg", "red"),
+    ] {
         assert_eq!(by_name[img]["labels"][0], label, "{img}: {}", by_name[img]);
         assert_eq!(by_name[img]["scores"].as_object().unwrap().len(), CLASSES.len());
     }
@@ -264,7 +292,10 @@ fn top_k_threshold_and_stdout() {
     for (c, logit) in [("red", 5.0), ("green", 5.0), ("bright", 2.0), ("blue", -11.0)] {
         assert!((p(c) - sigmoid(logit)).abs() < 1e-5, "{c}: {v}");
     }
-    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--top-k", "1", "--threshold", "0.9"], &[]);
+    let r = cls_infer(
+        &["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--top-k", "1", "--threshold", "0.9"],
+        &[],
+    );
     let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["labels"], serde_json::json!(["red"]));
 }
@@ -304,9 +335,15 @@ fn metrics_of(out: &Path, gt: &Path) -> Metrics {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|v| (v["image"].as_str().unwrap().trim_start_matches("imgs/").to_string(), serde_json::from_value(v["labels"].clone()).unwrap()))
+        .map(|v| {
+            (
+                v["image"].as_str().unwrap().trim_start_matches("imgs/").to_string(),
+                serde_json::from_value(v["labels"].clone()).unwrap(),
+            )
+        })
         .collect();
-    let rows: Vec<Value> = read_jsonl(out).into_iter().filter(|v| truth.contains_key(v["image"].as_str().unwrap())).collect();
+    let rows: Vec<Value> =
+        read_jsonl(out).into_iter().filter(|v| truth.contains_key(v["image"].as_str().unwrap())).collect();
     let mut scores = Array2::<f32>::zeros((rows.len(), CLASSES.len()));
     let mut targets = Array2::<i8>::from_elem((rows.len(), CLASSES.len()), -1);
     for (i, v) in rows.iter().enumerate() {
@@ -347,7 +384,8 @@ fn metrics_equal_core_and_regressions_exit_3() {
         let bfile = dir.path().join(format!("baseline-{metric}.json"));
         fs::write(&bfile, b.to_string()).unwrap();
         for (tol, code) in [("0.01", 3), ("0.03", 0), ("0", 3)] {
-            let r = cls_infer(&[&base[..], &["--out", s(&out), "--baseline", s(&bfile), "--tolerance", tol]].concat(), &[]);
+            let r =
+                cls_infer(&[&base[..], &["--out", s(&out), "--baseline", s(&bfile), "--tolerance", tol]].concat(), &[]);
             assert_eq!(r.code, code, "{metric} tolerance {tol}:\n{}", r.stderr);
             if code == 3 {
                 assert!(r.stderr.contains(&format!("REGRESSION {metric}")), "{}", r.stderr);
@@ -392,7 +430,13 @@ fn shards_partition_the_folder() {
     let mut k8s = String::new();
     for i in 0..3 {
         let (id, idx) = ((i + 1).to_string(), i.to_string());
-        slurm.push_str(&cls_infer(&base, &[("SLURM_ARRAY_TASK_ID", &id), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "1")]).stdout);
+        slurm.push_str(
+            &cls_infer(
+                &base,
+                &[("SLURM_ARRAY_TASK_ID", &id), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "1")],
+            )
+            .stdout,
+        );
         k8s.push_str(&cls_infer(&base, &[("JOB_COMPLETION_INDEX", &idx), ("JOB_COMPLETION_COUNT", "3")]).stdout);
     }
     assert_eq!(slurm, whole.stdout);
@@ -408,12 +452,23 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
     let model = write_model(dir.path(), true);
     let base = ["--model", s(&model), "--images", s(&imgs), "--ground-truth", s(&gt)];
     let whole_metrics = dir.path().join("whole.json");
-    let r = cls_infer(&[&base[..], &["--device", "cpu", "--out", s(&dir.path().join("whole.jsonl")), "--metrics-out", s(&whole_metrics)]].concat(), &[]);
+    let r = cls_infer(
+        &[
+            &base[..],
+            &["--device", "cpu", "--out", s(&dir.path().join("whole.jsonl")), "--metrics-out", s(&whole_metrics)],
+        ]
+        .concat(),
+        &[],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let mut parts = Vec::new();
     for i in 0..3 {
         let part = dir.path().join(format!("part{i}.jsonl"));
-        let r = cls_infer(&[&base[..], &["--device", "cpu", "--batch", "4", "--shard", &format!("{i}/3"), "--out", s(&part)]].concat(), &[]);
+        let r = cls_infer(
+            &[&base[..], &["--device", "cpu", "--batch", "4", "--shard", &format!("{i}/3"), "--out", s(&part)]]
+                .concat(),
+            &[],
+        );
         assert_eq!(r.code, 0, "{}", r.stderr);
         parts.push(part);
     }
@@ -443,7 +498,10 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
     b["mAP"] = (b["mAP"].as_f64().unwrap() + 0.05).into();
     let bfile = dir.path().join("higher.json");
     fs::write(&bfile, b.to_string()).unwrap();
-    let r = cls_infer(&[&base[..], &["--baseline", s(&bfile), "--tolerance", "0.01", "--from-tags"], &parts[..]].concat(), &[]);
+    let r = cls_infer(
+        &[&base[..], &["--baseline", s(&bfile), "--tolerance", "0.01", "--from-tags"], &parts[..]].concat(),
+        &[],
+    );
     assert_eq!(r.code, 3, "{}", r.stderr);
 
     // Overlapping inputs, tags of another model, and tagging options are refused.
@@ -460,10 +518,18 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
     // folder without any is.
     let r = cls_infer(&[&base[..], &["--device", "cpu", "--shard", "24/25"]].concat(), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("unlabelled.png") && r.stderr.contains("no metrics for it"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("unlabelled.png") && r.stderr.contains("no metrics for it"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     let elsewhere = dir.path().join("elsewhere.jsonl");
     fs::write(&elsewhere, "{\"image\": \"nowhere/x.png\", \"labels\": [\"red\"]}\n").unwrap();
-    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&elsewhere)], &[]);
+    let r = cls_infer(
+        &["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&elsewhere)],
+        &[],
+    );
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("none of the tagged images is in the ground truth"), "{}", r.stderr);
 }
@@ -503,8 +569,25 @@ fn bad_input_exits_2_with_a_message() {
     fs::write(&classes, CLASSES.join("\n")).unwrap();
     check(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&classes)], "--size");
     fs::write(dir.path().join("three.txt"), "a\nb\nc\n").unwrap();
-    check(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&dir.path().join("three.txt")), "--size", "16x16"], "4 classes");
-    let r = cls_infer(&["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&classes), "--size", "16x16"], &[]);
+    check(
+        &[
+            "--model",
+            s(&bare),
+            "--images",
+            s(&imgs),
+            "--device",
+            "cpu",
+            "--classes",
+            s(&dir.path().join("three.txt")),
+            "--size",
+            "16x16",
+        ],
+        "4 classes",
+    );
+    let r = cls_infer(
+        &["--model", s(&bare), "--images", s(&imgs), "--device", "cpu", "--classes", s(&classes), "--size", "16x16"],
+        &[],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["image"], "a.png");
@@ -531,7 +614,8 @@ fn a_model_with_a_fixed_batch_size_tags_every_image() {
     let tops: Vec<&str> = lines.iter().map(|v| v["labels"][0].as_str().unwrap()).collect();
     assert_eq!(tops, ["red", "green", "blue", "red", "green"]);
     // The time report counts the batches ONNX Runtime ran: 5 images in batches of 3.
-    let timing = r.stderr.lines().find(|l| l.contains("ONNX Runtime: session")).unwrap_or_else(|| panic!("{}", r.stderr));
+    let timing =
+        r.stderr.lines().find(|l| l.contains("ONNX Runtime: session")).unwrap_or_else(|| panic!("{}", r.stderr));
     assert!(timing.contains("(2 batches, the first"), "{timing}");
     let secs: Vec<f64> = timing.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     let (session, inference, first) = (secs[0], secs[1], secs[2]);

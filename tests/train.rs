@@ -18,7 +18,14 @@ fn train(args: &[&str]) -> Output {
 /// cls-train with `args` (run folder `tmp/<run>`, cache `tmp/cache`) fails with status 1, a
 /// message and no panic, and finishes no run. Returns its stderr.
 fn train_fails(args: &[&str], tmp: &Path, run: &str) -> String {
-    let out = Command::new(bin("cls-train")).args(args).arg("--run-dir").arg(tmp.join(run)).arg("--cache-dir").arg(tmp.join("cache")).output().unwrap();
+    let out = Command::new(bin("cls-train"))
+        .args(args)
+        .arg("--run-dir")
+        .arg(tmp.join(run))
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -32,7 +39,9 @@ fn read_json(p: &Path) -> Value {
 
 /// The run folder is complete and its numbers are sane.
 fn check_run(run: &Path, method: &str, epochs: usize, nets: usize) {
-    for f in ["config.toml", "metrics.jsonl", "summary.json", "model.onnx", "plots/val_map.png", "checkpoint/state.json"] {
+    for f in
+        ["config.toml", "metrics.jsonl", "summary.json", "model.onnx", "plots/val_map.png", "checkpoint/state.json"]
+    {
         let p = run.join(f);
         assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 0, "{method}: missing {}", p.display());
     }
@@ -70,8 +79,25 @@ fn check_run(run: &Path, method: &str, epochs: usize, nets: usize) {
 
 const TWO_NET: &[&str] = &["cls", "cls-h", "cls-l", "clc", "co-teaching", "co-teaching-plus", "jocor"];
 const ALL: &[&str] = &[
-    "cls", "cls-h", "cls-l", "clc", "an", "an-ls", "wan", "epr", "role", "asl", "hill", "splc", "ll-r", "ll-ct", "ll-cp", "em",
-    "co-teaching", "co-teaching-plus", "jocor",
+    "cls",
+    "cls-h",
+    "cls-l",
+    "clc",
+    "an",
+    "an-ls",
+    "wan",
+    "epr",
+    "role",
+    "asl",
+    "hill",
+    "splc",
+    "ll-r",
+    "ll-ct",
+    "ll-cp",
+    "em",
+    "co-teaching",
+    "co-teaching-plus",
+    "jocor",
 ];
 
 #[test]
@@ -83,9 +109,30 @@ fn every_method_trains_two_epochs_and_writes_a_run_folder() {
     for &m in ALL {
         let run = tmp.path().join(format!("run-{m}"));
         train(&[
-            "--data", tr.to_str().unwrap(), "--label-columns", "4", "--test", te.to_str().unwrap(), "--method", m,
-            "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--partial", "0.5", "--seed", "3", "--threads", "1",
-            "--run-dir", run.to_str().unwrap(), "--cache-dir", tmp.path().join("cache").to_str().unwrap(),
+            "--data",
+            tr.to_str().unwrap(),
+            "--label-columns",
+            "4",
+            "--test",
+            te.to_str().unwrap(),
+            "--method",
+            m,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--partial",
+            "0.5",
+            "--seed",
+            "3",
+            "--threads",
+            "1",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cache-dir",
+            tmp.path().join("cache").to_str().unwrap(),
         ]);
         let nets = if TWO_NET.contains(&m) { 2 } else { 1 };
         check_run(&run, m, 2, nets);
@@ -109,9 +156,30 @@ fn image_backbone_trains_from_the_cache_and_frozen_features_work() {
     let cache = tmp.path().join("cache");
     let run = tmp.path().join("run-resnet");
     train(&[
-        "--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "resnet18", "--resize", "40x40",
-        "--crop", "32x32", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--partial", "full", "--threads", "2",
-        "--run-dir", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
+        "--data",
+        tr.to_str().unwrap(),
+        "--test",
+        te.to_str().unwrap(),
+        "--backbone",
+        "resnet18",
+        "--resize",
+        "40x40",
+        "--crop",
+        "32x32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--partial",
+        "full",
+        "--threads",
+        "2",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]);
     check_run(&run, "cls", 2, 2);
     let cached: Vec<_> = std::fs::read_dir(cache.join("images")).unwrap().collect();
@@ -119,9 +187,27 @@ fn image_backbone_trains_from_the_cache_and_frozen_features_work() {
 
     let run = tmp.path().join("run-frozen");
     train(&[
-        "--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "efficientnet-lite0",
-        "--freeze-backbone", "--crop", "32x32", "--epochs", "2", "--batch-size", "16", "--lr", "1e-2", "--method", "an",
-        "--run-dir", run.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(),
+        "--data",
+        tr.to_str().unwrap(),
+        "--test",
+        te.to_str().unwrap(),
+        "--backbone",
+        "efficientnet-lite0",
+        "--freeze-backbone",
+        "--crop",
+        "32x32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--method",
+        "an",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]);
     check_run(&run, "an", 2, 1);
     assert!(std::fs::read_dir(cache.join("features")).unwrap().count() >= 3, "train/val/test features cached");
@@ -143,9 +229,30 @@ fn resume_reproduces_the_uninterrupted_run() {
     write_csv(&te, 100, 12);
     let common = |run: &Path| -> Vec<String> {
         [
-            "--data", tr.to_str().unwrap(), "--label-columns", "4", "--test", te.to_str().unwrap(), "--epochs", "4",
-            "--batch-size", "32", "--lr", "0.01", "--tau-h", "0.1", "--e-k", "2", "--seed", "7", "--threads", "1",
-            "--run-dir", run.to_str().unwrap(), "--cache-dir", tmp.path().join("cache").to_str().unwrap(),
+            "--data",
+            tr.to_str().unwrap(),
+            "--label-columns",
+            "4",
+            "--test",
+            te.to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.01",
+            "--tau-h",
+            "0.1",
+            "--e-k",
+            "2",
+            "--seed",
+            "7",
+            "--threads",
+            "1",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cache-dir",
+            tmp.path().join("cache").to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -177,9 +284,30 @@ fn resume_after_a_kill_reproduces_the_uninterrupted_run() {
     let te = write_images(tmp.path(), 16, 22, "test");
     let args = |run: &Path| -> Vec<String> {
         [
-            "--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "resnet18", "--resize", "36x36",
-            "--crop", "32x32", "--epochs", "5", "--batch-size", "16", "--lr", "1e-3", "--threads", "1", "--seed", "2",
-            "--run-dir", run.to_str().unwrap(), "--cache-dir", tmp.path().join("cache").to_str().unwrap(),
+            "--data",
+            tr.to_str().unwrap(),
+            "--test",
+            te.to_str().unwrap(),
+            "--backbone",
+            "resnet18",
+            "--resize",
+            "36x36",
+            "--crop",
+            "32x32",
+            "--epochs",
+            "5",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--seed",
+            "2",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cache-dir",
+            tmp.path().join("cache").to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -189,7 +317,8 @@ fn resume_after_a_kill_reproduces_the_uninterrupted_run() {
     train(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
 
     let killed = tmp.path().join("killed");
-    let mut child = Command::new(bin("cls-train")).args(args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(bin("cls-train")).args(args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
     let t0 = std::time::Instant::now();
     while !killed.join("checkpoint/state.json").exists() {
         assert!(t0.elapsed().as_secs() < 300, "no checkpoint after 300 s");
@@ -209,12 +338,20 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"image\": \"nope.png\", \"labels\": [\"a\"]}\n").unwrap();
-    let out = Command::new(bin("cls-train")).args(["--data", bad.to_str().unwrap(), "--run-dir"]).arg(tmp.path().join("r")).output().unwrap();
+    let out = Command::new(bin("cls-train"))
+        .args(["--data", bad.to_str().unwrap(), "--run-dir"])
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.jsonl") && !err.contains("panicked"), "{err}");
 
-    let out = Command::new(bin("cls-train")).args(["--method", "nope", "--data", bad.to_str().unwrap(), "--run-dir"]).arg(tmp.path().join("r2")).output().unwrap();
+    let out = Command::new(bin("cls-train"))
+        .args(["--method", "nope", "--data", bad.to_str().unwrap(), "--run-dir"])
+        .arg(tmp.path().join("r2"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method"));
     assert!(!tmp.path().join("r2").exists(), "no run folder for a bad method name");
@@ -230,7 +367,11 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     write_csv(&tr, 60, 3);
     let val = tmp.path().join("val.csv");
     std::fs::write(&val, "f0,f1,f2,f3,f4,f5,f6,f7,a,b,c,d\n0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0,0,0,0\n").unwrap();
-    let err = train_fails(&["--data", tr.to_str().unwrap(), "--val", val.to_str().unwrap(), "--label-columns", "4", "--epochs", "1"], tmp.path(), "r3");
+    let err = train_fails(
+        &["--data", tr.to_str().unwrap(), "--val", val.to_str().unwrap(), "--label-columns", "4", "--epochs", "1"],
+        tmp.path(),
+        "r3",
+    );
     assert!(err.contains("validation set (1 images) has no positive label"), "{err}");
 }
 
@@ -240,7 +381,20 @@ fn a_diverging_loss_stops_the_run_with_a_clear_message() {
     let tr = tmp.path().join("train.csv");
     write_csv(&tr, 200, 9);
     // A learning rate this large sends the weights, and then the loss, to infinity or NaN.
-    let args = ["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "3", "--batch-size", "16", "--lr", "1e30", "--method", "an"];
+    let args = [
+        "--data",
+        tr.to_str().unwrap(),
+        "--label-columns",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e30",
+        "--method",
+        "an",
+    ];
     let err = train_fails(&args, tmp.path(), "run");
     assert!(err.contains("the loss became") && err.contains("checkpoint"), "{err}");
 }
@@ -256,7 +410,19 @@ fn runs_started_side_by_side_build_each_cache_once() {
     let spawn = |k: usize| {
         Command::new(bin("cls-train"))
             .args(["--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "efficientnet-lite0"])
-            .args(["--freeze-backbone", "--crop", "64x64", "--epochs", "1", "--batch-size", "16", "--method", "an", "--threads", "1"])
+            .args([
+                "--freeze-backbone",
+                "--crop",
+                "64x64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--method",
+                "an",
+                "--threads",
+                "1",
+            ])
             .arg("--run-dir")
             .arg(tmp.path().join(format!("run{k}")))
             .arg("--cache-dir")
@@ -289,9 +455,28 @@ fn methods_that_need_k_say_where_it_came_from_on_unsimulated_labels() {
     write_csv(&tr, 80, 5);
     let run = |extra: &[&str], name: &str| {
         let out = train(
-            &[&["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "1", "--batch-size", "16", "--method", "epr"], extra,
-              &["--run-dir", tmp.path().join(name).to_str().unwrap(), "--cache-dir", tmp.path().join("cache").to_str().unwrap()]]
-                .concat(),
+            &[
+                &[
+                    "--data",
+                    tr.to_str().unwrap(),
+                    "--label-columns",
+                    "4",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "16",
+                    "--method",
+                    "epr",
+                ],
+                extra,
+                &[
+                    "--run-dir",
+                    tmp.path().join(name).to_str().unwrap(),
+                    "--cache-dir",
+                    tmp.path().join("cache").to_str().unwrap(),
+                ],
+            ]
+            .concat(),
         );
         String::from_utf8_lossy(&out.stderr).to_string()
     };

@@ -27,18 +27,11 @@ pub const TOP_K: usize = 3;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
     #[error("scores have shape {scores:?} but the ground truth has shape {truth:?}")]
-    ShapeMismatch {
-        scores: (usize, usize),
-        truth: (usize, usize),
-    },
+    ShapeMismatch { scores: (usize, usize), truth: (usize, usize) },
     #[error("score of image {image}, class {class} is NaN")]
     NanScore { image: usize, class: usize },
     #[error("ground truth of image {image}, class {class} is {value}; expected 1, -1 or 0")]
-    BadTruth {
-        image: usize,
-        class: usize,
-        value: i8,
-    },
+    BadTruth { image: usize, class: usize, value: i8 },
     #[error("threshold {0} is not a number")]
     BadThreshold(f64),
     #[error("no class has a positive label among {n_images} images and {n_classes} classes: mAP is undefined")]
@@ -105,12 +98,8 @@ pub fn average_precision(scores: &[f32], truth: &[i8]) -> Option<f64> {
     if scores.len() != truth.len() {
         return None;
     }
-    let mut ranked: Vec<(f32, bool)> = scores
-        .iter()
-        .zip(truth)
-        .filter(|(_, &t)| t != UNK)
-        .map(|(&s, &t)| (s, t == POS))
-        .collect();
+    let mut ranked: Vec<(f32, bool)> =
+        scores.iter().zip(truth).filter(|(_, &t)| t != UNK).map(|(&s, &t)| (s, t == POS)).collect();
     if ranked.iter().any(|(s, _)| s.is_nan()) {
         return None;
     }
@@ -146,11 +135,7 @@ pub fn average_precision(scores: &[f32], truth: &[i8]) -> Option<f64> {
 ///
 /// Errors on a shape mismatch, a NaN score, a truth value other than 1/−1/0, a NaN threshold
 /// and when no class has a positive (mAP undefined).
-pub fn evaluate(
-    scores: ArrayView2<f32>,
-    truth: ArrayView2<i8>,
-    threshold: f64,
-) -> Result<Metrics, MetricsError> {
+pub fn evaluate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) -> Result<Metrics, MetricsError> {
     validate(scores, truth, threshold)?;
     let (n_images, n_classes) = scores.dim();
     let in_top = top_k_mask(scores, TOP_K);
@@ -167,20 +152,13 @@ pub fn evaluate(
                 all.add(predicted, t);
                 top.add(predicted && in_top[i * n_classes + c], t);
             }
-            ClassResult {
-                ap: average_precision(&column, &truth_c),
-                all,
-                top,
-            }
+            ClassResult { ap: average_precision(&column, &truth_c), all, top }
         })
         .collect();
 
     let n_evaluated = per_class.iter().filter(|r| r.ap.is_some()).count();
     if n_evaluated == 0 {
-        return Err(MetricsError::NoPositives {
-            n_images,
-            n_classes,
-        });
+        return Err(MetricsError::NoPositives { n_images, n_classes });
     }
     let map = per_class.iter().filter_map(|r| r.ap).sum::<f64>() / n_evaluated as f64;
     let at_t = summarise(&per_class, |r| r.all, n_evaluated);
@@ -202,16 +180,9 @@ pub fn evaluate(
     })
 }
 
-fn validate(
-    scores: ArrayView2<f32>,
-    truth: ArrayView2<i8>,
-    threshold: f64,
-) -> Result<(), MetricsError> {
+fn validate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) -> Result<(), MetricsError> {
     if scores.dim() != truth.dim() {
-        return Err(MetricsError::ShapeMismatch {
-            scores: scores.dim(),
-            truth: truth.dim(),
-        });
+        return Err(MetricsError::ShapeMismatch { scores: scores.dim(), truth: truth.dim() });
     }
     if threshold.is_nan() {
         return Err(MetricsError::BadThreshold(threshold));
@@ -219,15 +190,8 @@ fn validate(
     if let Some(((image, class), _)) = scores.indexed_iter().find(|(_, s)| s.is_nan()) {
         return Err(MetricsError::NanScore { image, class });
     }
-    if let Some(((image, class), &value)) = truth
-        .indexed_iter()
-        .find(|(_, &t)| t != POS && t != NEG && t != UNK)
-    {
-        return Err(MetricsError::BadTruth {
-            image,
-            class,
-            value,
-        });
+    if let Some(((image, class), &value)) = truth.indexed_iter().find(|(_, &t)| t != POS && t != NEG && t != UNK) {
+        return Err(MetricsError::BadTruth { image, class, value });
     }
     Ok(())
 }
@@ -318,29 +282,15 @@ fn summarise(
     n_evaluated: usize,
 ) -> ThresholdMetrics {
     let evaluated = per_class.iter().filter(|r| r.ap.is_some());
-    let cp = evaluated
-        .clone()
-        .map(|r| counts(r).precision())
-        .sum::<f64>()
-        / n_evaluated as f64;
+    let cp = evaluated.clone().map(|r| counts(r).precision()).sum::<f64>() / n_evaluated as f64;
     let cr = evaluated.map(|r| counts(r).recall()).sum::<f64>() / n_evaluated as f64;
-    let pooled = per_class
-        .iter()
-        .map(&counts)
-        .fold(Counts::default(), |a, b| Counts {
-            tp: a.tp + b.tp,
-            fp: a.fp + b.fp,
-            fn_: a.fn_ + b.fn_,
-        });
+    let pooled = per_class.iter().map(&counts).fold(Counts::default(), |a, b| Counts {
+        tp: a.tp + b.tp,
+        fp: a.fp + b.fp,
+        fn_: a.fn_ + b.fn_,
+    });
     let (op, or) = (pooled.precision(), pooled.recall());
-    ThresholdMetrics {
-        cp,
-        cr,
-        cf1: f1(cp, cr),
-        op,
-        or,
-        of1: f1(op, or),
-    }
+    ThresholdMetrics { cp, cr, cf1: f1(cp, cr), op, or, of1: f1(op, or) }
 }
 
 fn pct(x: f64) -> String {
@@ -351,15 +301,9 @@ impl Metrics {
     /// A short table in percent with one decimal: one row at the threshold, one for top-3.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let header: String = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"]
-            .map(|h| format!("{h:>7}"))
-            .concat();
+        let header: String = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"].map(|h| format!("{h:>7}")).concat();
         let rows = [
-            (
-                format!("t={}", self.threshold),
-                pct(self.map),
-                self.threshold_metrics(),
-            ),
+            (format!("t={}", self.threshold), pct(self.map), self.threshold_metrics()),
             (format!("top-{TOP_K}"), "-".to_string(), self.top3),
         ];
         let _ = writeln!(out, "{:<8}{header}", "");
@@ -377,14 +321,7 @@ impl Metrics {
 
     /// The six metrics at the threshold (without top-3), as one value.
     pub fn threshold_metrics(&self) -> ThresholdMetrics {
-        ThresholdMetrics {
-            cp: self.cp,
-            cr: self.cr,
-            cf1: self.cf1,
-            op: self.op,
-            or: self.or,
-            of1: self.of1,
-        }
+        ThresholdMetrics { cp: self.cp, cr: self.cr, cf1: self.cf1, op: self.op, or: self.or, of1: self.of1 }
     }
 
     /// The metrics [`regressions`] and [`comparison_table`] compare, by name.
@@ -411,12 +348,7 @@ pub fn regressions(baseline: &Metrics, new: &Metrics, tolerance: f64) -> Vec<Reg
         .into_iter()
         .zip(new.headline())
         .filter(|((_, old), (_, new))| *new < *old - tolerance)
-        .map(|((metric, old), (_, new))| Regression {
-            metric,
-            old,
-            new,
-            diff: new - old,
-        })
+        .map(|((metric, old), (_, new))| Regression { metric, old, new, diff: new - old })
         .collect()
 }
 
@@ -425,13 +357,7 @@ pub fn comparison_table(baseline: &Metrics, new: &Metrics) -> String {
     let mut out = format!("{:<6}{:>8}{:>8}{:>8}\n", "", "old", "new", "diff");
     for ((metric, old), (_, new)) in baseline.headline().into_iter().zip(new.headline()) {
         let diff = 100.0 * (new - old);
-        let _ = writeln!(
-            out,
-            "{metric:<6}{:>8}{:>8}{:>+8.1}",
-            pct(old),
-            pct(new),
-            diff
-        );
+        let _ = writeln!(out, "{metric:<6}{:>8}{:>8}{:>+8.1}", pct(old), pct(new), diff);
     }
     out
 }

@@ -32,19 +32,11 @@ pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{}: cannot read: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: cannot decode: {msg}", path.display())]
     Decode { path: PathBuf, msg: String },
     #[error("{}: image is {w}×{h} = {} pixels, more than the limit of {max}", path.display(), *w as u64 * *h as u64)]
-    TooLarge {
-        path: PathBuf,
-        w: u32,
-        h: u32,
-        max: u64,
-    },
+    TooLarge { path: PathBuf, w: u32, h: u32, max: u64 },
     #[error("{}: empty file or zero-sized image", path.display())]
     Empty { path: PathBuf },
     #[error("{}: not an image in a supported format (JPEG, PNG, BMP, WebP, TIFF, GIF): {msg}", path.display())]
@@ -73,10 +65,7 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError
 /// Read and decode an image file to RGB8 (see [`decode_rgb8`]).
 pub fn decode_file(path: impl AsRef<Path>, max_pixels: u64) -> Result<RgbImage, ImageError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
     decode_named(&bytes, max_pixels, path)
 }
 
@@ -105,9 +94,7 @@ fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<RgbImage, 
     reader.limits(limits);
     let decoder = match reader.into_decoder() {
         Ok(d) => d,
-        Err(e @ image::ImageError::Limits(_)) => {
-            return Err(over_limit(bytes, max_pixels, path, e))
-        }
+        Err(e @ image::ImageError::Limits(_)) => return Err(over_limit(bytes, max_pixels, path, e)),
         Err(e) => return Err(from_image_error(e, path)),
     };
     let (w, h) = decoder.dimensions();
@@ -130,57 +117,35 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 
 fn check_size(w: u32, h: u32, max_pixels: u64, path: &Path) -> Result<(), ImageError> {
     if w == 0 || h == 0 {
-        return Err(ImageError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(ImageError::Empty { path: path.to_path_buf() });
     }
     if w as u64 * h as u64 > max_pixels {
-        return Err(ImageError::TooLarge {
-            path: path.to_path_buf(),
-            w,
-            h,
-            max: max_pixels,
-        });
+        return Err(ImageError::TooLarge { path: path.to_path_buf(), w, h, max: max_pixels });
     }
     Ok(())
 }
 
 /// A decoder refused on its own memory limit: report the size when the header tells it.
 fn over_limit(bytes: &[u8], max_pixels: u64, path: &Path, e: image::ImageError) -> ImageError {
-    let dims = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|mut r| {
-            r.no_limits();
-            r.into_dimensions().ok()
-        });
+    let dims = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|mut r| {
+        r.no_limits();
+        r.into_dimensions().ok()
+    });
     match dims {
         Some((w, h)) => match check_size(w, h, max_pixels, path) {
             Err(err) => err,
-            Ok(()) => ImageError::Decode {
-                path: path.to_path_buf(),
-                msg: e.to_string(),
-            },
+            Ok(()) => ImageError::Decode { path: path.to_path_buf(), msg: e.to_string() },
         },
-        None => ImageError::Decode {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        },
+        None => ImageError::Decode { path: path.to_path_buf(), msg: e.to_string() },
     }
 }
 
 fn from_image_error(e: image::ImageError, path: &Path) -> ImageError {
     let path = path.to_path_buf();
     match e {
-        image::ImageError::Unsupported(u) => ImageError::Unsupported {
-            path,
-            msg: u.to_string(),
-        },
+        image::ImageError::Unsupported(u) => ImageError::Unsupported { path, msg: u.to_string() },
         // Reading from memory, an I/O error means the data ended early.
-        other => ImageError::Decode {
-            path,
-            msg: other.to_string(),
-        },
+        other => ImageError::Decode { path, msg: other.to_string() },
     }
 }
 
@@ -202,9 +167,7 @@ pub fn squish(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     }
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     RESIZER.with(|r| {
-        r.borrow_mut()
-            .resize(img, &mut dst, &opts)
-            .expect("RGB8 to RGB8 resize of non-empty images cannot fail")
+        r.borrow_mut().resize(img, &mut dst, &opts).expect("RGB8 to RGB8 resize of non-empty images cannot fail")
     });
     dst
 }
@@ -249,20 +212,12 @@ pub fn crop_flip_normalize(
     std: [f32; 3],
     out: &mut [f32],
 ) {
-    assert_eq!(
-        src.len(),
-        3 * src_h * src_w,
-        "source buffer is not {src_h}×{src_w}×3"
-    );
+    assert_eq!(src.len(), 3 * src_h * src_w, "source buffer is not {src_h}×{src_w}×3");
     assert!(
         top + crop_h <= src_h && left + crop_w <= src_w,
         "crop {crop_h}×{crop_w} at ({top}, {left}) leaves the {src_h}×{src_w} source"
     );
-    assert_eq!(
-        out.len(),
-        3 * crop_h * crop_w,
-        "output buffer is not 3×{crop_h}×{crop_w}"
-    );
+    assert_eq!(out.len(), 3 * crop_h * crop_w, "output buffer is not 3×{crop_h}×{crop_w}");
     let t = lut(mean, std);
     let plane = crop_h * crop_w;
     let (r_out, rest) = out.split_at_mut(plane);
@@ -293,13 +248,7 @@ pub struct Preprocess {
 impl Preprocess {
     /// `height × width` with ImageNet mean/std and PIL's pixel limit.
     pub fn imagenet(height: u32, width: u32) -> Self {
-        Preprocess {
-            height,
-            width,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
+        Preprocess { height, width, mean: IMAGENET_MEAN, std: IMAGENET_STD, max_pixels: DEFAULT_MAX_PIXELS }
     }
 
     /// Number of `f32` in one image's tensor: `3 · height · width`.

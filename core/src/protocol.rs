@@ -38,10 +38,7 @@ pub enum ProtocolError {
     #[error("invalid --partial value '{0}': expected a fraction in (0, 1] (e.g. 0.75, 0.5, 0.25), 'single', 'full' or 'entry:P' with P in [0, 1]")]
     BadPartial(String),
     #[error("observed labels have shape {observed:?} but the ground truth has shape {truth:?}")]
-    ShapeMismatch {
-        truth: (usize, usize),
-        observed: (usize, usize),
-    },
+    ShapeMismatch { truth: (usize, usize), observed: (usize, usize) },
     #[error("observed label at image {row}, class {col} is {value}; expected 1, 0 or -1")]
     BadValue { row: usize, col: usize, value: i8 },
 }
@@ -150,21 +147,12 @@ pub fn apply(truth: ArrayView2<i8>, partial: &Partial, seed: u64, allow_empty: b
         }
     }
     let (realised_fraction, n_observed_not_true) = count(truth, labels.view());
-    Observed {
-        labels,
-        realised_fraction,
-        n_restored,
-        n_observed_not_true,
-    }
+    Observed { labels, realised_fraction, n_restored, n_observed_not_true }
 }
 
 /// Column indices of the true positives of one image.
 fn positives(t: ArrayView1<i8>) -> Vec<usize> {
-    t.iter()
-        .enumerate()
-        .filter(|(_, &v)| v == POS)
-        .map(|(j, _)| j)
-        .collect()
+    t.iter().enumerate().filter(|(_, &v)| v == POS).map(|(j, _)| j).collect()
 }
 
 fn keep_positives(t: ArrayView1<i8>, mut out: ArrayViewMut1<i8>, keep: impl Fn(usize) -> bool) {
@@ -205,37 +193,19 @@ fn count(truth: ArrayView2<i8>, observed: ArrayView2<i8>) -> (f64, usize) {
         n_hit += usize::from(t == POS && o == POS);
         n_false += usize::from(t != POS && o == POS);
     }
-    let frac = if n_true == 0 {
-        1.0
-    } else {
-        n_hit as f64 / n_true as f64
-    };
+    let frac = if n_true == 0 { 1.0 } else { n_hit as f64 / n_true as f64 };
     (frac, n_false)
 }
 
 /// Take an externally supplied observed-label matrix (a published SPML / SPLC split) as is:
 /// check its shape against the ground truth and its values, and count what it keeps.
-pub fn merge_external(
-    truth: ArrayView2<i8>,
-    observed: ArrayView2<i8>,
-) -> Result<Observed, ProtocolError> {
+pub fn merge_external(truth: ArrayView2<i8>, observed: ArrayView2<i8>) -> Result<Observed, ProtocolError> {
     if truth.dim() != observed.dim() {
-        return Err(ProtocolError::ShapeMismatch {
-            truth: truth.dim(),
-            observed: observed.dim(),
-        });
+        return Err(ProtocolError::ShapeMismatch { truth: truth.dim(), observed: observed.dim() });
     }
-    if let Some(((row, col), &value)) = observed
-        .indexed_iter()
-        .find(|(_, &v)| v != POS && v != NEG && v != UNK)
-    {
+    if let Some(((row, col), &value)) = observed.indexed_iter().find(|(_, &v)| v != POS && v != NEG && v != UNK) {
         return Err(ProtocolError::BadValue { row, col, value });
     }
     let (realised_fraction, n_observed_not_true) = count(truth, observed);
-    Ok(Observed {
-        labels: observed.to_owned(),
-        realised_fraction,
-        n_restored: 0,
-        n_observed_not_true,
-    })
+    Ok(Observed { labels: observed.to_owned(), realised_fraction, n_restored: 0, n_observed_not_true })
 }

@@ -44,9 +44,7 @@ pub const CLASSES: [&str; 12] = [
 ];
 
 /// Relative class frequencies (a long-ish tail, like real label sets).
-const PRIOR: [f32; 12] = [
-    1.0, 0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35,
-];
+const PRIOR: [f32; 12] = [1.0, 0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35];
 
 /// Co-occurring pairs: when one is in an image, the other joins with probability 0.5.
 const PAIRS: [(usize, usize); 3] = [(0, 6), (2, 9), (4, 11)];
@@ -68,12 +66,7 @@ pub struct SyntheticSpec {
 
 impl Default for SyntheticSpec {
     fn default() -> Self {
-        SyntheticSpec {
-            n_train: 2400,
-            n_test: 600,
-            size: 64,
-            seed: 0,
-        }
+        SyntheticSpec { n_train: 2400, n_test: 600, size: 64, seed: 0 }
     }
 }
 
@@ -121,9 +114,7 @@ fn inside(shape: Shape, u: f32, v: f32) -> bool {
         // Apex up, base at the bottom.
         Shape::Triangle => (-0.9..=0.75).contains(&v) && u.abs() <= (v + 0.9) * 0.6,
         Shape::Ring => (0.25..=1.0).contains(&r2),
-        Shape::Cross => {
-            (u.abs() <= 0.28 && v.abs() <= 0.95) || (v.abs() <= 0.28 && u.abs() <= 0.95)
-        }
+        Shape::Cross => (u.abs() <= 0.28 && v.abs() <= 0.95) || (v.abs() <= 0.28 && u.abs() <= 0.95),
         Shape::Star => {
             // Five points: radius 1 at the tips, 0.42 between them.
             let turn = (u.atan2(-v) / std::f32::consts::TAU * 5.0).rem_euclid(1.0);
@@ -157,10 +148,7 @@ fn draw_classes(rng: &mut ChaCha8Rng) -> Vec<usize> {
         let next = match partner {
             Some(p) if rng.random_bool(0.5) => p,
             _ => {
-                let total: f32 = (0..12)
-                    .filter(|c| !chosen.contains(c))
-                    .map(|c| PRIOR[c])
-                    .sum();
+                let total: f32 = (0..12).filter(|c| !chosen.contains(c)).map(|c| PRIOR[c]).sum();
                 let mut x = rng.random::<f32>() * total;
                 let mut pick = 11;
                 for c in (0..12).filter(|c| !chosen.contains(c)) {
@@ -201,27 +189,16 @@ pub fn sample(spec: &SyntheticSpec, index: usize) -> (RgbImage, Vec<usize>) {
         for _ in 0..40 {
             cx = rng.random_range(0.6 * r..sf - 0.6 * r);
             cy = rng.random_range(0.6 * r..sf - 0.6 * r);
-            let apart = placed
-                .iter()
-                .all(|&(x, y, q)| ((x - cx).powi(2) + (y - cy).powi(2)).sqrt() >= 0.75 * (q + r));
+            let apart = placed.iter().all(|&(x, y, q)| ((x - cx).powi(2) + (y - cy).powi(2)).sqrt() >= 0.75 * (q + r));
             if apart {
                 break;
             }
         }
         placed.push((cx, cy, r));
         let gain: f32 = rng.random_range(0.8..1.1);
-        let color: Vec<f32> = base
-            .iter()
-            .map(|&c| (c + rng.random_range(-20.0..20.0)) * gain)
-            .collect();
-        let (x0, x1) = (
-            (cx - r - 1.0).max(0.0) as u32,
-            ((cx + r + 1.0) as u32).min(s - 1),
-        );
-        let (y0, y1) = (
-            (cy - r - 1.0).max(0.0) as u32,
-            ((cy + r + 1.0) as u32).min(s - 1),
-        );
+        let color: Vec<f32> = base.iter().map(|&c| (c + rng.random_range(-20.0..20.0)) * gain).collect();
+        let (x0, x1) = ((cx - r - 1.0).max(0.0) as u32, ((cx + r + 1.0) as u32).min(s - 1));
+        let (y0, y1) = ((cy - r - 1.0).max(0.0) as u32, ((cy + r + 1.0) as u32).min(s - 1));
         for y in y0..=y1 {
             for x in x0..=x1 {
                 let mut cover = 0.0;
@@ -268,10 +245,7 @@ fn background(rng: &mut ChaCha8Rng, s: u32) -> Vec<[f32; 3]> {
     let n_lines = rng.random_range(0..3);
     for _ in 0..n_lines {
         let grey: f32 = rng.random_range(30.0..230.0);
-        let (mut x, mut y) = (
-            rng.random_range(0.0..s as f32),
-            rng.random_range(0.0..s as f32),
-        );
+        let (mut x, mut y) = (rng.random_range(0.0..s as f32), rng.random_range(0.0..s as f32));
         let angle: f32 = rng.random_range(0.0..std::f32::consts::TAU);
         let (dx, dy) = (angle.cos() * 0.5, angle.sin() * 0.5);
         for _ in 0..(s as f32 * 1.2) as usize {
@@ -305,28 +279,17 @@ struct Stamp {
 pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
     let train_path = dir.join("train.jsonl");
     let stamp_path = dir.join(".complete");
-    let stamp = Stamp {
-        format_version: FORMAT_VERSION,
-        spec: *spec,
-    };
+    let stamp = Stamp { format_version: FORMAT_VERSION, spec: *spec };
     if let Ok(text) = fs::read_to_string(&stamp_path) {
         if serde_json::from_str::<Stamp>(&text).is_ok_and(|s| s == stamp) && train_path.is_file() {
             return Ok(train_path);
         }
     }
-    anyhow::ensure!(
-        spec.size >= 8,
-        "synthetic image size {} is below the minimum of 8",
-        spec.size
-    );
+    anyhow::ensure!(spec.size >= 8, "synthetic image size {} is below the minimum of 8", spec.size);
     for split in ["train", "test"] {
         let images = dir.join("images").join(split);
-        fs::create_dir_all(&images).with_context(|| {
-            format!(
-                "cannot create the synthetic dataset folder {}",
-                images.display()
-            )
-        })?;
+        fs::create_dir_all(&images)
+            .with_context(|| format!("cannot create the synthetic dataset folder {}", images.display()))?;
     }
     if stamp_path.exists() {
         fs::remove_file(&stamp_path)
@@ -350,10 +313,7 @@ pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
 
     write_file(&dir.join("classes.txt"), &(CLASSES.join("\n") + "\n"))?;
     write_file(&train_path, &manifest(spec, &labels, 0..spec.n_train)?)?;
-    write_file(
-        &dir.join("test.jsonl"),
-        &manifest(spec, &labels, spec.n_train..n)?,
-    )?;
+    write_file(&dir.join("test.jsonl"), &manifest(spec, &labels, spec.n_train..n)?)?;
     write_file(&stamp_path, &serde_json::to_string(&stamp)?)?;
     Ok(train_path)
 }
@@ -368,10 +328,7 @@ fn rel_path(spec: &SyntheticSpec, index: usize) -> String {
 fn manifest(spec: &SyntheticSpec, labels: &[Vec<usize>], range: std::ops::Range<usize>) -> Result<String> {
     let mut out = String::new();
     for i in range {
-        let line = ManifestLine {
-            image: rel_path(spec, i),
-            labels: labels[i].iter().map(|&c| CLASSES[c]).collect(),
-        };
+        let line = ManifestLine { image: rel_path(spec, i), labels: labels[i].iter().map(|&c| CLASSES[c]).collect() };
         out += &serde_json::to_string(&line)?;
         out.push('\n');
     }

@@ -2,8 +2,7 @@
 //! golden cases from scikit-learn (`scripts/gen-metrics-golden` → `tests/data/metrics_golden.json`).
 
 use cls_core::metrics::{
-    average_precision, comparison_table, evaluate, regressions, Metrics, MetricsError,
-    ThresholdMetrics,
+    average_precision, comparison_table, evaluate, regressions, Metrics, MetricsError, ThresholdMetrics,
 };
 use ndarray::{array, s, Array2};
 use serde::Deserialize;
@@ -32,11 +31,7 @@ fn ap_ignores_input_order() {
 #[test]
 fn ap_groups_tied_scores() {
     // One group holding everything: precision 2/4 at recall 1.
-    close(
-        average_precision(&[0.5; 4], &[1, -1, -1, 1]).unwrap(),
-        0.5,
-        "all tied",
-    );
+    close(average_precision(&[0.5; 4], &[1, -1, -1, 1]).unwrap(), 0.5, "all tied");
     // Groups {0.9: neg}, {0.5: pos, neg}, {0.1: pos}:
     // recall 1/2 at precision 1/3, then recall 1 at precision 2/4.
     let ap = average_precision(&[0.9, 0.5, 0.5, 0.1], &[-1, 1, -1, 1]).unwrap();
@@ -48,16 +43,8 @@ fn ap_groups_tied_scores() {
 
 #[test]
 fn ap_skips_unknown_entries() {
-    close(
-        average_precision(&[0.9, 0.8, 0.7], &[0, 1, -1]).unwrap(),
-        1.0,
-        "unknown on top",
-    );
-    close(
-        average_precision(&[0.9, 0.8, 0.7], &[-1, 1, -1]).unwrap(),
-        0.5,
-        "negative on top",
-    );
+    close(average_precision(&[0.9, 0.8, 0.7], &[0, 1, -1]).unwrap(), 1.0, "unknown on top");
+    close(average_precision(&[0.9, 0.8, 0.7], &[-1, 1, -1]).unwrap(), 0.5, "negative on top");
 }
 
 #[test]
@@ -68,11 +55,7 @@ fn ap_is_none_without_positives_or_on_bad_input() {
     assert_eq!(average_precision(&[0.9, 0.1], &[1]), None);
     assert_eq!(average_precision(&[f32::NAN, 0.1], &[1, -1]), None);
     // A NaN on an unknown entry is not looked at.
-    close(
-        average_precision(&[f32::NAN, 0.1], &[0, 1]).unwrap(),
-        1.0,
-        "NaN unknown",
-    );
+    close(average_precision(&[f32::NAN, 0.1], &[0, 1]).unwrap(), 1.0, "NaN unknown");
 }
 
 // ---------------------------------------------------------------- evaluate by hand
@@ -80,11 +63,7 @@ fn ap_is_none_without_positives_or_on_bad_input() {
 /// 3 images × 4 classes; class 2 has no positive (its only non-negative entry is unknown).
 /// Image 2 ties all four classes, so its top 3 are classes 0, 1, 2.
 fn small() -> (Array2<f32>, Array2<i8>) {
-    let scores = array![
-        [0.9f32, 0.8, 0.7, 0.6],
-        [0.2, 0.6, 0.6, 0.6],
-        [0.55, 0.55, 0.55, 0.55],
-    ];
+    let scores = array![[0.9f32, 0.8, 0.7, 0.6], [0.2, 0.6, 0.6, 0.6], [0.55, 0.55, 0.55, 0.55],];
     let truth = array![[1i8, -1, -1, 1], [-1, 1, 0, 1], [-1, -1, -1, -1]];
     (scores, truth)
 }
@@ -101,10 +80,7 @@ fn evaluate_small_case_by_hand() {
     assert_eq!(m.per_class_ap[2], None);
     close(m.per_class_ap[3].unwrap(), 1.0, "AP3");
     close(m.map, 2.5 / 3.0, "mAP");
-    assert_eq!(
-        (m.n_images, m.n_classes_evaluated, m.n_classes_excluded),
-        (3, 3, 1)
-    );
+    assert_eq!((m.n_images, m.n_classes_evaluated, m.n_classes_excluded), (3, 3, 1));
 
     // Everything >= 0.5 predicted. TP/FP/FN per class: c0 1/1/0, c1 1/2/0, c2 0/2/0, c3 2/1/0.
     close(m.cp, (1.0 / 2.0 + 1.0 / 3.0 + 2.0 / 3.0) / 3.0, "CP");
@@ -130,13 +106,7 @@ fn evaluate_small_case_by_hand() {
 fn evaluate_with_nothing_predicted_gives_zero_precision_and_f1() {
     let (scores, truth) = small();
     let m = evaluate(scores.view(), truth.view(), 0.95).unwrap();
-    for (name, v) in [
-        ("CP", m.cp),
-        ("CR", m.cr),
-        ("CF1", m.cf1),
-        ("OP", m.op),
-        ("OR", m.or),
-    ] {
+    for (name, v) in [("CP", m.cp), ("CR", m.cr), ("CF1", m.cf1), ("OP", m.op), ("OR", m.or)] {
         assert_eq!(v, 0.0, "{name}");
     }
     assert_eq!(m.of1, 0.0);
@@ -150,10 +120,7 @@ fn evaluate_rejects_bad_input() {
     let short = truth.slice(s![..2, ..]);
     assert_eq!(
         evaluate(scores.view(), short, 0.5).unwrap_err(),
-        MetricsError::ShapeMismatch {
-            scores: (3, 4),
-            truth: (2, 4)
-        }
+        MetricsError::ShapeMismatch { scores: (3, 4), truth: (2, 4) }
     );
 
     let mut nan = scores.clone();
@@ -166,26 +133,16 @@ fn evaluate_rejects_bad_input() {
     bad[[2, 3]] = 2;
     assert_eq!(
         evaluate(scores.view(), bad.view(), 0.5).unwrap_err(),
-        MetricsError::BadTruth {
-            image: 2,
-            class: 3,
-            value: 2
-        }
+        MetricsError::BadTruth { image: 2, class: 3, value: 2 }
     );
 
     let negatives = Array2::<i8>::from_elem((3, 4), -1);
     assert_eq!(
         evaluate(scores.view(), negatives.view(), 0.5).unwrap_err(),
-        MetricsError::NoPositives {
-            n_images: 3,
-            n_classes: 4
-        }
+        MetricsError::NoPositives { n_images: 3, n_classes: 4 }
     );
 
-    assert!(matches!(
-        evaluate(scores.view(), truth.view(), f64::NAN),
-        Err(MetricsError::BadThreshold(_))
-    ));
+    assert!(matches!(evaluate(scores.view(), truth.view(), f64::NAN), Err(MetricsError::BadThreshold(_))));
 }
 
 #[test]
@@ -204,18 +161,7 @@ fn json_uses_the_paper_names_and_round_trips() {
     let (scores, truth) = small();
     let m = evaluate(scores.view(), truth.view(), 0.5).unwrap();
     let v = serde_json::to_value(&m).unwrap();
-    for key in [
-        "mAP",
-        "CP",
-        "CR",
-        "CF1",
-        "OP",
-        "OR",
-        "OF1",
-        "top3",
-        "per_class_AP",
-        "threshold",
-    ] {
+    for key in ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3", "per_class_AP", "threshold"] {
         assert!(v.get(key).is_some(), "missing key {key} in {v}");
     }
     for key in ["CP", "CR", "CF1", "OP", "OR", "OF1"] {
@@ -239,12 +185,7 @@ fn table_shows_percent_with_one_decimal() {
 }
 
 fn with_headline(base: &Metrics, map: f64, cf1: f64, of1: f64) -> Metrics {
-    Metrics {
-        map,
-        cf1,
-        of1,
-        ..base.clone()
-    }
+    Metrics { map, cf1, of1, ..base.clone() }
 }
 
 #[test]
@@ -263,17 +204,11 @@ fn regressions_flag_only_drops_beyond_tolerance() {
     close(r[0].diff, -0.02, "diff");
 
     let worse = with_headline(&base, m, c - 0.1, o - 0.1);
-    let names: Vec<_> = regressions(&base, &worse, 0.005)
-        .iter()
-        .map(|r| r.metric)
-        .collect();
+    let names: Vec<_> = regressions(&base, &worse, 0.005).iter().map(|r| r.metric).collect();
     assert_eq!(names, ["CF1", "OF1"]);
 
     let table = comparison_table(&base, &new);
-    assert!(
-        table.contains("mAP") && table.contains("CF1") && table.contains("OF1"),
-        "{table}"
-    );
+    assert!(table.contains("mAP") && table.contains("CF1") && table.contains("OF1"), "{table}");
     assert!(table.contains("-2.0"), "{table}");
     assert!(table.contains("+5.0"), "{table}");
 }
@@ -315,10 +250,7 @@ fn matrix<T: Copy>(rows: &[Vec<T>]) -> Array2<T> {
 }
 
 fn golden() -> Golden {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/metrics_golden.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics_golden.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -338,11 +270,7 @@ fn golden_cases_match_scikit_learn() {
     assert!(golden.cases.len() >= 5);
     for case in &golden.cases {
         let (scores, truth) = (matrix(&case.scores), matrix(&case.truth));
-        assert!(
-            scores.nrows() >= 500 && scores.ncols() >= 20,
-            "{}",
-            case.name
-        );
+        assert!(scores.nrows() >= 500 && scores.ncols() >= 20, "{}", case.name);
         assert_eq!(case.at_threshold.len(), 2, "{}", case.name);
         for at in &case.at_threshold {
             let what = format!("{} at {}", case.name, at.threshold);
@@ -368,21 +296,13 @@ fn golden_cases_match_scikit_learn() {
 #[test]
 fn golden_metrics_do_not_depend_on_image_order() {
     let golden = golden();
-    let case = golden
-        .cases
-        .iter()
-        .find(|c| c.name == "ties_1dec")
-        .expect("ties_1dec case");
+    let case = golden.cases.iter().find(|c| c.name == "ties_1dec").expect("ties_1dec case");
     let (scores, truth) = (matrix(&case.scores), matrix(&case.truth));
     let a = evaluate(scores.view(), truth.view(), 0.5).unwrap();
     let b = evaluate(scores.slice(s![..;-1, ..]), truth.slice(s![..;-1, ..]), 0.5).unwrap();
     for (x, y) in a.per_class_ap.iter().zip(&b.per_class_ap) {
         assert_eq!(x.is_some(), y.is_some());
-        close(
-            x.unwrap_or(0.0),
-            y.unwrap_or(0.0),
-            "AP after reversing the images",
-        );
+        close(x.unwrap_or(0.0), y.unwrap_or(0.0), "AP after reversing the images");
     }
     same_threshold_metrics(&b.threshold_metrics(), &a.threshold_metrics(), "reversed");
     same_threshold_metrics(&b.top3, &a.top3, "reversed top-3");

@@ -1,8 +1,8 @@
 //! Image decoding, squishing and normalisation.
 
 use cls_core::preprocess::{
-    crop_flip_normalize, decode_file, decode_rgb8, normalize_into, squish, ImageError, Preprocess,
-    DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD,
+    crop_flip_normalize, decode_file, decode_rgb8, normalize_into, squish, ImageError, Preprocess, DEFAULT_MAX_PIXELS,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba};
 use std::io::Cursor;
@@ -17,19 +17,11 @@ fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
 
 /// A deterministic pattern with edges and texture (so JPEG truncation loses real data).
 fn pattern(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| {
-        Rgb([
-            (x * 7 + y * 3) as u8,
-            (x ^ y) as u8 * 5,
-            ((x * y) % 251) as u8,
-        ])
-    })
+    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 + y * 3) as u8, (x ^ y) as u8 * 5, ((x * y) % 251) as u8]))
 }
 
 fn close(a: &[u8], b: &[u8], tol: i32) -> bool {
-    a.iter()
-        .zip(b)
-        .all(|(&x, &y)| (x as i32 - y as i32).abs() <= tol)
+    a.iter().zip(b).all(|(&x, &y)| (x as i32 - y as i32).abs() <= tol)
 }
 
 #[test]
@@ -96,11 +88,7 @@ fn sixteen_bit_png_is_scaled_to_eight_bits() {
             Rgb([257 * 7, 257 * 250, 257 * 128])
         }
     });
-    let rgb = decode_rgb8(
-        &encode(DynamicImage::ImageRgb16(img), ImageFormat::Png),
-        MAX,
-    )
-    .unwrap();
+    let rgb = decode_rgb8(&encode(DynamicImage::ImageRgb16(img), ImageFormat::Png), MAX).unwrap();
     assert_eq!(rgb.get_pixel(0, 0).0, [255, 0, 100]);
     assert_eq!(rgb.get_pixel(1, 0).0, [7, 250, 128]);
 }
@@ -120,37 +108,20 @@ c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffda00
 4b00003f00fdfcafe7febf9ffafdfcafe00e8afeff0028afffd9";
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]
 fn cmyk_jpeg_decodes_to_the_right_colours() {
     let rgb = decode_rgb8(&unhex(CMYK_JPEG), MAX).unwrap();
     assert_eq!(rgb.dimensions(), (16, 8));
-    assert!(
-        close(&rgb.get_pixel(1, 1).0, &[255, 0, 0], 12),
-        "{:?}",
-        rgb.get_pixel(1, 1)
-    );
-    assert!(
-        close(&rgb.get_pixel(14, 6).0, &[0, 0, 255], 12),
-        "{:?}",
-        rgb.get_pixel(14, 6)
-    );
+    assert!(close(&rgb.get_pixel(1, 1).0, &[255, 0, 0], 12), "{:?}", rgb.get_pixel(1, 1));
+    assert!(close(&rgb.get_pixel(14, 6).0, &[0, 0, 255], 12), "{:?}", rgb.get_pixel(14, 6));
 }
 
 #[test]
 fn every_enabled_format_decodes() {
-    let img = RgbImage::from_fn(24, 16, |x, _| {
-        if x < 12 {
-            Rgb([250, 0, 0])
-        } else {
-            Rgb([0, 0, 250])
-        }
-    });
+    let img = RgbImage::from_fn(24, 16, |x, _| if x < 12 { Rgb([250, 0, 0]) } else { Rgb([0, 0, 250]) });
     for (format, tol) in [
         (ImageFormat::Png, 0),
         (ImageFormat::Bmp, 0),
@@ -159,17 +130,10 @@ fn every_enabled_format_decodes() {
         (ImageFormat::Jpeg, 12),
         (ImageFormat::Gif, 12),
     ] {
-        let rgb = decode_rgb8(&encode(img.clone().into(), format), MAX)
-            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let rgb = decode_rgb8(&encode(img.clone().into(), format), MAX).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert_eq!(rgb.dimensions(), (24, 16), "{format:?}");
-        assert!(
-            close(&rgb.get_pixel(2, 8).0, &[250, 0, 0], tol),
-            "{format:?}"
-        );
-        assert!(
-            close(&rgb.get_pixel(21, 8).0, &[0, 0, 250], tol),
-            "{format:?}"
-        );
+        assert!(close(&rgb.get_pixel(2, 8).0, &[250, 0, 0], tol), "{format:?}");
+        assert!(close(&rgb.get_pixel(21, 8).0, &[0, 0, 250], tol), "{format:?}");
     }
 }
 
@@ -197,11 +161,7 @@ fn broken_files_are_errors_naming_the_path() {
         .collect();
     assert!(matches!(errs[0], ImageError::Decode { .. }), "{}", errs[0]);
     assert!(matches!(errs[1], ImageError::Empty { .. }), "{}", errs[1]);
-    assert!(
-        matches!(errs[2], ImageError::Unsupported { .. }),
-        "{}",
-        errs[2]
-    );
+    assert!(matches!(errs[2], ImageError::Unsupported { .. }), "{}", errs[2]);
     assert!(matches!(errs[3], ImageError::Io { .. }), "{}", errs[3]);
     for (p, e) in cases.iter().zip(&errs) {
         assert_eq!(e.path(), p.as_path());
@@ -213,10 +173,7 @@ fn broken_files_are_errors_naming_the_path() {
     trailing.extend_from_slice(b"trailing bytes some writers append");
     assert_eq!(decode_rgb8(&trailing, MAX).unwrap().dimensions(), (64, 64));
     // Cut just before the end marker: still truncated.
-    assert!(matches!(
-        decode_rgb8(&jpeg[..jpeg.len() - 2], MAX),
-        Err(ImageError::Decode { .. })
-    ));
+    assert!(matches!(decode_rgb8(&jpeg[..jpeg.len() - 2], MAX), Err(ImageError::Decode { .. })));
 }
 
 /// CRC-32 (ISO-HDLC, as PNG uses), bit by bit.
@@ -225,11 +182,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
         }
     }
     !c
@@ -253,11 +206,7 @@ fn huge_declared_size_is_refused_before_decoding() {
     ihdr.extend_from_slice(&100_000u32.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB: 30 GB of pixels
     png_chunk(&mut png, b"IHDR", &ihdr);
-    png_chunk(
-        &mut png,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
+    png_chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
     png_chunk(&mut png, b"IEND", &[]);
     match decode_rgb8(&png, MAX) {
         Err(ImageError::TooLarge { w, h, max, .. }) => {
@@ -268,10 +217,7 @@ fn huge_declared_size_is_refused_before_decoding() {
     // The limit is inclusive: exactly max_pixels is fine, one fewer allowed pixel is not.
     let bytes = encode(pattern(100, 50).into(), ImageFormat::Png);
     assert!(decode_rgb8(&bytes, 5000).is_ok());
-    assert!(matches!(
-        decode_rgb8(&bytes, 4999),
-        Err(ImageError::TooLarge { w: 100, h: 50, .. })
-    ));
+    assert!(matches!(decode_rgb8(&bytes, 4999), Err(ImageError::TooLarge { w: 100, h: 50, .. })));
 }
 
 #[test]
@@ -309,11 +255,7 @@ fn crop_and_flip_take_the_right_pixels() {
     let mut src = Vec::new();
     for y in 0..h {
         for x in 0..w {
-            src.extend_from_slice(&[
-                (10 * y + x) as u8,
-                (100 + 10 * y + x) as u8,
-                (200 + y) as u8,
-            ]);
+            src.extend_from_slice(&[(10 * y + x) as u8, (100 + 10 * y + x) as u8, (200 + y) as u8]);
         }
     }
     // mean 0, std 1/255 makes the output the raw pixel value.
@@ -321,41 +263,25 @@ fn crop_and_flip_take_the_right_pixels() {
     let mut out = vec![0f32; 3 * 2 * 3];
     crop_flip_normalize(&src, h, w, 1, 2, 2, 3, false, mean, std, &mut out);
     let r: Vec<i32> = out.iter().map(|v| v.round() as i32).collect();
-    assert_eq!(
-        r,
-        [12, 13, 14, 22, 23, 24, 112, 113, 114, 122, 123, 124, 201, 201, 201, 202, 202, 202]
-    );
+    assert_eq!(r, [12, 13, 14, 22, 23, 24, 112, 113, 114, 122, 123, 124, 201, 201, 201, 202, 202, 202]);
     crop_flip_normalize(&src, h, w, 1, 2, 2, 3, true, mean, std, &mut out);
     let r: Vec<i32> = out.iter().map(|v| v.round() as i32).collect();
-    assert_eq!(
-        r,
-        [14, 13, 12, 24, 23, 22, 114, 113, 112, 124, 123, 122, 201, 201, 201, 202, 202, 202]
-    );
+    assert_eq!(r, [14, 13, 12, 24, 23, 22, 114, 113, 112, 124, 123, 122, 201, 201, 201, 202, 202, 202]);
 }
 
 #[test]
 fn preprocess_load_gives_a_normalised_chw_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("grey.png");
-    RgbImage::from_pixel(7, 5, Rgb([128, 64, 32]))
-        .save(&path)
-        .unwrap();
+    RgbImage::from_pixel(7, 5, Rgb([128, 64, 32])).save(&path).unwrap();
     let pre = Preprocess::imagenet(4, 6);
-    assert_eq!(
-        (pre.mean, pre.std, pre.max_pixels),
-        (IMAGENET_MEAN, IMAGENET_STD, MAX)
-    );
+    assert_eq!((pre.mean, pre.std, pre.max_pixels), (IMAGENET_MEAN, IMAGENET_STD, MAX));
     assert_eq!(pre.load_rgb(&path).unwrap().dimensions(), (6, 4));
     let t = pre.load(&path).unwrap();
     assert_eq!(t.len(), 3 * 4 * 6);
     for (c, v) in [128.0f32, 64.0, 32.0].into_iter().enumerate() {
         let want = (v / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        assert!(
-            t[c * 24..(c + 1) * 24]
-                .iter()
-                .all(|x| (x - want).abs() < 1e-5),
-            "channel {c}"
-        );
+        assert!(t[c * 24..(c + 1) * 24].iter().all(|x| (x - want).abs() < 1e-5), "channel {c}");
     }
     let err = pre.load(dir.path().join("nope.png")).unwrap_err();
     assert!(matches!(err, ImageError::Io { .. }));

@@ -33,11 +33,7 @@ fn fraction_left_matches_the_requested_rate() {
     for f in [0.75, 0.5, 0.25] {
         // Without restoring, the hiding alone must give f (within 1% absolute).
         let e = apply(t.view(), &Partial::Fraction(f), 7, true);
-        assert!(
-            (e.realised_fraction - f).abs() < 0.01,
-            "f={f} allow_empty: {}",
-            e.realised_fraction
-        );
+        assert!((e.realised_fraction - f).abs() < 0.01, "f={f} allow_empty: {}", e.realised_fraction);
         assert_eq!(e.n_restored, 0);
 
         // Restoring adds one positive to each image that lost all of its k > 0 positives,
@@ -68,12 +64,7 @@ fn fraction_left_matches_the_requested_rate() {
 #[test]
 fn observed_positives_are_true_positives() {
     let t = truth();
-    for p in [
-        Partial::Fraction(0.5),
-        Partial::Single,
-        Partial::Full,
-        Partial::EntryWise(0.3),
-    ] {
+    for p in [Partial::Fraction(0.5), Partial::Single, Partial::Full, Partial::EntryWise(0.3)] {
         let o = apply(t.view(), &p, 3, false);
         for (&ti, &oi) in t.iter().zip(o.labels.iter()) {
             if oi != UNK {
@@ -92,11 +83,7 @@ fn no_image_loses_every_positive_unless_allowed() {
     let o = apply(t.view(), &Partial::Fraction(0.25), 11, false);
     let e = apply(t.view(), &Partial::Fraction(0.25), 11, true);
     let (mut empty_kept, mut empty_allowed, mut expected_restored) = (0, 0, 0);
-    for ((tr, or), er) in t
-        .outer_iter()
-        .zip(o.labels.outer_iter())
-        .zip(e.labels.outer_iter())
-    {
+    for ((tr, or), er) in t.outer_iter().zip(o.labels.outer_iter()).zip(e.labels.outer_iter()) {
         let has_pos = tr.iter().any(|&v| v == POS);
         let n_o = or.iter().filter(|&&v| v == POS).count();
         let n_e = er.iter().filter(|&&v| v == POS).count();
@@ -113,10 +100,7 @@ fn no_image_loses_every_positive_unless_allowed() {
         }
     }
     assert_eq!(empty_kept, 0);
-    assert!(
-        empty_allowed > 100,
-        "0.25 left must empty many images, got {empty_allowed}"
-    );
+    assert!(empty_allowed > 100, "0.25 left must empty many images, got {empty_allowed}");
     assert_eq!(o.n_restored, expected_restored);
 }
 
@@ -154,11 +138,7 @@ fn entry_wise_hides_at_the_requested_rate() {
     let known = t.iter().filter(|&&v| v != UNK).count() as f64;
     for p in [0.1, 0.3, 0.7] {
         let o = apply(t.view(), &Partial::EntryWise(p), 9, false);
-        let hidden = t
-            .iter()
-            .zip(o.labels.iter())
-            .filter(|(&a, &b)| a != UNK && b == UNK)
-            .count();
+        let hidden = t.iter().zip(o.labels.iter()).filter(|(&a, &b)| a != UNK && b == UNK).count();
         let rate = hidden as f64 / known;
         assert!((rate - p).abs() < 0.01, "p={p}: rate {rate}");
         assert!((o.realised_fraction - (1.0 - p)).abs() < 0.01);
@@ -169,11 +149,7 @@ fn entry_wise_hides_at_the_requested_rate() {
 #[test]
 fn same_seed_same_mask_other_seed_other_mask() {
     let t = truth();
-    for p in [
-        Partial::Fraction(0.5),
-        Partial::Single,
-        Partial::EntryWise(0.5),
-    ] {
+    for p in [Partial::Fraction(0.5), Partial::Single, Partial::EntryWise(0.5)] {
         let a = apply(t.view(), &p, 42, false);
         let b = apply(t.view(), &p, 42, false);
         let c = apply(t.view(), &p, 43, false);
@@ -187,12 +163,7 @@ fn an_image_mask_does_not_depend_on_the_other_images() {
     // One stream per image: the first 100 rows alone give the same mask as inside 10,000.
     let t = truth();
     let all = apply(t.view(), &Partial::Fraction(0.5), 1, false);
-    let head = apply(
-        t.slice(ndarray::s![..100, ..]),
-        &Partial::Fraction(0.5),
-        1,
-        false,
-    );
+    let head = apply(t.slice(ndarray::s![..100, ..]), &Partial::Fraction(0.5), 1, false);
     assert_eq!(head.labels, all.labels.slice(ndarray::s![..100, ..]));
 }
 
@@ -205,29 +176,12 @@ fn partial_parses_and_round_trips() {
     assert_eq!("single".parse(), Ok(Partial::Single));
     assert_eq!("Full".parse(), Ok(Partial::Full));
     assert_eq!("entry:0.3".parse(), Ok(Partial::EntryWise(0.3)));
-    for bad in [
-        "0",
-        "1.5",
-        "-0.2",
-        "nan",
-        "half",
-        "",
-        "entry:",
-        "entry:1.2",
-        "entry:x",
-    ] {
-        assert!(
-            matches!(bad.parse::<Partial>(), Err(ProtocolError::BadPartial(_))),
-            "'{bad}' must be rejected"
-        );
+    for bad in ["0", "1.5", "-0.2", "nan", "half", "", "entry:", "entry:1.2", "entry:x"] {
+        assert!(matches!(bad.parse::<Partial>(), Err(ProtocolError::BadPartial(_))), "'{bad}' must be rejected");
     }
-    for p in [
-        Partial::Fraction(0.75),
-        Partial::Fraction(0.1 + 0.2),
-        Partial::Single,
-        Partial::Full,
-        Partial::EntryWise(0.3),
-    ] {
+    for p in
+        [Partial::Fraction(0.75), Partial::Fraction(0.1 + 0.2), Partial::Single, Partial::Full, Partial::EntryWise(0.3)]
+    {
         assert_eq!(p.to_string().parse::<Partial>(), Ok(p));
     }
     assert_eq!(Partial::Fraction(0.5).to_string(), "0.5");
@@ -247,20 +201,10 @@ fn external_labels_are_checked_and_counted() {
     let wrong = Array2::<i8>::zeros((2, 3));
     assert_eq!(
         merge_external(t.view(), wrong.view()),
-        Err(ProtocolError::ShapeMismatch {
-            truth: (2, 4),
-            observed: (2, 3)
-        })
+        Err(ProtocolError::ShapeMismatch { truth: (2, 4), observed: (2, 3) })
     );
     let bad = array![[1, 0, 2, 0], [0, 0, 0, 0]];
     let err = merge_external(t.view(), bad.view()).unwrap_err();
-    assert_eq!(
-        err,
-        ProtocolError::BadValue {
-            row: 0,
-            col: 2,
-            value: 2
-        }
-    );
+    assert_eq!(err, ProtocolError::BadValue { row: 0, col: 2, value: 2 });
     assert!(err.to_string().contains("image 0, class 2"));
 }

@@ -3,8 +3,8 @@
 
 use cls_core::labels::{NEG, POS, UNK};
 use cls_core::readers::{
-    open, read_coco, read_csv, read_jsonl, read_nuswide, read_observed_npy, read_observed_txt,
-    read_voc, DataError, LabelColumns, ReadOptions, VOC_CLASSES,
+    open, read_coco, read_csv, read_jsonl, read_nuswide, read_observed_npy, read_observed_txt, read_voc, DataError,
+    LabelColumns, ReadOptions, VOC_CLASSES,
 };
 use ndarray::{array, Array2};
 use std::fs;
@@ -29,10 +29,7 @@ fn err_text<T>(result: Result<T, DataError>) -> String {
 
 fn assert_contains(text: &str, parts: &[&str]) {
     for part in parts {
-        assert!(
-            text.contains(part),
-            "error {text:?} does not contain {part:?}"
-        );
+        assert!(text.contains(part), "error {text:?} does not contain {part:?}");
     }
 }
 
@@ -63,10 +60,7 @@ fn jsonl_uses_classes_txt_next_to_manifest() {
         ["imgs/a.jpg", "imgs/b.jpg", "imgs/c.jpg"]
     );
     assert_eq!(ds.samples[1].path, dir.path().join("imgs/b.jpg"));
-    assert_eq!(
-        ds.targets,
-        array![[NEG, POS, POS], [NEG, NEG, NEG], [POS, NEG, NEG]]
-    );
+    assert_eq!(ds.targets, array![[NEG, POS, POS], [NEG, NEG, NEG], [POS, NEG, NEG]]);
     assert!(ds.features.is_none());
     assert!(ds.name.ends_with("-train"), "{}", ds.name);
 }
@@ -77,10 +71,7 @@ fn jsonl_without_class_list_takes_sorted_union_and_explicit_list_wins() {
     let manifest = corel_like(dir.path());
     let ds = read_jsonl(&manifest, None, false).unwrap();
     assert_eq!(ds.classes.names(), ["city", "sky", "tree"]);
-    assert_eq!(
-        ds.targets,
-        array![[POS, POS, NEG], [NEG, NEG, NEG], [NEG, NEG, POS]]
-    );
+    assert_eq!(ds.targets, array![[POS, POS, NEG], [NEG, NEG, NEG], [NEG, NEG, POS]]);
 
     write(dir.path(), "classes.txt", "tree\nsky\ncity\n");
     let list = write(dir.path(), "other/list.txt", "city\ntree\nsky\nsun\n");
@@ -105,21 +96,16 @@ fn jsonl_errors_name_file_and_line() {
         let path = write(dir.path(), name, content);
         assert_contains(&err_text(read_jsonl(&path, None, false)), &expected);
     }
-    let missing = write(dir.path(), "missing.jsonl", "{\"image\": \"imgs/a.jpg\", \"labels\": []}\n{\"image\": \"imgs/nope.jpg\", \"labels\": []}\n");
-    assert_contains(
-        &err_text(read_jsonl(&missing, None, true)),
-        &["missing.jsonl:2", "nope.jpg", "does not exist"],
+    let missing = write(
+        dir.path(),
+        "missing.jsonl",
+        "{\"image\": \"imgs/a.jpg\", \"labels\": []}\n{\"image\": \"imgs/nope.jpg\", \"labels\": []}\n",
     );
+    assert_contains(&err_text(read_jsonl(&missing, None, true)), &["missing.jsonl:2", "nope.jpg", "does not exist"]);
     assert!(read_jsonl(&missing, None, false).is_ok());
     let dup_classes = write(dir.path(), "dupclasses.txt", "sky\nsea\nsky\n");
-    assert_contains(
-        &err_text(read_jsonl(&missing, Some(&dup_classes), false)),
-        &["dupclasses.txt:3", "twice"],
-    );
-    assert_contains(
-        &err_text(read_jsonl(&dir.path().join("absent.jsonl"), None, false)),
-        &["absent.jsonl"],
-    );
+    assert_contains(&err_text(read_jsonl(&missing, Some(&dup_classes), false)), &["dupclasses.txt:3", "twice"]);
+    assert_contains(&err_text(read_jsonl(&dir.path().join("absent.jsonl"), None, false)), &["absent.jsonl"]);
 }
 
 // ---------------------------------------------------------------- COCO
@@ -151,10 +137,7 @@ fn coco_maps_sparse_category_ids_and_drops_unannotated_images() {
     let root = dir.path().join("val2017");
     let ds = read_coco(&json, &root, false, false).unwrap();
     assert_eq!(ds.classes.names(), ["person", "car", "toothbrush"]);
-    assert_eq!(
-        ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        ["000042.jpg", "000009.jpg"]
-    );
+    assert_eq!(ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["000042.jpg", "000009.jpg"]);
     assert_eq!(ds.samples[0].path, root.join("000042.jpg"));
     assert_eq!(ds.targets, array![[POS, NEG, POS], [NEG, POS, NEG]]);
     assert_eq!(ds.name, "coco-val2017");
@@ -172,10 +155,7 @@ fn coco_errors_name_the_entry() {
     let bad_cat = write(
         dir.path(),
         "badcat.json",
-        COCO.replace(
-            "\"image_id\": 42, \"category_id\": 1",
-            "\"image_id\": 42, \"category_id\": 2",
-        ),
+        COCO.replace("\"image_id\": 42, \"category_id\": 1", "\"image_id\": 42, \"category_id\": 2"),
     );
     assert_contains(
         &err_text(read_coco(&bad_cat, &root, false, false)),
@@ -189,33 +169,21 @@ fn coco_errors_name_the_entry() {
     let dup = write(
         dir.path(),
         "dup.json",
-        COCO.replace(
-            "\"id\": 9, \"file_name\": \"000009.jpg\"",
-            "\"id\": 9, \"file_name\": \"000042.jpg\"",
-        ),
+        COCO.replace("\"id\": 9, \"file_name\": \"000009.jpg\"", "\"id\": 9, \"file_name\": \"000042.jpg\""),
     );
     assert_contains(
         &err_text(read_coco(&dup, &root, false, false)),
         &["dup.json", "images[2]", "duplicate image '000042.jpg'"],
     );
-    let broken = write(
-        dir.path(),
-        "broken.json",
-        "{\n  \"images\": [\n    {\"id\": 1,, \"file_name\": \"a.jpg\"}\n  ]\n}",
-    );
-    assert_contains(
-        &err_text(read_coco(&broken, &root, false, false)),
-        &["broken.json:3:", "bad JSON"],
-    );
+    let broken =
+        write(dir.path(), "broken.json", "{\n  \"images\": [\n    {\"id\": 1,, \"file_name\": \"a.jpg\"}\n  ]\n}");
+    assert_contains(&err_text(read_coco(&broken, &root, false, false)), &["broken.json:3:", "bad JSON"]);
     let json = write(dir.path(), "ok.json", COCO);
     assert_contains(
         &err_text(read_coco(&json, &root, false, true)),
         &["ok.json", "images[0]", "000042.jpg", "does not exist"],
     );
-    assert_contains(
-        &err_text(open(&json, &ReadOptions::default())),
-        &["ok.json", "--images"],
-    );
+    assert_contains(&err_text(open(&json, &ReadOptions::default())), &["ok.json", "--images"]);
 }
 
 // ---------------------------------------------------------------- VOC
@@ -224,11 +192,7 @@ fn coco_errors_name_the_entry() {
 fn voc_devkit(dir: &Path) -> PathBuf {
     let year = dir.join("VOCdevkit").join("VOC2007");
     let ids = ["000001", "000002", "000005"];
-    write(
-        &year,
-        "ImageSets/Main/trainval.txt",
-        "000001\n000002\n000005\n",
-    );
+    write(&year, "ImageSets/Main/trainval.txt", "000001\n000002\n000005\n");
     for id in ids {
         write(&year, &format!("JPEGImages/{id}.jpg"), b"x");
     }
@@ -239,11 +203,7 @@ fn voc_devkit(dir: &Path) -> PathBuf {
             "tvmonitor" => ["-1", "-1", "1"],
             _ => ["-1", "-1", "-1"],
         };
-        let text: String = ids
-            .iter()
-            .zip(labels)
-            .map(|(id, l)| format!("{id} {l}\n"))
-            .collect();
+        let text: String = ids.iter().zip(labels).map(|(id, l)| format!("{id} {l}\n")).collect();
         write(&year, &format!("ImageSets/Main/{class}_trainval.txt"), text);
     }
     year
@@ -256,10 +216,7 @@ fn voc_reads_devkit_with_difficult_as_unknown() {
     for root in [year.clone(), dir.path().join("VOCdevkit")] {
         let ds = read_voc(&root, "trainval", true).unwrap();
         assert_eq!(ds.classes.names(), VOC_CLASSES);
-        assert_eq!(
-            ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            ["000001", "000002", "000005"]
-        );
+        assert_eq!(ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["000001", "000002", "000005"]);
         assert_eq!(ds.samples[2].path, year.join("JPEGImages/000005.jpg"));
         assert_eq!(ds.name, "voc2007-trainval");
         let (dog, person, tv) = (11, 14, 19);
@@ -279,20 +236,11 @@ fn voc_errors_name_file_and_line() {
     let year = voc_devkit(dir.path());
     let cat = year.join("ImageSets/Main/cat_trainval.txt");
     fs::write(&cat, "000001 -1\n000002 2\n000005 -1\n").unwrap();
-    assert_contains(
-        &err_text(read_voc(&year, "trainval", false)),
-        &["cat_trainval.txt:2:2", "'2'"],
-    );
+    assert_contains(&err_text(read_voc(&year, "trainval", false)), &["cat_trainval.txt:2:2", "'2'"]);
     fs::write(&cat, "000001 -1\n000005 -1\n").unwrap();
-    assert_contains(
-        &err_text(read_voc(&year, "trainval", false)),
-        &["cat_trainval.txt", "000002"],
-    );
+    assert_contains(&err_text(read_voc(&year, "trainval", false)), &["cat_trainval.txt", "000002"]);
     fs::write(&cat, "000001 -1\n000002 -1\n000005 -1\n000009 1\n").unwrap();
-    assert_contains(
-        &err_text(read_voc(&year, "trainval", false)),
-        &["cat_trainval.txt:4", "'000009'"],
-    );
+    assert_contains(&err_text(read_voc(&year, "trainval", false)), &["cat_trainval.txt:4", "'000009'"]);
     fs::write(&cat, "000001 -1 x\n").unwrap();
     assert_contains(
         &err_text(read_voc(&year, "trainval", false)),
@@ -300,14 +248,8 @@ fn voc_errors_name_file_and_line() {
     );
     assert_contains(&err_text(read_voc(&year, "test", false)), &["test.txt"]);
     fs::remove_file(year.join("JPEGImages/000002.jpg")).unwrap();
-    assert_contains(
-        &err_text(read_voc(&year, "trainval", true)),
-        &["trainval.txt:2", "000002.jpg"],
-    );
-    assert_contains(
-        &err_text(read_voc(dir.path(), "trainval", false)),
-        &["not a VOC devkit"],
-    );
+    assert_contains(&err_text(read_voc(&year, "trainval", true)), &["trainval.txt:2", "000002.jpg"]);
+    assert_contains(&err_text(read_voc(dir.path(), "trainval", false)), &["not a VOC devkit"]);
 }
 
 // ---------------------------------------------------------------- NUS-WIDE
@@ -323,21 +265,9 @@ fn nuswide(dir: &Path) -> PathBuf {
     write(&root, "Flickr/actor/0001_11.jpg", b"x");
     write(&root, "images/0002_22.jpg", b"x");
     write(&root, "zoo/0003_33.jpg", b"x");
-    write(
-        &root,
-        "Groundtruth/TrainTestLabels/Labels_animal_Train.txt",
-        "1\r\n0\r\n1\r\n",
-    );
-    write(
-        &root,
-        "Groundtruth/TrainTestLabels/Labels_sky_Train.txt",
-        "0\r\n1\r\n0\r\n",
-    );
-    write(
-        &root,
-        "Groundtruth/TrainTestLabels/Labels_water_Train.txt",
-        "0\r\n1\r\n0\r\n",
-    );
+    write(&root, "Groundtruth/TrainTestLabels/Labels_animal_Train.txt", "1\r\n0\r\n1\r\n");
+    write(&root, "Groundtruth/TrainTestLabels/Labels_sky_Train.txt", "0\r\n1\r\n0\r\n");
+    write(&root, "Groundtruth/TrainTestLabels/Labels_water_Train.txt", "0\r\n1\r\n0\r\n");
     root
 }
 
@@ -348,24 +278,15 @@ fn nuswide_resolves_backslash_paths() {
     let ds = read_nuswide(&root, "train", true).unwrap();
     assert_eq!(ds.classes.names(), ["animal", "sky", "water"]);
     let ids: Vec<&str> = ds.samples.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        ["actor/0001_11.jpg", "beach/0002_22.jpg", "zoo/0003_33.jpg"]
-    );
+    assert_eq!(ids, ["actor/0001_11.jpg", "beach/0002_22.jpg", "zoo/0003_33.jpg"]);
     assert_eq!(ds.samples[0].path, root.join("Flickr/actor/0001_11.jpg"));
     assert_eq!(ds.samples[1].path, root.join("images/0002_22.jpg"));
     assert_eq!(ds.samples[2].path, root.join("zoo/0003_33.jpg"));
-    assert_eq!(
-        ds.targets,
-        array![[POS, NEG, NEG], [NEG, POS, POS], [POS, NEG, NEG]]
-    );
+    assert_eq!(ds.targets, array![[POS, NEG, NEG], [NEG, POS, POS], [POS, NEG, NEG]]);
     assert_eq!(ds.name, "nuswide-train");
 
     let unchecked = read_nuswide(&root, "train", false).unwrap();
-    assert_eq!(
-        unchecked.samples[1].path,
-        root.join("Flickr/beach/0002_22.jpg")
-    );
+    assert_eq!(unchecked.samples[1].path, root.join("Flickr/beach/0002_22.jpg"));
 }
 
 #[test]
@@ -374,28 +295,13 @@ fn nuswide_errors_name_file_and_line() {
     let root = nuswide(dir.path());
     let sky = root.join("Groundtruth/TrainTestLabels/Labels_sky_Train.txt");
     fs::write(&sky, "0\n1\nyes\n").unwrap();
-    assert_contains(
-        &err_text(read_nuswide(&root, "train", false)),
-        &["Labels_sky_Train.txt:3", "'yes'"],
-    );
+    assert_contains(&err_text(read_nuswide(&root, "train", false)), &["Labels_sky_Train.txt:3", "'yes'"]);
     fs::write(&sky, "0\n1\n").unwrap();
-    assert_contains(
-        &err_text(read_nuswide(&root, "train", false)),
-        &["Labels_sky_Train.txt", "2 labels", "3 images"],
-    );
+    assert_contains(&err_text(read_nuswide(&root, "train", false)), &["Labels_sky_Train.txt", "2 labels", "3 images"]);
     fs::remove_file(root.join("zoo/0003_33.jpg")).unwrap();
-    assert_contains(
-        &err_text(read_nuswide(&root, "train", true)),
-        &["TrainImagelist.txt:3", "0003_33.jpg"],
-    );
-    assert_contains(
-        &err_text(read_nuswide(&root, "test", false)),
-        &["TestImagelist.txt"],
-    );
-    assert_contains(
-        &err_text(read_nuswide(&root, "val", false)),
-        &["'train' or 'test'"],
-    );
+    assert_contains(&err_text(read_nuswide(&root, "train", true)), &["TrainImagelist.txt:3", "0003_33.jpg"]);
+    assert_contains(&err_text(read_nuswide(&root, "test", false)), &["TestImagelist.txt"]);
+    assert_contains(&err_text(read_nuswide(&root, "val", false)), &["'train' or 'test'"]);
 }
 
 // ---------------------------------------------------------------- CSV
@@ -403,72 +309,32 @@ fn nuswide_errors_name_file_and_line() {
 #[test]
 fn csv_splits_features_and_labels() {
     let dir = TempDir::new().unwrap();
-    let path = write(
-        dir.path(),
-        "scene/train.csv",
-        "f0,f1,Beach,Urban\n0.5,-1e-2,1,0\n\n2,3,0,1\n",
-    );
+    let path = write(dir.path(), "scene/train.csv", "f0,f1,Beach,Urban\n0.5,-1e-2,1,0\n\n2,3,0,1\n");
     let ds = read_csv(&path, LabelColumns::Last(2)).unwrap();
     assert_eq!(ds.classes.names(), ["Beach", "Urban"]);
-    assert_eq!(
-        ds.features.as_ref().unwrap(),
-        array![[0.5f32, -0.01], [2.0, 3.0]]
-    );
+    assert_eq!(ds.features.as_ref().unwrap(), array![[0.5f32, -0.01], [2.0, 3.0]]);
     assert_eq!(ds.targets, array![[POS, NEG], [NEG, POS]]);
-    assert_eq!(
-        ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        ["0", "1"]
-    );
+    assert_eq!(ds.samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["0", "1"]);
     assert!(ds.samples[0].path.as_os_str().is_empty());
     assert_eq!(ds.name, "scene-train");
 
-    let middle = write(
-        dir.path(),
-        "mid.csv",
-        "f0,Beach,f1,Urban\n0.5,1,7,0\n2,0,3,1\n",
-    );
-    let by_name = read_csv(
-        &middle,
-        LabelColumns::Names(vec!["Urban".into(), "Beach".into()]),
-    )
-    .unwrap();
+    let middle = write(dir.path(), "mid.csv", "f0,Beach,f1,Urban\n0.5,1,7,0\n2,0,3,1\n");
+    let by_name = read_csv(&middle, LabelColumns::Names(vec!["Urban".into(), "Beach".into()])).unwrap();
     assert_eq!(by_name.classes.names(), ["Urban", "Beach"]);
     assert_eq!(by_name.features.unwrap(), array![[0.5f32, 7.0], [2.0, 3.0]]);
     assert_eq!(by_name.targets, array![[NEG, POS], [POS, NEG]]);
-    assert_contains(
-        &err_text(read_csv(&path, LabelColumns::Names(vec!["Sky".into()]))),
-        &["train.csv:1", "'Sky'"],
-    );
-    assert_contains(
-        &err_text(read_csv(&path, LabelColumns::Last(4))),
-        &["train.csv", "last 4"],
-    );
+    assert_contains(&err_text(read_csv(&path, LabelColumns::Names(vec!["Sky".into()]))), &["train.csv:1", "'Sky'"]);
+    assert_contains(&err_text(read_csv(&path, LabelColumns::Last(4))), &["train.csv", "last 4"]);
 }
 
 #[test]
 fn csv_errors_name_file_line_and_column() {
     let dir = TempDir::new().unwrap();
     let cases = [
-        (
-            "nan.csv",
-            "a,b,l\n1,2,0\n1,x,1\n",
-            vec!["nan.csv:3:2", "'x'", "not a number"],
-        ),
-        (
-            "cols.csv",
-            "a,b,l\n1,2\n",
-            vec!["cols.csv:2", "expected 3 columns, found 2"],
-        ),
-        (
-            "label.csv",
-            "a,b,l\n1,2,0\n\n1,2,2\n",
-            vec!["label.csv:4:3", "not 0 or 1"],
-        ),
-        (
-            "inf.csv",
-            "a,b,l\n1,inf,0\n",
-            vec!["inf.csv:2:2", "not finite"],
-        ),
+        ("nan.csv", "a,b,l\n1,2,0\n1,x,1\n", vec!["nan.csv:3:2", "'x'", "not a number"]),
+        ("cols.csv", "a,b,l\n1,2\n", vec!["cols.csv:2", "expected 3 columns, found 2"]),
+        ("label.csv", "a,b,l\n1,2,0\n\n1,2,2\n", vec!["label.csv:4:3", "not 0 or 1"]),
+        ("inf.csv", "a,b,l\n1,inf,0\n", vec!["inf.csv:2:2", "not finite"]),
         ("header.csv", "a,b,l\n", vec!["header.csv", "empty"]),
         ("blank.csv", "", vec!["blank.csv", "empty"]),
     ];
@@ -477,10 +343,7 @@ fn csv_errors_name_file_line_and_column() {
         assert_contains(&err_text(read_csv(&path, LabelColumns::Last(1))), &expected);
     }
     let path = dir.path().join("cols.csv");
-    assert_contains(
-        &err_text(open(&path, &ReadOptions::default())),
-        &["cols.csv", "--label-columns"],
-    );
+    assert_contains(&err_text(open(&path, &ReadOptions::default())), &["cols.csv", "--label-columns"]);
 }
 
 // ---------------------------------------------------------------- open()
@@ -489,57 +352,29 @@ fn csv_errors_name_file_line_and_column() {
 fn open_detects_each_format() {
     let dir = TempDir::new().unwrap();
     let manifest = corel_like(dir.path());
-    let opts = ReadOptions {
-        check_images: false,
-        ..ReadOptions::default()
-    };
+    let opts = ReadOptions { check_images: false, ..ReadOptions::default() };
     assert_eq!(open(&manifest, &opts).unwrap().num_classes(), 3);
 
     let csv = write(dir.path(), "t.csv", "a,l1,l2\n1,0,1\n");
-    let opts_csv = ReadOptions {
-        label_columns: Some(LabelColumns::Last(2)),
-        ..opts.clone()
-    };
-    assert_eq!(
-        open(&csv, &opts_csv).unwrap().features.unwrap().shape(),
-        [1, 1]
-    );
+    let opts_csv = ReadOptions { label_columns: Some(LabelColumns::Last(2)), ..opts.clone() };
+    assert_eq!(open(&csv, &opts_csv).unwrap().features.unwrap().shape(), [1, 1]);
 
     let json = write(dir.path(), "instances_train2014.json", COCO);
-    let opts_coco = ReadOptions {
-        images: Some(dir.path().join("train2014")),
-        keep_empty: true,
-        ..opts.clone()
-    };
+    let opts_coco = ReadOptions { images: Some(dir.path().join("train2014")), keep_empty: true, ..opts.clone() };
     let coco = open(&json, &opts_coco).unwrap();
     assert_eq!((coco.len(), coco.name.as_str()), (3, "coco-train2014"));
 
     voc_devkit(dir.path());
-    let opts_voc = ReadOptions {
-        split: "trainval".into(),
-        ..opts.clone()
-    };
-    assert_eq!(
-        open(&dir.path().join("VOCdevkit"), &opts_voc).unwrap().name,
-        "voc2007-trainval"
-    );
+    let opts_voc = ReadOptions { split: "trainval".into(), ..opts.clone() };
+    assert_eq!(open(&dir.path().join("VOCdevkit"), &opts_voc).unwrap().name, "voc2007-trainval");
 
     let nus = nuswide(dir.path());
     assert_eq!(open(&nus, &opts).unwrap().name, "nuswide-train");
 
     let other = write(dir.path(), "data.parquet", b"x");
-    assert_contains(
-        &err_text(open(&other, &opts)),
-        &["data.parquet", "supported", "jsonl", "VOC", "NUS-WIDE"],
-    );
-    assert_contains(
-        &err_text(open(&dir.path().join("imgs"), &opts)),
-        &["imgs", "supported"],
-    );
-    assert_contains(
-        &err_text(open(&dir.path().join("nothing.jsonl"), &opts)),
-        &["nothing.jsonl"],
-    );
+    assert_contains(&err_text(open(&other, &opts)), &["data.parquet", "supported", "jsonl", "VOC", "NUS-WIDE"]);
+    assert_contains(&err_text(open(&dir.path().join("imgs"), &opts)), &["imgs", "supported"]);
+    assert_contains(&err_text(open(&dir.path().join("nothing.jsonl"), &opts)), &["nothing.jsonl"]);
 }
 
 // ---------------------------------------------------------------- observed labels
@@ -564,35 +399,14 @@ fn npy_reads_f4_and_i8_matrices() {
     let dir = TempDir::new().unwrap();
     let values = [1.0f32, 0.0, 0.0, 0.0, 1.0, -1.0];
     let f4: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let path = write(
-        dir.path(),
-        "obs_f4.npy",
-        npy_bytes("<f4", "(2, 3)", false, &f4),
-    );
-    assert_eq!(
-        read_observed_npy(&path, 2, 3).unwrap(),
-        array![[POS, UNK, UNK], [UNK, POS, NEG]]
-    );
+    let path = write(dir.path(), "obs_f4.npy", npy_bytes("<f4", "(2, 3)", false, &f4));
+    assert_eq!(read_observed_npy(&path, 2, 3).unwrap(), array![[POS, UNK, UNK], [UNK, POS, NEG]]);
 
-    let i8s: Vec<u8> = [0i64, 1, 1, 0, 0, 1]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    let path = write(
-        dir.path(),
-        "obs_i8.npy",
-        npy_bytes("<i8", "(3, 2)", false, &i8s),
-    );
-    assert_eq!(
-        read_observed_npy(&path, 3, 2).unwrap(),
-        array![[UNK, POS], [POS, UNK], [UNK, POS]]
-    );
+    let i8s: Vec<u8> = [0i64, 1, 1, 0, 0, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = write(dir.path(), "obs_i8.npy", npy_bytes("<i8", "(3, 2)", false, &i8s));
+    assert_eq!(read_observed_npy(&path, 3, 2).unwrap(), array![[UNK, POS], [POS, UNK], [UNK, POS]]);
 
-    let path = write(
-        dir.path(),
-        "obs_u1.npy",
-        npy_bytes("|u1", "(1, 2)", false, &[1, 0]),
-    );
+    let path = write(dir.path(), "obs_u1.npy", npy_bytes("|u1", "(1, 2)", false, &[1, 0]));
     assert_eq!(read_observed_npy(&path, 1, 2).unwrap(), array![[POS, UNK]]);
 }
 
@@ -601,36 +415,16 @@ fn npy_rejects_bad_files() {
     let dir = TempDir::new().unwrap();
     let f4 = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let cases = [
-        (
-            "shape.npy",
-            npy_bytes("<f4", "(2, 3)", false, &f4(&[0.0; 6])),
-            vec!["shape.npy", "shape [2, 3]", "3 images"],
-        ),
+        ("shape.npy", npy_bytes("<f4", "(2, 3)", false, &f4(&[0.0; 6])), vec!["shape.npy", "shape [2, 3]", "3 images"]),
         (
             "half.npy",
             npy_bytes("<f4", "(3, 2)", false, &f4(&[0.0, 0.5, 0.0, 0.0, 0.0, 0.0])),
             vec!["half.npy", "row 0, class 1", "0.5"],
         ),
-        (
-            "short.npy",
-            npy_bytes("<f4", "(3, 2)", false, &f4(&[0.0; 5])),
-            vec!["short.npy", "truncated"],
-        ),
-        (
-            "fortran.npy",
-            npy_bytes("<f4", "(3, 2)", true, &f4(&[0.0; 6])),
-            vec!["fortran.npy", "Fortran"],
-        ),
-        (
-            "big.npy",
-            npy_bytes(">f4", "(3, 2)", false, &f4(&[0.0; 6])),
-            vec!["big.npy", "unsupported dtype '>f4'"],
-        ),
-        (
-            "magic.npy",
-            b"PK\x03\x04 not numpy".to_vec(),
-            vec!["magic.npy", "magic"],
-        ),
+        ("short.npy", npy_bytes("<f4", "(3, 2)", false, &f4(&[0.0; 5])), vec!["short.npy", "truncated"]),
+        ("fortran.npy", npy_bytes("<f4", "(3, 2)", true, &f4(&[0.0; 6])), vec!["fortran.npy", "Fortran"]),
+        ("big.npy", npy_bytes(">f4", "(3, 2)", false, &f4(&[0.0; 6])), vec!["big.npy", "unsupported dtype '>f4'"]),
+        ("magic.npy", b"PK\x03\x04 not numpy".to_vec(), vec!["magic.npy", "magic"]),
     ];
     for (name, bytes, expected) in cases {
         let path = write(dir.path(), name, bytes);
@@ -644,33 +438,14 @@ fn observed_txt_matches_images_by_id_file_name_or_stem() {
     let manifest = corel_like(dir.path());
     let ds = read_jsonl(&manifest, None, false).unwrap(); // classes city, sky, tree
     let path = write(dir.path(), "obs.txt", "imgs/a.jpg,0 2\n\nb.jpg,\nc,1\n");
-    assert_eq!(
-        read_observed_txt(&path, &ds).unwrap(),
-        array![[POS, UNK, POS], [UNK, UNK, UNK], [UNK, POS, UNK]]
-    );
+    assert_eq!(read_observed_txt(&path, &ds).unwrap(), array![[POS, UNK, POS], [UNK, UNK, UNK], [UNK, POS, UNK]]);
 
     let cases = [
-        (
-            "unknown.txt",
-            "imgs/a.jpg,0\nzebra.jpg,1\n",
-            vec!["unknown.txt:2", "'zebra.jpg'", "not in the dataset"],
-        ),
-        (
-            "range.txt",
-            "a.jpg,0 3\n",
-            vec!["range.txt:1", "out of range", "3 classes"],
-        ),
+        ("unknown.txt", "imgs/a.jpg,0\nzebra.jpg,1\n", vec!["unknown.txt:2", "'zebra.jpg'", "not in the dataset"]),
+        ("range.txt", "a.jpg,0 3\n", vec!["range.txt:1", "out of range", "3 classes"]),
         ("nan.txt", "a.jpg,0 x\n", vec!["nan.txt:1", "'x'"]),
-        (
-            "dup.txt",
-            "a.jpg,0\n\nimgs/a.jpg,1\n",
-            vec!["dup.txt:3", "line 1"],
-        ),
-        (
-            "comma.txt",
-            "a.jpg 0 1\n",
-            vec!["comma.txt:1", "name,i j k"],
-        ),
+        ("dup.txt", "a.jpg,0\n\nimgs/a.jpg,1\n", vec!["dup.txt:3", "line 1"]),
+        ("comma.txt", "a.jpg 0 1\n", vec!["comma.txt:1", "name,i j k"]),
         ("empty.txt", "\n", vec!["empty.txt", "empty"]),
     ];
     for (name, content, expected) in cases {

@@ -27,7 +27,8 @@ pub struct ModelInfo {
 
 /// Parse `--size HxW`, for example `224x224`.
 pub fn parse_size(text: &str) -> Result<(u32, u32)> {
-    let (h, w) = text.split_once(['x', 'X']).with_context(|| format!("--size {text:?}: expected HxW, for example 224x224"))?;
+    let (h, w) =
+        text.split_once(['x', 'X']).with_context(|| format!("--size {text:?}: expected HxW, for example 224x224"))?;
     let dim = |s: &str| -> Result<u32> {
         match s.trim().parse::<u32>() {
             Ok(v) if (1..=16384).contains(&v) => Ok(v),
@@ -58,8 +59,10 @@ pub fn read_classes(path: &Path) -> Result<Vec<String>> {
 }
 
 fn json_floats3(key: &str, text: &str) -> Result<[f32; 3]> {
-    let v: Vec<f32> = serde_json::from_str(text).with_context(|| format!("model metadata {key:?} = {text:?} is not a JSON array of numbers"))?;
-    <[f32; 3]>::try_from(v.as_slice()).map_err(|_| anyhow::anyhow!("model metadata {key:?} has {} values; expected 3 (R, G, B)", v.len()))
+    let v: Vec<f32> = serde_json::from_str(text)
+        .with_context(|| format!("model metadata {key:?} = {text:?} is not a JSON array of numbers"))?;
+    <[f32; 3]>::try_from(v.as_slice())
+        .map_err(|_| anyhow::anyhow!("model metadata {key:?} has {} values; expected 3 (R, G, B)", v.len()))
 }
 
 /// What cls-infer reads from an ONNX file before ONNX Runtime has loaded it: the metadata and
@@ -119,8 +122,13 @@ fn head_of(bytes: &[u8]) -> Result<Head> {
     let metadata = m.metadata_props.into_iter().filter_map(|e| Some((e.key?, e.value.unwrap_or_default()))).collect();
     let fixed_batch = m.graph.and_then(|g| {
         let weights: Vec<String> = g.initializer.into_iter().filter_map(|t| t.name).collect();
-        let inputs: Vec<&ValueInfoProto> = g.input.iter().filter(|i| !weights.iter().any(|w| Some(w) == i.name.as_ref())).collect();
-        let input = inputs.iter().find(|i| i.name.as_deref() == Some("images")).or(if inputs.len() == 1 { inputs.first() } else { None })?;
+        let inputs: Vec<&ValueInfoProto> =
+            g.input.iter().filter(|i| !weights.iter().any(|w| Some(w) == i.name.as_ref())).collect();
+        let input = inputs.iter().find(|i| i.name.as_deref() == Some("images")).or(if inputs.len() == 1 {
+            inputs.first()
+        } else {
+            None
+        })?;
         let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else { return None };
         match t.shape.as_ref()?.dim.first()?.value {
             Some(dimension::Value::DimValue(n)) if n > 0 => Some(n as usize),
@@ -131,7 +139,11 @@ fn head_of(bytes: &[u8]) -> Result<Head> {
 }
 
 /// Assemble the model description from a metadata lookup and the command-line overrides.
-pub fn describe(meta: impl Fn(&str) -> Option<String>, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<ModelInfo> {
+pub fn describe(
+    meta: impl Fn(&str) -> Option<String>,
+    classes: Option<Vec<String>>,
+    size: Option<(u32, u32)>,
+) -> Result<ModelInfo> {
     let mut notes = Vec::new();
     let classes = match (classes, meta("classes")) {
         (Some(c), _) => c,
@@ -153,7 +165,11 @@ pub fn describe(meta: impl Fn(&str) -> Option<String>, classes: Option<Vec<Strin
                 let text = meta(key).with_context(|| {
                     format!("the model has no {key:?} metadata (was it exported by cls-train?); pass --size HxW")
                 })?;
-                text.trim().parse::<u32>().ok().filter(|v| *v > 0).with_context(|| format!("model metadata {key:?} = {text:?} is not a positive integer"))
+                text.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .with_context(|| format!("model metadata {key:?} = {text:?} is not a positive integer"))
             };
             (dim("height")?, dim("width")?)
         }
@@ -173,7 +189,13 @@ pub fn describe(meta: impl Fn(&str) -> Option<String>, classes: Option<Vec<Strin
         bail!("model metadata \"std\" = {std:?} must be positive");
     }
     let threshold = match meta("threshold") {
-        Some(text) => Some(text.trim().parse::<f64>().ok().filter(|t| t.is_finite()).with_context(|| format!("model metadata \"threshold\" = {text:?} is not a number"))?),
+        Some(text) => Some(
+            text.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite())
+                .with_context(|| format!("model metadata \"threshold\" = {text:?} is not a number"))?,
+        ),
         None => None,
     };
     Ok(ModelInfo { classes, height, width, mean, std, threshold, notes })
@@ -201,7 +223,10 @@ pub fn io(session: &Session, info: &ModelInfo) -> Result<Io> {
         Some(o) => o,
         None => bail!("the model has no outputs"),
     };
-    let shape = input.dtype().tensor_shape().with_context(|| format!("the model's input {:?} is not a tensor", input.name()))?;
+    let shape = input
+        .dtype()
+        .tensor_shape()
+        .with_context(|| format!("the model's input {:?} is not a tensor", input.name()))?;
     let expect = [None, Some(3), Some(info.height as i64), Some(info.width as i64)];
     if shape.len() != 4 {
         bail!("the model's input {:?} has {} dimensions; expected 4 (N, 3, H, W)", input.name(), shape.len());
@@ -216,7 +241,11 @@ pub fn io(session: &Session, info: &ModelInfo) -> Result<Io> {
     if let Some(oshape) = output.dtype().tensor_shape() {
         if let Some(&c) = oshape.last() {
             if c > 0 && c as usize != info.classes.len() {
-                bail!("the model's output {:?} has {c} classes, but {} class names were given", output.name(), info.classes.len());
+                bail!(
+                    "the model's output {:?} has {c} classes, but {} class names were given",
+                    output.name(),
+                    info.classes.len()
+                );
             }
         }
     }
@@ -245,7 +274,14 @@ mod tests {
 
     #[test]
     fn from_metadata_and_overrides() {
-        let m = meta(&[("classes", r#"["a","b"]"#), ("height", "8"), ("width", "6"), ("mean", "[0,0,0]"), ("std", "[1,1,1]"), ("threshold", "0.3")]);
+        let m = meta(&[
+            ("classes", r#"["a","b"]"#),
+            ("height", "8"),
+            ("width", "6"),
+            ("mean", "[0,0,0]"),
+            ("std", "[1,1,1]"),
+            ("threshold", "0.3"),
+        ]);
         let info = describe(&m, None, None).unwrap();
         assert_eq!(info.classes, ["a", "b"]);
         assert_eq!((info.height, info.width, info.threshold), (8, 6, Some(0.3)));

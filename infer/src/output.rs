@@ -51,9 +51,14 @@ impl Output {
         match self {
             Output::Stdout(mut w) => w.flush().context("cannot write to standard output"),
             Output::File { writer, dest } => {
-                let tmp = writer.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", dest.display()))?;
+                let tmp = writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
                 tmp.as_file().sync_all().with_context(|| format!("cannot write {}", dest.display()))?;
-                tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("cannot rename the finished file to {}", dest.display()))?;
+                tmp.persist(&dest)
+                    .map_err(|e| e.error)
+                    .with_context(|| format!("cannot rename the finished file to {}", dest.display()))?;
                 Ok(())
             }
         }

@@ -190,7 +190,9 @@ pub fn run(
                     .run(ort::inputs![input.as_str() => tensor])
                     .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
                 let value = outputs.get(&output).with_context(|| format!("the model produced no output {output:?}"))?;
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
+                let (shape, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
                 if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != plan.num_classes {
                     bail!("the output {output:?} has shape {:?}; expected [{rows}, {}]", &shape[..], plan.num_classes);
                 }

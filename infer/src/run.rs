@@ -40,7 +40,9 @@ fn progress(len: usize) -> ProgressBar {
 
 fn read_baseline(path: &std::path::Path) -> Result<Metrics> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--baseline {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("--baseline {}: not a metrics JSON written by cls-infer --metrics-out or cls-train", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!("--baseline {}: not a metrics JSON written by cls-infer --metrics-out or cls-train", path.display())
+    })
 }
 
 /// Run with the parsed command line; returns the exit status, or an error (exit 2).
@@ -59,12 +61,17 @@ pub fn run(cli: &Cli) -> Result<u8> {
         return evaluate_tags(cli, classes, size);
     }
     let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
-    let threads = cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     // The folder.
     let listing = walk::list_images(&cli.images, cli.follow_links)?;
     if listing.images.is_empty() {
-        bail!("no images under {} (looked for the extensions {} in any case)", cli.images.display(), EXTENSIONS.join(", "));
+        bail!(
+            "no images under {} (looked for the extensions {} in any case)",
+            cli.images.display(),
+            EXTENSIONS.join(", ")
+        );
     }
     let range = shard.range(listing.images.len());
     let files = &listing.images[range.clone()];
@@ -76,7 +83,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let mut batch = cli.batch as usize;
     if let Some(fixed) = head.fixed_batch {
         if fixed != batch {
-            eprintln!("cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
+            eprintln!(
+                "cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}"
+            );
             batch = fixed;
         }
     }
@@ -95,7 +104,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
         eprintln!(
             "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
             files.len(),
-            if shard.is_whole() { String::new() } else { format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len()) },
+            if shard.is_whole() {
+                String::new()
+            } else {
+                format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len())
+            },
         );
         Ok(Runner { session, input: io.input, output: io.output })
     };
@@ -107,28 +120,30 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let mut out = Output::create(cli.out.as_deref())?;
     let mut errors_out = cli.errors.as_deref().map(|p| Output::create(Some(p))).transpose()?;
     let mut n_errors = 0usize;
-    let mut report = |path: &str, reason: &str, errors_out: &mut Option<Output>, bar: Option<&ProgressBar>| -> Result<()> {
-        n_errors += 1;
-        let msg = format!("cls-infer: skipped {path}: {reason}");
-        match bar {
-            Some(b) => b.suspend(|| eprintln!("{msg}")),
-            None => eprintln!("{msg}"),
-        }
-        errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
-    };
+    let mut report =
+        |path: &str, reason: &str, errors_out: &mut Option<Output>, bar: Option<&ProgressBar>| -> Result<()> {
+            n_errors += 1;
+            let msg = format!("cls-infer: skipped {path}: {reason}");
+            match bar {
+                Some(b) => b.suspend(|| eprintln!("{msg}")),
+                None => eprintln!("{msg}"),
+            }
+            errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
+        };
     if shard.index == 0 {
         for p in &listing.problems {
             report(&p.path, &p.reason, &mut errors_out, None)?;
         }
     }
-    let pre = Preprocess { height: info.height, width: info.width, mean: info.mean, std: info.std, ..Preprocess::imagenet(info.height, info.width) };
-    let plan = Plan {
-        pre: &pre,
-        batch,
-        decode_threads: threads,
-        num_classes: info.classes.len(),
-        pad_to: head.fixed_batch,
+    let pre = Preprocess {
+        height: info.height,
+        width: info.width,
+        mean: info.mean,
+        std: info.std,
+        ..Preprocess::imagenet(info.height, info.width)
     };
+    let plan =
+        Plan { pre: &pre, batch, decode_threads: threads, num_classes: info.classes.len(), pad_to: head.fixed_batch };
     let top_k = cli.top_k.map(|k| k as usize);
     let mut tagger = Tagger::new(&info.classes);
     let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::<f32>::new(), 0usize);
@@ -173,7 +188,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
         let all: HashSet<PathBuf> = listing.images.iter().map(|f| resolve(&f.path)).collect();
         let orphans = t.entries_without_image(&all);
         if !orphans.is_empty() {
-            eprintln!("cls-infer: {} ground-truth entries have no image under {}: {}", orphans.len(), cli.images.display(), preview(&orphans));
+            eprintln!(
+                "cls-infer: {} ground-truth entries have no image under {}: {}",
+                orphans.len(),
+                cli.images.display(),
+                preview(&orphans)
+            );
         }
         if gt_rows.is_empty() && !shard.is_whole() {
             // Normal in an array job over a folder that is only partly labelled.
@@ -194,7 +214,8 @@ fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>)
         bail!("--model {}: {}", cli.model.display(), if cli.model.exists() { "not a file" } else { "no such file" });
     }
     let head = model::read_head(&cli.model)?;
-    let info = model::describe(|k| head.metadata.get(k).cloned(), classes, size).with_context(|| format!("--model {}", cli.model.display()))?;
+    let info = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
+        .with_context(|| format!("--model {}", cli.model.display()))?;
     for note in &info.notes {
         eprintln!("cls-infer: note: {note}");
     }
@@ -222,12 +243,22 @@ struct Scored {
 
 /// Compute the metrics (table on stderr, `--metrics-out`) and compare with `--baseline`.
 /// Returns whether a metric regressed.
-fn score_and_compare(cli: &Cli, truth: &Truth, baseline: Option<&Metrics>, n_classes: usize, threshold: f64, scored: Scored) -> Result<bool> {
+fn score_and_compare(
+    cli: &Cli,
+    truth: &Truth,
+    baseline: Option<&Metrics>,
+    n_classes: usize,
+    threshold: f64,
+    scored: Scored,
+) -> Result<bool> {
     if scored.no_truth > 0 {
         eprintln!("cls-infer: {} tagged images have no ground truth (left out of the metrics)", scored.no_truth);
     }
     if scored.rows.is_empty() {
-        bail!("none of the tagged images is in the ground truth {}: no metrics", cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        bail!(
+            "none of the tagged images is in the ground truth {}: no metrics",
+            cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
     }
     let scores = Array2::from_shape_vec((scored.rows.len(), n_classes), scored.scores)?;
     let targets = truth.targets.select(ndarray::Axis(0), &scored.rows);
@@ -243,7 +274,10 @@ fn score_and_compare(cli: &Cli, truth: &Truth, baseline: Option<&Metrics>, n_cla
         eprintln!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
     }
     for r in &dropped {
-        eprintln!("cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})", r.metric, r.old, r.new, r.diff, cli.tolerance);
+        eprintln!(
+            "cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})",
+            r.metric, r.old, r.new, r.diff, cli.tolerance
+        );
     }
     Ok(!dropped.is_empty())
 }
@@ -262,13 +296,16 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
     let place = |f: usize, n: usize| format!("{} line {}", cli.from_tags[f].display(), n + 1);
     for (f, file) in cli.from_tags.iter().enumerate() {
         // Streamed: the tags of a huge folder need not fit in memory.
-        let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()))?);
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()))?,
+        );
         for (n, line) in std::io::BufRead::lines(reader).enumerate() {
             let line = line.with_context(|| format!("--from-tags {}", file.display()))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let (image, row) = parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
+            let (image, row) =
+                parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
             let path = resolve(&cli.images.join(&image));
             let row_in_truth = truth.row_of(&path);
             if let Some((f0, n0)) = seen.insert(path, (f, n)) {
@@ -289,7 +326,11 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
     if !orphans.is_empty() {
         eprintln!("cls-infer: {} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
     }
-    Ok(if score_and_compare(cli, &truth, baseline.as_ref(), info.classes.len(), threshold, scored)? { EXIT_REGRESSION } else { EXIT_OK })
+    Ok(if score_and_compare(cli, &truth, baseline.as_ref(), info.classes.len(), threshold, scored)? {
+        EXIT_REGRESSION
+    } else {
+        EXIT_OK
+    })
 }
 
 /// One line of cls-infer's output: the image's path and its scores in `classes` order.
@@ -299,7 +340,8 @@ fn parse_tag_line(line: &str, classes: &[String]) -> Result<(String, Vec<f32>)> 
         image: String,
         scores: HashMap<String, Option<f64>>,
     }
-    let l: Line = serde_json::from_str(line).context("not a line of cls-infer's output ({\"image\": ..., \"scores\": {...}})")?;
+    let l: Line =
+        serde_json::from_str(line).context("not a line of cls-infer's output ({\"image\": ..., \"scores\": {...}})")?;
     let row = classes
         .iter()
         .map(|c| match l.scores.get(c) {

@@ -109,7 +109,8 @@ pub fn init(flag: Option<&Path>) -> Result<(ort::environment::Environment, Strin
         LibraryChoice::Found(p) => (p.clone(), String::new()),
         LibraryChoice::System(name) => (
             PathBuf::from(name),
-            " (no .venv/onnxruntime found; run scripts/setup, or pass --ort-lib PATH or set ORT_DYLIB_PATH)".to_string(),
+            " (no .venv/onnxruntime found; run scripts/setup, or pass --ort-lib PATH or set ORT_DYLIB_PATH)"
+                .to_string(),
         ),
     };
     let builder = ort::init_from(&path).map_err(|e| anyhow!("cannot load ONNX Runtime{hint}: {e}"))?;
@@ -123,7 +124,12 @@ pub fn init(flag: Option<&Path>) -> Result<(ort::environment::Environment, Strin
 
 /// Build a session for `model` with `threads` intra-op threads on `device`. Returns the session
 /// and the name of the execution provider that runs it.
-pub fn session(env: &ort::environment::Environment, model: &Path, device: Device, threads: usize) -> Result<(Session, &'static str)> {
+pub fn session(
+    env: &ort::environment::Environment,
+    model: &Path,
+    device: Device,
+    threads: usize,
+) -> Result<(Session, &'static str)> {
     let ort_err = |what: &str| {
         let what = what.to_string();
         move |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{what}: {e}")
@@ -153,7 +159,8 @@ pub fn session(env: &ort::environment::Environment, model: &Path, device: Device
                 }
             }
         } else {
-            Err("this ONNX Runtime build has no CUDA execution provider (install the onnxruntime-gpu libraries)".to_string())
+            Err("this ONNX Runtime build has no CUDA execution provider (install the onnxruntime-gpu libraries)"
+                .to_string())
         };
         match (attempt, device) {
             (Ok(()), _) => provider = "CUDAExecutionProvider",
@@ -161,7 +168,8 @@ pub fn session(env: &ort::environment::Environment, model: &Path, device: Device
             (Err(reason), _) => eprintln!("cls-infer: CUDA not used ({reason})"),
         }
     }
-    let session = builder.commit_from_file(model).map_err(|e| anyhow!("cannot load the model {}: {e}", model.display()))?;
+    let session =
+        builder.commit_from_file(model).map_err(|e| anyhow!("cannot load the model {}: {e}", model.display()))?;
     Ok((session, provider))
 }
 
@@ -189,21 +197,36 @@ mod tests {
         let venv_lib = root.path().join("proj/.venv/onnxruntime");
         fs::create_dir_all(&venv_lib).unwrap();
         let flag = Path::new("/x/libonnxruntime.so");
-        assert_eq!(choose_library(Some(flag), Some("/y"), Some(&exe), None), LibraryChoice::Explicit(flag.into(), "--ort-lib"));
-        assert_eq!(choose_library(None, Some("/y"), Some(&exe), None), LibraryChoice::Explicit("/y".into(), "ORT_DYLIB_PATH"));
+        assert_eq!(
+            choose_library(Some(flag), Some("/y"), Some(&exe), None),
+            LibraryChoice::Explicit(flag.into(), "--ort-lib")
+        );
+        assert_eq!(
+            choose_library(None, Some("/y"), Some(&exe), None),
+            LibraryChoice::Explicit("/y".into(), "ORT_DYLIB_PATH")
+        );
         // An empty .venv/onnxruntime is skipped; then the system loader.
         assert_eq!(choose_library(None, Some(""), Some(&exe), None), LibraryChoice::System("libonnxruntime.so"));
         // The wheel inside the venv is found when the setup link is missing.
         let wheel = root.path().join("proj/.venv/lib/python3.11/site-packages/onnxruntime/capi");
         fs::create_dir_all(&wheel).unwrap();
         fs::write(wheel.join("libonnxruntime.so.1.31.1"), b"").unwrap();
-        assert_eq!(choose_library(None, None, Some(&exe), None), LibraryChoice::Found(wheel.join("libonnxruntime.so.1.31.1")));
+        assert_eq!(
+            choose_library(None, None, Some(&exe), None),
+            LibraryChoice::Found(wheel.join("libonnxruntime.so.1.31.1"))
+        );
         // The setup link wins over the wheel; the executable's project wins over the current folder.
         fs::write(venv_lib.join("libonnxruntime.so.1.31.1"), b"").unwrap();
         let cwd = root.path().join("elsewhere");
         fs::create_dir_all(cwd.join(".venv/onnxruntime")).unwrap();
         fs::write(cwd.join(".venv/onnxruntime/libonnxruntime.so"), b"").unwrap();
-        assert_eq!(choose_library(None, None, Some(&exe), Some(&cwd)), LibraryChoice::Found(venv_lib.join("libonnxruntime.so.1.31.1")));
-        assert_eq!(choose_library(None, None, None, Some(&cwd)), LibraryChoice::Found(cwd.join(".venv/onnxruntime/libonnxruntime.so")));
+        assert_eq!(
+            choose_library(None, None, Some(&exe), Some(&cwd)),
+            LibraryChoice::Found(venv_lib.join("libonnxruntime.so.1.31.1"))
+        );
+        assert_eq!(
+            choose_library(None, None, None, Some(&cwd)),
+            LibraryChoice::Found(cwd.join(".venv/onnxruntime/libonnxruntime.so"))
+        );
     }
 }

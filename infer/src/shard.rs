@@ -52,7 +52,11 @@ impl Shard {
             match env(name) {
                 None => Ok(None),
                 Some(v) if v.trim().is_empty() => Ok(None),
-                Some(v) => v.trim().parse().map(Some).with_context(|| format!("environment variable {name}={v:?} is not a non-negative integer")),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .with_context(|| format!("environment variable {name}={v:?} is not a non-negative integer")),
             }
         };
         let pairs = [
@@ -67,7 +71,9 @@ impl Shard {
                         Some(m) => num(m)?.unwrap_or(0),
                         None => 0,
                     };
-                    let index = id.checked_sub(min).with_context(|| format!("{id_var}={id} is below {}={min}", min_var.unwrap_or("")))?;
+                    let index = id
+                        .checked_sub(min)
+                        .with_context(|| format!("{id_var}={id} is below {}={min}", min_var.unwrap_or("")))?;
                     return Shard::new(index, count, &format!("{id_var}/{count_var}"));
                 }
                 (Some(_), None) => bail!("{id_var} is set but {count_var} is not: set both (or pass --shard I/N)"),

@@ -30,7 +30,12 @@ pub fn resolve(path: &Path) -> PathBuf {
 fn voc_split(root: &Path) -> String {
     let mut roots = vec![root.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(root) {
-        roots.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("VOC"))));
+        roots.extend(
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("VOC"))),
+        );
     }
     for split in ["test", "val", "trainval"] {
         if roots.iter().any(|r| r.join("ImageSets/Main").join(format!("{split}.txt")).is_file()) {
@@ -46,7 +51,13 @@ impl Truth {
     /// model lacks is ignored. Both are noted.
     pub fn load(spec: &Path, images_root: &Path, model_classes: &[String]) -> Result<Truth> {
         let split = if spec.is_dir() { voc_split(spec) } else { String::new() };
-        let opts = ReadOptions { images: Some(images_root.to_path_buf()), split, keep_empty: true, check_images: false, ..Default::default() };
+        let opts = ReadOptions {
+            images: Some(images_root.to_path_buf()),
+            split,
+            keep_empty: true,
+            check_images: false,
+            ..Default::default()
+        };
         let data = readers::open(spec, &opts).with_context(|| format!("--ground-truth {}", spec.display()))?;
         let mut notes = Vec::new();
         let n = data.samples.len();
@@ -59,11 +70,20 @@ impl Truth {
             }
         }
         if !missing.is_empty() {
-            notes.push(format!("{} model classes are not in the ground truth (counted as negative everywhere): {}", missing.len(), preview(&missing)));
+            notes.push(format!(
+                "{} model classes are not in the ground truth (counted as negative everywhere): {}",
+                missing.len(),
+                preview(&missing)
+            ));
         }
-        let extra: Vec<&str> = data.classes.names().iter().map(|s| s.as_str()).filter(|g| !model_classes.iter().any(|m| m == g)).collect();
+        let extra: Vec<&str> =
+            data.classes.names().iter().map(|s| s.as_str()).filter(|g| !model_classes.iter().any(|m| m == g)).collect();
         if !extra.is_empty() {
-            notes.push(format!("{} ground-truth classes are not in the model (ignored): {}", extra.len(), preview(&extra)));
+            notes.push(format!(
+                "{} ground-truth classes are not in the model (ignored): {}",
+                extra.len(),
+                preview(&extra)
+            ));
         }
         let mut rows = HashMap::with_capacity(n);
         let mut ids = Vec::with_capacity(n);

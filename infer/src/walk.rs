@@ -36,9 +36,7 @@ pub struct Listing {
 
 /// Whether a file name has one of [`EXTENSIONS`] (case-insensitive).
 pub fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// `rel` as a string with `/` between components, whatever the platform.

@@ -22,7 +22,12 @@ fn main() -> Result<()> {
     let mut vs = VarStore::new(Device::Cpu);
     let net = Net::new(&vs.root(), &Arch::EfficientNetLite0, 1000, None);
     let report = load_pretrained(&mut vs, args[0].as_ref(), true)?;
-    println!("loaded {} backbone + {} classifier tensors; {} unused keys", report.loaded, report.classifier_loaded, report.unused.len());
+    println!(
+        "loaded {} backbone + {} classifier tensors; {} unused keys",
+        report.loaded,
+        report.classifier_loaded,
+        report.unused.len()
+    );
     for path in &args[1..] {
         let x = imagenet::load_image_and_resize224(path).with_context(|| format!("loading {path}"))?;
         let probs = tch::no_grad(|| net.forward_t(&x.unsqueeze(0), false).softmax(-1, tch::Kind::Float));

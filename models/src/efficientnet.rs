@@ -123,8 +123,10 @@ impl Block {
             SameConv::new(&p / "_depthwise_conv", mid, mid, spec.kernel, spec.stride, mid),
             bn(&p / "_bn1", mid, BN_EPS, BN_MOMENTUM),
         );
-        let project =
-            (SameConv::new(&p / "_project_conv", mid, spec.out_ch, 1, 1, 1), bn(&p / "_bn2", spec.out_ch, BN_EPS, BN_MOMENTUM));
+        let project = (
+            SameConv::new(&p / "_project_conv", mid, spec.out_ch, 1, 1, 1),
+            bn(&p / "_bn2", spec.out_ch, BN_EPS, BN_MOMENTUM),
+        );
         Block { spec, expand, depthwise, project }
     }
 
@@ -151,11 +153,17 @@ pub(crate) struct EfficientNet {
 
 impl EfficientNet {
     pub fn new(root: &nn::Path) -> EfficientNet {
-        let stem = (SameConv::new(root / "_conv_stem", 3, STEM_CHANNELS, 3, 2, 1), bn(root / "_bn0", STEM_CHANNELS, BN_EPS, BN_MOMENTUM));
+        let stem = (
+            SameConv::new(root / "_conv_stem", 3, STEM_CHANNELS, 3, 2, 1),
+            bn(root / "_bn0", STEM_CHANNELS, BN_EPS, BN_MOMENTUM),
+        );
         let blocks_path = root / "_blocks";
         let blocks = block_specs().into_iter().enumerate().map(|(i, s)| Block::new(&blocks_path / i, s)).collect();
         let last = STAGES[STAGES.len() - 1].5;
-        let head = (SameConv::new(root / "_conv_head", last, HEAD_CHANNELS, 1, 1, 1), bn(root / "_bn1", HEAD_CHANNELS, BN_EPS, BN_MOMENTUM));
+        let head = (
+            SameConv::new(root / "_conv_head", last, HEAD_CHANNELS, 1, 1, 1),
+            bn(root / "_bn1", HEAD_CHANNELS, BN_EPS, BN_MOMENTUM),
+        );
         EfficientNet { stem, blocks, head }
     }
 

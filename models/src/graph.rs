@@ -43,10 +43,7 @@ impl<'a> Emitter<'a> {
     /// initializer's name and its shape.
     pub fn weight(&mut self, name: &str) -> Result<(String, Vec<i64>)> {
         let full = format!("{}{name}", self.prefix);
-        let t = self
-            .vars
-            .get(&full)
-            .ok_or_else(|| anyhow!("export: variable {full:?} not found in the VarStore"))?;
+        let t = self.vars.get(&full).ok_or_else(|| anyhow!("export: variable {full:?} not found in the VarStore"))?;
         let shape = t.size();
         let values = tensor_to_vec(t).with_context(|| format!("export: reading {full}"))?;
         let init = self.g.initializer_f32(&format!("{}{name}", self.tag), &shape, &values);
@@ -54,7 +51,15 @@ impl<'a> Emitter<'a> {
     }
 
     /// `Conv` with the weight `{name}.weight` (and `{name}.bias` when `bias`).
-    pub fn conv(&mut self, x: &str, name: &str, stride: i64, padding: Padding, groups: i64, bias: bool) -> Result<String> {
+    pub fn conv(
+        &mut self,
+        x: &str,
+        name: &str,
+        stride: i64,
+        padding: Padding,
+        groups: i64,
+        bias: bool,
+    ) -> Result<String> {
         let (w, shape) = self.weight(&format!("{name}.weight"))?;
         if shape.len() != 4 {
             bail!("export: {name}.weight has shape {shape:?}, expected 4 dimensions");
@@ -82,11 +87,7 @@ impl<'a> Emitter<'a> {
         let bias = self.weight(&format!("{name}.bias"))?.0;
         let mean = self.weight(&format!("{name}.running_mean"))?.0;
         let var = self.weight(&format!("{name}.running_var"))?.0;
-        Ok(self.g.op(
-            "BatchNormalization",
-            &[x, &scale, &bias, &mean, &var],
-            &[("epsilon", Attr::Float(eps as f32))],
-        ))
+        Ok(self.g.op("BatchNormalization", &[x, &scale, &bias, &mean, &var], &[("epsilon", Attr::Float(eps as f32))]))
     }
 
     /// `x · Wᵀ + b` from a PyTorch `Linear` (`{name}.weight` is `[out, in]`).

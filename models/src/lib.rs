@@ -27,7 +27,9 @@ pub use load::{load_pretrained, IncompatibleWeights, LoadReport};
 /// Errors of this crate that callers may want to match on.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown architecture {0:?} (expected resnet18, resnet34, resnet50, resnet101, efficientnet-lite0 or mlp)")]
+    #[error(
+        "unknown architecture {0:?} (expected resnet18, resnet34, resnet50, resnet101, efficientnet-lite0 or mlp)"
+    )]
     UnknownArch(String),
     #[error("invalid network: {0}")]
     Invalid(String),
@@ -43,7 +45,10 @@ pub enum Arch {
     EfficientNetLite0,
     /// A head over precomputed feature vectors: `Linear(in_dim, hidden) → BatchNorm1d → ReLU`,
     /// then the classifier. `hidden == 0` means no hidden layer (a linear classifier on the features).
-    Mlp { in_dim: i64, hidden: i64 },
+    Mlp {
+        in_dim: i64,
+        hidden: i64,
+    },
 }
 
 impl FromStr for Arch {

@@ -96,7 +96,11 @@ pub fn load_pretrained(vs: &mut VarStore, file: &Path, load_classifier: bool) ->
                     if !load_classifier {
                         report.classifier_skipped.push(format!("{name}: not requested"));
                     } else if !same_shape {
-                        report.classifier_skipped.push(format!("{name}: model {:?} vs file {:?}", var.size(), src.size()));
+                        report.classifier_skipped.push(format!(
+                            "{name}: model {:?} vs file {:?}",
+                            var.size(),
+                            src.size()
+                        ));
                     } else {
                         used.insert(key.to_string());
                         copies.push((var, src, true));
@@ -116,7 +120,9 @@ pub fn load_pretrained(vs: &mut VarStore, file: &Path, load_classifier: bool) ->
     tch::no_grad(|| -> Result<()> {
         for (var, src, classifier) in copies {
             let src = src.to_kind(var.kind()).to_device(var.device());
-            var.shallow_clone().f_copy_(&src).with_context(|| format!("copying into the model from {}", file.display()))?;
+            var.shallow_clone()
+                .f_copy_(&src)
+                .with_context(|| format!("copying into the model from {}", file.display()))?;
             if classifier {
                 report.classifier_loaded += 1;
             } else {

@@ -20,7 +20,12 @@ impl Mlp {
         let layers = root / "layers";
         let hidden = (hidden > 0).then(|| {
             let lin = nn::linear(&layers / "0", in_dim, hidden, Default::default());
-            let cfg = nn::BatchNormConfig { eps: BN_EPS, ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+            let cfg = nn::BatchNormConfig {
+                eps: BN_EPS,
+                ws_init: nn::Init::Const(1.0),
+                bs_init: nn::Init::Const(0.0),
+                ..Default::default()
+            };
             (lin, nn::batch_norm1d(&layers / "1", hidden, cfg))
         });
         Mlp { hidden }

@@ -52,7 +52,14 @@ fn block_specs(arch: &Arch) -> Vec<BlockSpec> {
         for index in 0..count {
             let stride = if layer > 0 && index == 0 { 2 } else { 1 };
             let out_ch = width * expansion;
-            specs.push(BlockSpec { name: format!("layer{}.{index}", layer + 1), bottleneck, in_ch, width, out_ch, stride });
+            specs.push(BlockSpec {
+                name: format!("layer{}.{index}", layer + 1),
+                bottleneck,
+                in_ch,
+                width,
+                out_ch,
+                stride,
+            });
             in_ch = out_ch;
         }
     }
@@ -65,14 +72,24 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
         padding,
         bias: false,
         // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
-        ws_init: nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU },
+        ws_init: nn::Init::Kaiming {
+            dist: nn::init::NormalOrUniform::Normal,
+            fan: nn::init::FanInOut::FanOut,
+            non_linearity: nn::init::NonLinearity::ReLU,
+        },
         ..Default::default()
     };
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
 pub(crate) fn bn(p: nn::Path, ch: i64, eps: f64, momentum: f64) -> nn::BatchNorm {
-    let cfg = nn::BatchNormConfig { eps, momentum, ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+    let cfg = nn::BatchNormConfig {
+        eps,
+        momentum,
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
     nn::batch_norm2d(p, ch, cfg)
 }
 
@@ -96,7 +113,10 @@ impl Block {
             .into_iter()
             .enumerate()
             .map(|(i, (cin, cout, k, stride, pad))| {
-                (conv(&p / format!("conv{}", i + 1), cin, cout, k, stride, pad), bn(&p / format!("bn{}", i + 1), cout, BN_EPS, 0.1))
+                (
+                    conv(&p / format!("conv{}", i + 1), cin, cout, k, stride, pad),
+                    bn(&p / format!("bn{}", i + 1), cout, BN_EPS, 0.1),
+                )
             })
             .collect();
         let downsample = s.has_downsample().then(|| {
@@ -138,7 +158,8 @@ impl ResNet {
     }
 
     pub fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut y =
+            x.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.blocks {
             y = b.forward_t(&y, train);
         }
@@ -154,7 +175,11 @@ pub(crate) fn emit_features(e: &mut Emitter, arch: &Arch, x: &str) -> Result<Str
     let mut y = e.g.op(
         "MaxPool",
         &[&y],
-        &[("kernel_shape", Attr::Ints(vec![3, 3])), ("strides", Attr::Ints(vec![2, 2])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+        &[
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("strides", Attr::Ints(vec![2, 2])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+        ],
     );
     for s in block_specs(arch) {
         let n = &s.name;

@@ -51,7 +51,8 @@ fn python_check(path: &Path) {
     let has_onnx = std::process::Command::new(&python)
         .args(["-c", "import onnx"])
         .stderr(std::process::Stdio::null())
-        .status().is_ok_and(|s| s.success());
+        .status()
+        .is_ok_and(|s| s.success());
     if !has_onnx {
         eprintln!("NOTICE: `import onnx` fails in {}; onnx.checker skipped", python.display());
         return;
@@ -61,7 +62,12 @@ fn python_check(path: &Path) {
         .arg(path)
         .output()
         .expect("running python");
-    assert!(out.status.success(), "onnx.checker rejected {}:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "onnx.checker rejected {}:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Builds one random network, exports it, and compares ONNX Runtime with tch.

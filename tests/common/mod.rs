@@ -67,7 +67,6 @@ pub fn write_images(dir: &Path, n: usize, seed: u64, name: &str) -> PathBuf {
     m
 }
 
-
 /// The project's Python (the `.venv` that scripts/setup makes, with onnx and onnxruntime).
 pub fn venv_python() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");

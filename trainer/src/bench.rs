@@ -31,7 +31,17 @@ pub struct BenchResult {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), classes: i64, steps: usize, warmup: usize, device: Device, amp: bool) -> Result<BenchResult> {
+pub fn bench_step(
+    arch: &Arch,
+    method: &str,
+    batch: i64,
+    size: (i64, i64),
+    classes: i64,
+    steps: usize,
+    warmup: usize,
+    device: Device,
+    amp: bool,
+) -> Result<BenchResult> {
     if !arch.is_image() {
         bail!("bench-step times image backbones");
     }
@@ -41,7 +51,8 @@ pub fn bench_step(arch: &Arch, method: &str, batch: i64, size: (i64, i64), class
             tch::manual_seed(k as i64);
             let vs = nn::VarStore::new(device);
             let net = Net::new(&vs.root(), arch, classes, Some(0.01));
-            let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t, 1.0)).collect();
+            let params =
+                vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t, 1.0)).collect();
             Peer { adam: Adam::new(params, 1e-4), vs, net }
         })
         .collect();

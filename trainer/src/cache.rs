@@ -63,7 +63,8 @@ fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
     h.update(format!("{CACHE_VERSION} {height}x{width}\n"));
     for s in samples {
         let meta = std::fs::metadata(&s.path).with_context(|| format!("image {}", s.path.display()))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         // The canonical path, so `../data/x.jpg` and `/abs/data/x.jpg` share one cache.
         let path = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
         h.update(format!("{}\t{}\t{mtime}\n", path.display(), meta.len()));
@@ -73,7 +74,12 @@ fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
 
 fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize, label: &str) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     file.set_len(bytes as u64)?;
     // SAFETY: the temporary file is ours alone until renamed.
@@ -121,7 +127,12 @@ pub struct BuildLock {
 impl BuildLock {
     pub fn acquire(cache_file: &Path) -> Result<BuildLock> {
         let path = cache_file.with_extension("lock");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
             .with_context(|| format!("creating the lock file {}", path.display()))?;
         if file.try_lock().is_err() {
             eprintln!("waiting for another cls-train run to finish {}", cache_file.display());

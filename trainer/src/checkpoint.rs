@@ -45,7 +45,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Write named tensors as safetensors, atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
@@ -96,7 +97,8 @@ pub fn load(run_dir: &Path, n_peers: usize) -> Result<Checkpoint> {
     let state: RunState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)
         .with_context(|| format!("reading {}", dir.join("state.json").display()))?;
     let peers = (0..n_peers).map(|k| load_tensors(&dir.join(format!("peer{k}.safetensors")))).collect::<Result<_>>()?;
-    let optimizers = (0..n_peers).map(|k| load_tensors(&dir.join(format!("adam{k}.safetensors")))).collect::<Result<_>>()?;
+    let optimizers =
+        (0..n_peers).map(|k| load_tensors(&dir.join(format!("adam{k}.safetensors")))).collect::<Result<_>>()?;
     let m = dir.join("method.safetensors");
     let method = if m.exists() { load_tensors(&m)? } else { vec![] };
     Ok(Checkpoint { state, peers, optimizers, method })

@@ -205,7 +205,8 @@ impl Default for TrainConfig {
 
 /// Parse "HxW" or a single "S" (square).
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let parse = |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad size '{s}': expected HxW, e.g. 224x224"));
+    let parse =
+        |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad size '{s}': expected HxW, e.g. 224x224"));
     let (h, w) = match s.split_once(['x', 'X']) {
         Some((h, w)) => (parse(h)?, parse(w)?),
         None => {
@@ -283,10 +284,27 @@ mod tests {
         // Defaults agree with MethodConfig's.
         let d = TrainConfig::default().method_config(0.01, 0.05, 3.0).unwrap();
         let m = MethodConfig::default();
-        assert_eq!((d.coteach_plus_warmup, d.label_smoothing, d.role_lr_mult), (m.coteach_plus_warmup, m.label_smoothing, m.role_lr_mult));
-        assert_eq!((d.forget_rate, d.jocor_lambda, d.em_alpha, d.e_k), (m.forget_rate, m.jocor_lambda, m.em_alpha, m.e_k));
+        assert_eq!(
+            (d.coteach_plus_warmup, d.label_smoothing, d.role_lr_mult),
+            (m.coteach_plus_warmup, m.label_smoothing, m.role_lr_mult)
+        );
+        assert_eq!(
+            (d.forget_rate, d.jocor_lambda, d.em_alpha, d.e_k),
+            (m.forget_rate, m.jocor_lambda, m.em_alpha, m.e_k)
+        );
         // Flags and TOML keys set them.
-        let c = Wrap::parse_from(["x", "--coteach-plus-warmup", "4", "--label-smoothing", "0.2", "--role-lr-mult", "3", "--em-alpha", "0.5"]).c;
+        let c = Wrap::parse_from([
+            "x",
+            "--coteach-plus-warmup",
+            "4",
+            "--label-smoothing",
+            "0.2",
+            "--role-lr-mult",
+            "3",
+            "--em-alpha",
+            "0.5",
+        ])
+        .c;
         let got = c.method_config(0.01, 0.05, 3.0).unwrap();
         assert_eq!((got.coteach_plus_warmup, got.label_smoothing, got.role_lr_mult, got.em_alpha), (4, 0.2, 3.0, 0.5));
         let c = TrainConfig::default().with_toml("coteach_plus_warmup = 2\nlabel-smoothing = 0.3\n", "t", &[]).unwrap();

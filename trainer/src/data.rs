@@ -2,10 +2,10 @@
 //! validation hold-out, and the observed (partially hidden) training labels.
 
 use anyhow::{bail, Context, Result};
+use cls_core::labels::POS;
 use cls_core::protocol::{self, Observed, Partial};
 use cls_core::readers::{self, LabelColumns, ReadOptions};
 use cls_core::synthetic::{self, SyntheticSpec};
-use cls_core::labels::POS;
 use cls_core::Dataset;
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -70,7 +70,8 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
             (tr, Some(cfg.test.clone().unwrap_or(te)))
         }
     };
-    let train_split = cfg.split.clone().unwrap_or_else(|| if is_voc(&train_path) { "trainval".into() } else { "train".into() });
+    let train_split =
+        cfg.split.clone().unwrap_or_else(|| if is_voc(&train_path) { "trainval".into() } else { "train".into() });
     let test_split = cfg.test_split.clone().unwrap_or_else(|| "test".into());
 
     let full = readers::open(&train_path, &read_options(cfg, cfg.images.as_ref(), &train_split))
@@ -81,8 +82,9 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
 
     let (train, val) = match &cfg.val {
         Some(v) => {
-            let val = readers::open(v, &read_options(cfg, cfg.val_images.as_ref().or(cfg.images.as_ref()), &test_split))
-                .with_context(|| format!("reading validation data {}", v.display()))?;
+            let val =
+                readers::open(v, &read_options(cfg, cfg.val_images.as_ref().or(cfg.images.as_ref()), &test_split))
+                    .with_context(|| format!("reading validation data {}", v.display()))?;
             check_same_classes(&full, &val, v)?;
             (full, val)
         }
@@ -92,8 +94,9 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
     let test = match &test_path {
         Some(t) => {
             // A VOC / NUS-WIDE folder is read at its test split.
-            let ds = readers::open(t, &read_options(cfg, cfg.test_images.as_ref().or(cfg.images.as_ref()), &test_split))
-                .with_context(|| format!("reading test data {}", t.display()))?;
+            let ds =
+                readers::open(t, &read_options(cfg, cfg.test_images.as_ref().or(cfg.images.as_ref()), &test_split))
+                    .with_context(|| format!("reading test data {}", t.display()))?;
             check_same_classes(&train, &ds, t)?;
             Some(ds)
         }
@@ -120,7 +123,8 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
 }
 
 fn is_voc(p: &Path) -> bool {
-    p.is_dir() && (p.join("ImageSets/Main").is_dir() || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("VOC")))
+    p.is_dir()
+        && (p.join("ImageSets/Main").is_dir() || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("VOC")))
 }
 
 fn check_same_classes(train: &Dataset, other: &Dataset, path: &Path) -> Result<()> {
@@ -163,7 +167,8 @@ fn observe(cfg: &TrainConfig, train: &Dataset) -> Result<Observed> {
         } else {
             readers::read_observed_txt(file, train)?
         };
-        return protocol::merge_external(train.targets.view(), obs.view()).with_context(|| format!("--observed {}", file.display()));
+        return protocol::merge_external(train.targets.view(), obs.view())
+            .with_context(|| format!("--observed {}", file.display()));
     }
     let partial: Partial = cfg.partial.parse().map_err(|e| anyhow::anyhow!("--partial: {e}"))?;
     Ok(protocol::apply(train.targets.view(), &partial, cfg.seed, cfg.allow_empty))

@@ -49,15 +49,31 @@ impl Inputs {
                 let params: Vec<(usize, usize, bool)> = match rng {
                     Some(rng) => idx
                         .iter()
-                        .map(|_| (rng.random_range(0..=h - ch), rng.random_range(0..=w - cw), *flip && rng.random_bool(0.5)))
+                        .map(|_| {
+                            (rng.random_range(0..=h - ch), rng.random_range(0..=w - cw), *flip && rng.random_bool(0.5))
+                        })
                         .collect(),
                     None => idx.iter().map(|_| ((h - ch) / 2, (w - cw) / 2, false)).collect(),
                 };
                 let per = 3 * ch * cw;
                 let mut buf = vec![0f32; idx.len() * per];
-                buf.par_chunks_mut(per).zip(idx.par_iter().zip(params.par_iter())).for_each(|(out, (&i, &(top, left, fl)))| {
-                    crop_flip_normalize(cache.image(i), h, w, top, left, ch, cw, fl, IMAGENET_MEAN, IMAGENET_STD, out);
-                });
+                buf.par_chunks_mut(per).zip(idx.par_iter().zip(params.par_iter())).for_each(
+                    |(out, (&i, &(top, left, fl)))| {
+                        crop_flip_normalize(
+                            cache.image(i),
+                            h,
+                            w,
+                            top,
+                            left,
+                            ch,
+                            cw,
+                            fl,
+                            IMAGENET_MEAN,
+                            IMAGENET_STD,
+                            out,
+                        );
+                    },
+                );
                 Tensor::from_slice(&buf).view([idx.len() as i64, 3, ch as i64, cw as i64]).to_device(device)
             }
         }
@@ -66,7 +82,14 @@ impl Inputs {
 
 /// Backbone features of every image of `images` (evaluation mode, no augmentation), computed in
 /// batches and cached on disk under `dir` keyed by the image cache and `model_key`.
-pub fn features(net: &Net, images: &Inputs, device: Device, dir: &Path, model_key: &str, label: &str) -> Result<Tensor> {
+pub fn features(
+    net: &Net,
+    images: &Inputs,
+    device: Device,
+    dir: &Path,
+    model_key: &str,
+    label: &str,
+) -> Result<Tensor> {
     let Inputs::Images { cache, .. } = images else { anyhow::bail!("backbone features need images") };
     let mut h = Sha256::new();
     h.update(format!("features-v1 {} {model_key}", cache.path.display()));

@@ -154,18 +154,40 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Some(Command::Sweep { out, tau_h_grid, tau_l_grid, ll_delta_grid, train }) => {
             let sub = matches.subcommand_matches("sweep").expect("sweep matches");
             let cfg = resolve(*train, cli.config.as_deref(), &explicit_keys(sub))?;
-            let grid = |g: Option<String>| g.as_deref().map(sweep::parse_grid).transpose().map(Option::unwrap_or_default);
+            let grid =
+                |g: Option<String>| g.as_deref().map(sweep::parse_grid).transpose().map(Option::unwrap_or_default);
             sweep::run(&cfg, &out, &grid(tau_h_grid)?, &grid(tau_l_grid)?, &grid(ll_delta_grid)?)?;
             return Ok(());
         }
-        Some(Command::BenchStep { backbone, method, batch_size, size, classes, steps, warmup, device, threads, no_amp }) => {
+        Some(Command::BenchStep {
+            backbone,
+            method,
+            batch_size,
+            size,
+            classes,
+            steps,
+            warmup,
+            device,
+            threads,
+            no_amp,
+        }) => {
             if let Some(n) = threads {
                 tch::set_num_threads(n);
             }
             let arch: cls_models::Arch = backbone.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
             let (h, w) = cls_trainer::config::parse_size(&size)?;
             let device = cls_trainer::setup::parse_device(&device)?;
-            let r = cls_trainer::bench::bench_step(&arch, &method, batch_size, (h as i64, w as i64), classes, steps, warmup, device, !no_amp)?;
+            let r = cls_trainer::bench::bench_step(
+                &arch,
+                &method,
+                batch_size,
+                (h as i64, w as i64),
+                classes,
+                steps,
+                warmup,
+                device,
+                !no_amp,
+            )?;
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
@@ -186,7 +208,9 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     }
     if let Some(run_dir) = cli.resume {
         let saved = run_dir.join("config.toml");
-        let mut cfg = TrainConfig::default().with_file(&saved, &[]).with_context(|| format!("{} is not a run folder", run_dir.display()))?;
+        let mut cfg = TrainConfig::default()
+            .with_file(&saved, &[])
+            .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
         for key in &explicit {
             match key.as_str() {
                 "epochs" => cfg.epochs = cli.train.epochs,
@@ -194,11 +218,16 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 "device" => cfg.device = cli.train.device.clone(),
                 "threads" => cfg.threads = cli.train.threads,
                 "resume" => {}
-                other => bail!("--{} cannot change on --resume (the run's config.toml holds it)", other.replace('_', "-")),
+                other => {
+                    bail!("--{} cannot change on --resume (the run's config.toml holds it)", other.replace('_', "-"))
+                }
             }
         }
         if checkpoint::latest(&run_dir).is_none() {
-            bail!("{}: no checkpoint yet (the run stopped before its first epoch ended); start it again", run_dir.display());
+            bail!(
+                "{}: no checkpoint yet (the run stopped before its first epoch ended); start it again",
+                run_dir.display()
+            );
         }
         checkpoint::save_config(&cfg, &run_dir)?;
         cls_trainer::train::run(cfg, &run_dir, true)?;

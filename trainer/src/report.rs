@@ -26,7 +26,9 @@ fn load(dir: &Path) -> Result<Run> {
         .map(|b| serde_json::from_slice(&b).with_context(|| format!("{}/summary.json", dir.display())))
         .transpose()?;
     let label = match &summary {
-        Some(s) => format!("{} ({})", s.method, dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned())),
+        Some(s) => {
+            format!("{} ({})", s.method, dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+        }
         None => dir.display().to_string(),
     };
     Ok(Run { dir: dir.to_path_buf(), label, summary, log })
@@ -71,7 +73,8 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
                 );
             }
             None => {
-                let _ = writeln!(md, "| {} | (unfinished: {} epochs) | | | | | | | | | |", r.dir.display(), r.log.len());
+                let _ =
+                    writeln!(md, "| {} | (unfinished: {} epochs) | | | | | | | | | |", r.dir.display(), r.log.len());
             }
         }
     }
@@ -81,7 +84,10 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         .iter()
         .map(|r| {
             let k = r.summary.as_ref().map_or(0, |s| s.best_peer);
-            Series { name: r.label.clone(), points: r.log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect() }
+            Series {
+                name: r.label.clone(),
+                points: r.log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect(),
+            }
         })
         .collect();
     line_chart(&plot_dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &curves)?;
@@ -93,7 +99,12 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
             let points: Vec<(f64, f64)> = r
                 .log
                 .iter()
-                .filter_map(|l| l.selection.first().and_then(|s| if prec { s.precision } else { s.recall }).map(|v| (l.epoch as f64, 100.0 * v)))
+                .filter_map(|l| {
+                    l.selection
+                        .first()
+                        .and_then(|s| if prec { s.precision } else { s.recall })
+                        .map(|v| (l.epoch as f64, 100.0 * v))
+                })
                 .collect();
             if !points.is_empty() {
                 sel.push(Series { name: format!("{} {what}", r.label), points });
@@ -105,7 +116,12 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         let _ = writeln!(md, "## Selection precision and recall per epoch\n\nOf the unannotated entries a method flagged as likely missing positives (removed or corrected), the share that are truly hidden positives (precision), and the share of hidden positives flagged (recall), network 0.\n\n![selection]({stem}_plots/selection.png)\n");
     }
 
-    let with_ap: Vec<(&Run, Vec<Option<f64>>)> = runs.iter().filter_map(|r| r.summary.as_ref().and_then(|s| s.test.as_ref().or(Some(&s.val))).map(|m| (r, m.per_class_ap.clone()))).collect();
+    let with_ap: Vec<(&Run, Vec<Option<f64>>)> = runs
+        .iter()
+        .filter_map(|r| {
+            r.summary.as_ref().and_then(|s| s.test.as_ref().or(Some(&s.val))).map(|m| (r, m.per_class_ap.clone()))
+        })
+        .collect();
     if !with_ap.is_empty() {
         per_class_plot(&plot_dir.join("per_class_ap.png"), &with_ap)?;
         let _ = writeln!(md, "## Per-class AP\n\nTest AP (validation when no test split) of every evaluated class, classes sorted by the first run's AP.\n\n![per-class AP]({stem}_plots/per_class_ap.png)\n");
@@ -131,14 +147,23 @@ fn per_class_plot(path: &Path, runs: &[(&Run, Vec<Option<f64>>)]) -> Result<()> 
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..n, 0.0..100.0)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart.configure_mesh().x_desc("class (sorted)").y_desc("AP (%)").disable_x_mesh().draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("class (sorted)")
+        .y_desc("AP (%)")
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let k = runs.len() as f64;
     for (ri, (run, ap)) in runs.iter().enumerate() {
         let color = Palette99::pick(ri).to_rgba();
         chart
             .draw_series(order.iter().enumerate().map(|(x, &c)| {
                 let x0 = x as f64 + ri as f64 / k;
-                Rectangle::new([(x0, 0.0), (x0 + 1.0 / k, 100.0 * ap.get(c).copied().flatten().unwrap_or(0.0))], color.filled())
+                Rectangle::new(
+                    [(x0, 0.0), (x0 + 1.0 / k, 100.0 * ap.get(c).copied().flatten().unwrap_or(0.0))],
+                    color.filled(),
+                )
             }))
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(run.label.clone())

@@ -60,7 +60,13 @@ pub fn parse_device(s: &str) -> Result<Device> {
 
 /// The backbone when none is given: an MLP for feature tables, else the paper's ResNet-50.
 pub fn arch_for(cfg: &TrainConfig, data: &RunData) -> Result<Arch> {
-    let name = cfg.backbone.clone().unwrap_or_else(|| if data.train.features.is_some() { "mlp".into() } else { "resnet50".into() });
+    let name = cfg.backbone.clone().unwrap_or_else(|| {
+        if data.train.features.is_some() {
+            "mlp".into()
+        } else {
+            "resnet50".into()
+        }
+    });
     let arch: Arch = name.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
     match (&data.train.features, arch.is_image()) {
         (Some(f), false) => Ok(arch.with_in_dim(f.ncols() as i64)),
@@ -113,7 +119,8 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
         None => table.map(|t| t.0).unwrap_or(0.012),
         Some("auto") => {
             let c = data.observed.labels.ncols() as f64;
-            let k_obs = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.nrows().max(1) as f64;
+            let k_obs = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64
+                / data.observed.labels.nrows().max(1) as f64;
             methods::auto_tau_h(expected_positives, k_obs, c)
         }
         Some(v) => v.parse::<f64>().with_context(|| format!("--tau-h {v}: expected a number or `auto`"))?,
@@ -157,7 +164,8 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         None => vec![device; n_nets],
     };
     let device = devices[0];
-    let observed_rate = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.len().max(1) as f64;
+    let observed_rate =
+        data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.len().max(1) as f64;
     let prior = cfg.bias_prior.unwrap_or(observed_rate.max(1e-3)).clamp(1e-4, 0.5);
 
     let pretrained = cfg.pretrained.as_deref().map(|p| pretrained_file(p, &arch)).transpose()?;
@@ -212,7 +220,8 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         })
         .collect();
 
-    let (train_inputs, val_inputs, test_inputs) = build_inputs(cfg, &data, &arch, &peers, device, pretrained.as_deref())?;
+    let (train_inputs, val_inputs, test_inputs) =
+        build_inputs(cfg, &data, &arch, &peers, device, pretrained.as_deref())?;
     if cfg.threads.is_none() && (head_only || !arch.is_image()) {
         // A linear head or an MLP is made of small operations where waking a second OpenMP
         // thread costs more than it saves: measured on 2 cores with another process running,
@@ -228,7 +237,20 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
             cls_models::to_channels_last(&p.vs);
         }
     }
-    Ok(Setup { device, devices, data, arch, mcfg, method, peers, train_inputs, val_inputs, test_inputs, head_only, amp })
+    Ok(Setup {
+        device,
+        devices,
+        data,
+        arch,
+        mcfg,
+        method,
+        peers,
+        train_inputs,
+        val_inputs,
+        test_inputs,
+        head_only,
+        amp,
+    })
 }
 
 /// The (height, width) sizes: training squish, training crop, evaluation squish.
@@ -267,7 +289,9 @@ fn build_inputs(
     }
     let cache = data::cache_dir(cfg);
     let (resize, crop, eval) = image_sizes(cfg)?;
-    let open = |ds: &cls_core::Dataset, size: (u32, u32), label: &str| ImageCache::open(&ds.samples, size.0, size.1, &cache.join("images"), label);
+    let open = |ds: &cls_core::Dataset, size: (u32, u32), label: &str| {
+        ImageCache::open(&ds.samples, size.0, size.1, &cache.join("images"), label)
+    };
     let eval_inputs = |ds: &cls_core::Dataset, label: &str| -> Result<Inputs> {
         let c = open(ds, eval, label)?;
         let sz = (c.height, c.width);
@@ -277,21 +301,27 @@ fn build_inputs(
     let test = data.test.as_ref().map(|t| eval_inputs(t, "test")).transpose()?;
     if cfg.freeze_backbone {
         let train = eval_inputs(&data.train, "train")?;
-        let key = format!("{} {}", arch.name(), pretrained.map_or_else(|| format!("random-seed{}", cfg.seed), file_identity));
+        let key =
+            format!("{} {}", arch.name(), pretrained.map_or_else(|| format!("random-seed{}", cfg.seed), file_identity));
         let dir = cache.join("features");
-        let feats = |inp: &Inputs, label: &str| inputs::features(&peers[0].net, inp, device, &dir, &key, label).map(Inputs::Rows);
-        return Ok((feats(&train, "train")?, feats(&val, "validation")?, test.as_ref().map(|t| feats(t, "test")).transpose()?));
+        let feats = |inp: &Inputs, label: &str| {
+            inputs::features(&peers[0].net, inp, device, &dir, &key, label).map(Inputs::Rows)
+        };
+        return Ok((
+            feats(&train, "train")?,
+            feats(&val, "validation")?,
+            test.as_ref().map(|t| feats(t, "test")).transpose()?,
+        ));
     }
-    let train = Inputs::Images { cache: open(&data.train, resize, "train")?, crop: (crop.0 as usize, crop.1 as usize), flip: !cfg.no_flip };
+    let train = Inputs::Images {
+        cache: open(&data.train, resize, "train")?,
+        crop: (crop.0 as usize, crop.1 as usize),
+        flip: !cfg.no_flip,
+    };
     Ok((train, val, test))
 }
 
 fn file_identity(p: &Path) -> String {
     let meta = std::fs::metadata(p).ok();
-    format!(
-        "{} {} {:?}",
-        p.display(),
-        meta.as_ref().map_or(0, |m| m.len()),
-        meta.and_then(|m| m.modified().ok())
-    )
+    format!("{} {} {:?}", p.display(), meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok()))
 }

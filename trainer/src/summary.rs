@@ -55,7 +55,9 @@ impl Weights {
     fn file(&self, run_dir: &Path, peer: usize) -> Result<PathBuf> {
         let f = match self {
             Weights::Best => run_dir.join(format!("best-peer{peer}.safetensors")),
-            Weights::Last => checkpoint::latest(run_dir).context("no checkpoint")?.join(format!("peer{peer}.safetensors")),
+            Weights::Last => {
+                checkpoint::latest(run_dir).context("no checkpoint")?.join(format!("peer{peer}.safetensors"))
+            }
             Weights::Epoch(e) => epoch_file(run_dir, *e, peer),
         };
         if !f.is_file() {
@@ -154,7 +156,11 @@ pub fn finish(
         model: model.to_path_buf(),
     };
     // A re-export elsewhere gets its own summary beside the model; the run's stays as it is.
-    let summary_path = if model == run_dir.join("model.onnx") { run_dir.join("summary.json") } else { model.with_extension("summary.json") };
+    let summary_path = if model == run_dir.join("model.onnx") {
+        run_dir.join("summary.json")
+    } else {
+        model.with_extension("summary.json")
+    };
     checkpoint::write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("best: peer {best_peer} at epoch {best_epoch}");
     eprintln!("validation:\n{}", summary.val.table());
@@ -167,7 +173,14 @@ pub fn finish(
 
 /// The ONNX metadata: what inference needs (classes, size, normalisation, threshold) and what
 /// a reader of the file wants to know (method, backbone, data, protocol, metrics, config hash).
-pub fn export_meta(cfg: &TrainConfig, run_dir: &Path, arch: &Arch, data: &RunData, val: &Metrics, test: Option<&Metrics>) -> Result<ExportMeta> {
+pub fn export_meta(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    arch: &Arch,
+    data: &RunData,
+    val: &Metrics,
+    test: Option<&Metrics>,
+) -> Result<ExportMeta> {
     let (_, _, eval) = image_sizes(cfg)?;
     let (height, width) = if arch.is_image() { (eval.0 as i64, eval.1 as i64) } else { (0, 0) };
     let config = std::fs::read(run_dir.join("config.toml")).unwrap_or_default();
@@ -199,12 +212,27 @@ pub fn export_meta(cfg: &TrainConfig, run_dir: &Path, arch: &Arch, data: &RunDat
 /// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind.
 pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which: &Weights) -> Result<()> {
     let saved = run_dir.join("config.toml");
-    let mut cfg = TrainConfig::default().with_file(&saved, &[]).with_context(|| format!("{} is not a run folder", run_dir.display()))?;
+    let mut cfg = TrainConfig::default()
+        .with_file(&saved, &[])
+        .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
         cfg.export = e.to_string();
     }
     let ck = checkpoint::load(run_dir, 0)?;
     let mut s = setup::prepare(&cfg)?;
     let model = out.map_or_else(|| run_dir.join("model.onnx"), Path::to_path_buf);
-    finish(&cfg, run_dir, &s.arch, &s.data, &mut s.peers, &ck.state, &s.val_inputs, s.test_inputs.as_ref(), s.head_only, &s.devices, &model, which)
+    finish(
+        &cfg,
+        run_dir,
+        &s.arch,
+        &s.data,
+        &mut s.peers,
+        &ck.state,
+        &s.val_inputs,
+        s.test_inputs.as_ref(),
+        s.head_only,
+        &s.devices,
+        &model,
+        which,
+    )
 }

@@ -39,7 +39,13 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
         bail!("sweep: give at least one of --tau-h-grid, --tau-l-grid, --ll-delta-grid");
     }
     std::fs::create_dir_all(out)?;
-    let opt = |v: &[f64]| -> Vec<Option<f64>> { if v.is_empty() { vec![None] } else { v.iter().copied().map(Some).collect() } };
+    let opt = |v: &[f64]| -> Vec<Option<f64>> {
+        if v.is_empty() {
+            vec![None]
+        } else {
+            v.iter().copied().map(Some).collect()
+        }
+    };
     let mut points = Vec::new();
     for th in opt(tau_h) {
         for tl in opt(tau_l) {
@@ -70,8 +76,16 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
                     eprintln!("sweep point {}", dir.display());
                     crate::train::run(cfg, &dir, false)?;
                 }
-                let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?).with_context(|| format!("{}", summary_path.display()))?;
-                points.push(Point { tau_h: th, tau_l: tl, ll_delta: d, run_dir: dir, val_map: s.val.map, test_map: s.test.map(|t| t.map) });
+                let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)
+                    .with_context(|| format!("{}", summary_path.display()))?;
+                points.push(Point {
+                    tau_h: th,
+                    tau_l: tl,
+                    ll_delta: d,
+                    run_dir: dir,
+                    val_map: s.val.map,
+                    test_map: s.test.map(|t| t.map),
+                });
             }
         }
     }
@@ -103,16 +117,29 @@ fn plot(r: &SweepResult, out: &Path) -> Result<()> {
     let knobs: [(&str, Get); 3] = [("tau_h", |p| p.tau_h), ("tau_l", |p| p.tau_l), ("ll_delta", |p| p.ll_delta)];
     for (i, (name, get)) in knobs.iter().enumerate() {
         let others: Vec<&(&str, Get)> = knobs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, k)| k).collect();
-        let mut pts: Vec<&Point> = r.points.iter().filter(|p| get(p).is_some() && others.iter().all(|(_, g)| g(p) == g(b))).collect();
+        let mut pts: Vec<&Point> =
+            r.points.iter().filter(|p| get(p).is_some() && others.iter().all(|(_, g)| g(p) == g(b))).collect();
         if pts.len() < 2 {
             continue;
         }
         pts.sort_by(|a, c| get(a).unwrap_or(0.0).total_cmp(&get(c).unwrap_or(0.0)));
-        let mut series = vec![Series { name: "validation".into(), points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.val_map)).collect() }];
+        let mut series = vec![Series {
+            name: "validation".into(),
+            points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.val_map)).collect(),
+        }];
         if pts.iter().all(|p| p.test_map.is_some()) {
-            series.push(Series { name: "test".into(), points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.test_map.unwrap_or(0.0))).collect() });
+            series.push(Series {
+                name: "test".into(),
+                points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.test_map.unwrap_or(0.0))).collect(),
+            });
         }
-        line_chart(&out.join(format!("sensitivity-{name}.png")), &format!("{}: mAP against {name}", r.method), name, "mAP (%)", &series)?;
+        line_chart(
+            &out.join(format!("sensitivity-{name}.png")),
+            &format!("{}: mAP against {name}", r.method),
+            name,
+            "mAP (%)",
+            &series,
+        )?;
     }
     Ok(())
 }

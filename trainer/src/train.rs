@@ -26,7 +26,6 @@ use crate::optim::Adam;
 use crate::setup::{self, Setup};
 use crate::{plots, summary};
 
-
 /// One network with its parameters and optimizer.
 pub struct Peer {
     pub vs: nn::VarStore,
@@ -85,7 +84,20 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
 /// Train (or resume) the run in `run_dir`; returns the run folder.
 pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
     let s = setup::prepare(&cfg)?;
-    let Setup { device, devices, data, arch, mcfg, mut method, mut peers, train_inputs, val_inputs, test_inputs, head_only, amp } = s;
+    let Setup {
+        device,
+        devices,
+        data,
+        arch,
+        mcfg,
+        mut method,
+        mut peers,
+        train_inputs,
+        val_inputs,
+        test_inputs,
+        head_only,
+        amp,
+    } = s;
     let n_nets = peers.len();
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
@@ -168,7 +180,10 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             let better = state.best[k].is_none_or(|(_, b)| m.map > b);
             if better {
                 state.best[k] = Some((epoch + 1, m.map));
-                checkpoint::save_tensors(&run_dir.join(format!("best-peer{k}.safetensors")), &checkpoint::named_vars(&p.vs))?;
+                checkpoint::save_tensors(
+                    &run_dir.join(format!("best-peer{k}.safetensors")),
+                    &checkpoint::named_vars(&p.vs),
+                )?;
             }
             val.push(ValSummary { map: m.map, cf1: m.cf1, of1: m.of1 });
         }
@@ -210,11 +225,29 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
     }
 
     if state.epochs_done < cfg.epochs {
-        eprintln!("stopped after epoch {} of {}; continue with: cls-train --resume {}", state.epochs_done, cfg.epochs, run_dir.display());
+        eprintln!(
+            "stopped after epoch {} of {}; continue with: cls-train --resume {}",
+            state.epochs_done,
+            cfg.epochs,
+            run_dir.display()
+        );
         return Ok(run_dir.to_path_buf());
     }
     let model = run_dir.join("model.onnx");
-    summary::finish(&cfg, run_dir, &arch, &data, &mut peers, &state, &val_inputs, test_inputs.as_ref(), head_only, &devices, &model, &summary::Weights::Best)?;
+    summary::finish(
+        &cfg,
+        run_dir,
+        &arch,
+        &data,
+        &mut peers,
+        &state,
+        &val_inputs,
+        test_inputs.as_ref(),
+        head_only,
+        &devices,
+        &model,
+        &summary::Weights::Best,
+    )?;
     Ok(run_dir.to_path_buf())
 }
 
@@ -303,9 +336,12 @@ fn step_bar(steps: usize, epoch: usize, epochs: usize, interactive: bool) -> Pro
     }
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
-        ProgressStyle::with_template(&format!("epoch {}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}", epoch + 1))
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "epoch {}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}",
+            epoch + 1
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar
 }
@@ -315,7 +351,9 @@ fn print_epoch(log: &EpochLog, epochs: usize) {
     let sel = log
         .selection
         .first()
-        .and_then(|s| s.precision.map(|p| format!("  sel.prec {:.1}% rec {:.1}%", 100.0 * p, 100.0 * s.recall.unwrap_or(0.0))))
+        .and_then(|s| {
+            s.precision.map(|p| format!("  sel.prec {:.1}% rec {:.1}%", 100.0 * p, 100.0 * s.recall.unwrap_or(0.0)))
+        })
         .unwrap_or_default();
     eprintln!(
         "epoch {:>3}/{epochs}  loss {}  val mAP {}  R_h {:.4} R_l {:.4}{sel}  {:.0} img/s  {:.1}s",
@@ -340,14 +378,13 @@ fn append_log(run_dir: &Path, log: &EpochLog) -> Result<()> {
 fn truncate_log(run_dir: &Path, epochs_done: usize) -> Result<()> {
     let p = run_dir.join("metrics.jsonl");
     let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-    let keep: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<EpochLog>(l).is_ok_and(|e| e.epoch <= epochs_done))
-        .collect();
+    let keep: Vec<&str> =
+        text.lines().filter(|l| serde_json::from_str::<EpochLog>(l).is_ok_and(|e| e.epoch <= epochs_done)).collect();
     checkpoint::write_atomic(&p, (keep.join("\n") + if keep.is_empty() { "" } else { "\n" }).as_bytes())
 }
 
 pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).with_context(|| format!("{}: no metrics.jsonl", run_dir.display()))?;
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .with_context(|| format!("{}: no metrics.jsonl", run_dir.display()))?;
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).context("metrics.jsonl")).collect()
 }

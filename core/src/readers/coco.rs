@@ -48,21 +48,15 @@ struct Category {
 /// negative for the rest. Images without annotations are left out unless `keep_empty`. Images
 /// keep the file's order; `Sample.id` is `file_name`, the path `image_root/file_name`.
 /// The name is `coco-<rest>` for `instances_<rest>.json`, else the file stem.
-pub fn read_coco(
-    json: &Path,
-    image_root: &Path,
-    keep_empty: bool,
-    check_images: bool,
-) -> Result<Dataset, DataError> {
+pub fn read_coco(json: &Path, image_root: &Path, keep_empty: bool, check_images: bool) -> Result<Dataset, DataError> {
     let file = File::open(json).map_err(|e| DataError::io(json, e))?;
-    let coco: CocoFile =
-        serde_json::from_reader(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
-            if e.is_io() {
-                DataError::io(json, std::io::Error::other(e))
-            } else {
-                DataError::json(json, e.line(), &e)
-            }
-        })?;
+    let coco: CocoFile = serde_json::from_reader(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
+        if e.is_io() {
+            DataError::io(json, std::io::Error::other(e))
+        } else {
+            DataError::json(json, e.line(), &e)
+        }
+    })?;
 
     let mut categories: Vec<(usize, &Category)> = coco.categories.iter().enumerate().collect();
     categories.sort_by_key(|(_, c)| c.id);
@@ -76,10 +70,7 @@ pub fn read_coco(
         }
     }
     if categories.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(json),
-            what: "categories",
-        });
+        return Err(DataError::Empty { at: Loc::file(json), what: "categories" });
     }
     let names = categories.iter().map(|(_, c)| c.name.clone()).collect();
     let classes = label_space(names, Loc::entry(json, "categories"))?;
@@ -89,10 +80,7 @@ pub fn read_coco(
     for (pos, image) in coco.images.iter().enumerate() {
         let at = || Loc::entry(json, format!("images[{pos}]"));
         if row_of_image.insert(image.id, pos).is_some() {
-            return Err(DataError::malformed(
-                at(),
-                format!("image id {} is listed twice", image.id),
-            ));
+            return Err(DataError::malformed(at(), format!("image id {} is listed twice", image.id)));
         }
         if let Some(first) = first_with_name.insert(&image.file_name, pos) {
             return Err(DataError::DuplicateImage {
@@ -107,24 +95,19 @@ pub fn read_coco(
     let mut annotated = vec![false; coco.images.len()];
     for (pos, ann) in coco.annotations.iter().enumerate() {
         let at = || Loc::entry(json, format!("annotations[{pos}]"));
-        let row = *row_of_image.get(&ann.image_id).ok_or_else(|| {
-            DataError::malformed(at(), format!("unknown image_id {}", ann.image_id))
-        })?;
-        let col = *class_of_category.get(&ann.category_id).ok_or_else(|| {
-            DataError::malformed(at(), format!("unknown category_id {}", ann.category_id))
-        })?;
+        let row = *row_of_image
+            .get(&ann.image_id)
+            .ok_or_else(|| DataError::malformed(at(), format!("unknown image_id {}", ann.image_id)))?;
+        let col = *class_of_category
+            .get(&ann.category_id)
+            .ok_or_else(|| DataError::malformed(at(), format!("unknown category_id {}", ann.category_id)))?;
         labels[[row, col]] = POS;
         annotated[row] = true;
     }
 
-    let keep: Vec<usize> = (0..coco.images.len())
-        .filter(|&i| keep_empty || annotated[i])
-        .collect();
+    let keep: Vec<usize> = (0..coco.images.len()).filter(|&i| keep_empty || annotated[i]).collect();
     if keep.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(json),
-            what: "images (with annotations)",
-        });
+        return Err(DataError::Empty { at: Loc::file(json), what: "images (with annotations)" });
     }
     let mut samples = Vec::with_capacity(keep.len());
     for &i in &keep {
@@ -136,10 +119,7 @@ pub fn read_coco(
                 image: path.display().to_string(),
             });
         }
-        samples.push(Sample {
-            id: image.file_name.clone(),
-            path,
-        });
+        samples.push(Sample { id: image.file_name.clone(), path });
     }
 
     let stem = file_stem_str(json);
@@ -147,11 +127,5 @@ pub fn read_coco(
         Some(rest) => short_name(&["coco", rest]),
         None => short_name(&[stem]),
     };
-    Ok(Dataset {
-        name,
-        classes,
-        samples,
-        targets: labels.select(ndarray::Axis(0), &keep),
-        features: None,
-    })
+    Ok(Dataset { name, classes, samples, targets: labels.select(ndarray::Axis(0), &keep), features: None })
 }

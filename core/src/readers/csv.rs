@@ -27,24 +27,15 @@ pub enum LabelColumns {
 pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError> {
     let lines = read_lines(path)?;
     let Some(((header_line, header), rows)) = lines.split_first() else {
-        return Err(DataError::Empty {
-            at: Loc::file(path),
-            what: "header row",
-        });
+        return Err(DataError::Empty { at: Loc::file(path), what: "header row" });
     };
-    let header: Vec<String> = header
-        .split(',')
-        .map(|h| h.trim().trim_matches('"').to_string())
-        .collect();
+    let header: Vec<String> = header.split(',').map(|h| h.trim().trim_matches('"').to_string()).collect();
     let width = header.len();
     let label_cols = label_columns(&header, &labels, &Loc::line(path, *header_line))?;
     let label_set: HashSet<usize> = label_cols.iter().copied().collect();
     let feature_cols: Vec<usize> = (0..width).filter(|c| !label_set.contains(c)).collect();
     if rows.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(path),
-            what: "data rows after the header",
-        });
+        return Err(DataError::Empty { at: Loc::file(path), what: "data rows after the header" });
     }
 
     let mut features = Array2::<f32>::zeros((rows.len(), feature_cols.len()));
@@ -52,25 +43,15 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
     for (row, (line, text)) in rows.iter().enumerate() {
         let fields: Vec<&str> = text.split(',').map(str::trim).collect();
         if fields.len() != width {
-            return Err(DataError::ColumnCount {
-                at: Loc::line(path, *line),
-                expected: width,
-                found: fields.len(),
-            });
+            return Err(DataError::ColumnCount { at: Loc::line(path, *line), expected: width, found: fields.len() });
         }
         let number = |col: usize| -> Result<f64, DataError> {
             let at = Loc::cell(path, *line, col + 1);
             let value: f64 = fields[col].parse().map_err(|_| {
-                DataError::bad_value(
-                    at.clone(),
-                    format!("'{}' ({}) is not a number", fields[col], header[col]),
-                )
+                DataError::bad_value(at.clone(), format!("'{}' ({}) is not a number", fields[col], header[col]))
             })?;
             if !value.is_finite() {
-                return Err(DataError::bad_value(
-                    at,
-                    format!("'{}' ({}) is not finite", fields[col], header[col]),
-                ));
+                return Err(DataError::bad_value(at, format!("'{}' ({}) is not finite", fields[col], header[col])));
             }
             Ok(value)
         };
@@ -86,10 +67,7 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
             } else {
                 return Err(DataError::bad_value(
                     Loc::cell(path, *line, col + 1),
-                    format!(
-                        "label value '{}' ({}) is not 0 or 1",
-                        fields[col], header[col]
-                    ),
+                    format!("label value '{}' ({}) is not 0 or 1", fields[col], header[col]),
                 ));
             };
         }
@@ -100,23 +78,14 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
     Ok(Dataset {
         name: short_name(&[&parent_name(path), file_stem_str(path)]),
         classes,
-        samples: (0..rows.len())
-            .map(|i| Sample {
-                id: i.to_string(),
-                path: PathBuf::new(),
-            })
-            .collect(),
+        samples: (0..rows.len()).map(|i| Sample { id: i.to_string(), path: PathBuf::new() }).collect(),
         targets,
         features: Some(features),
     })
 }
 
 /// The indices of the label columns, in class order; at least one column must stay a feature.
-fn label_columns(
-    header: &[String],
-    labels: &LabelColumns,
-    at: &Loc,
-) -> Result<Vec<usize>, DataError> {
+fn label_columns(header: &[String], labels: &LabelColumns, at: &Loc) -> Result<Vec<usize>, DataError> {
     let width = header.len();
     let cols: Vec<usize> = match labels {
         LabelColumns::Last(n) => {
@@ -131,15 +100,10 @@ fn label_columns(
             let mut cols = Vec::with_capacity(names.len());
             for name in names {
                 let col = header.iter().position(|h| h == name).ok_or_else(|| {
-                    DataError::malformed(
-                        at.clone(),
-                        format!("no column named '{name}' in the header"),
-                    )
+                    DataError::malformed(at.clone(), format!("no column named '{name}' in the header"))
                 })?;
                 if cols.contains(&col) {
-                    return Err(DataError::Usage(format!(
-                        "{at}: label column '{name}' is given twice"
-                    )));
+                    return Err(DataError::Usage(format!("{at}: label column '{name}' is given twice")));
                 }
                 cols.push(col);
             }

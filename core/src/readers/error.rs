@@ -20,37 +20,22 @@ pub struct Loc {
 impl Loc {
     /// The whole file.
     pub fn file(file: &Path) -> Self {
-        Loc {
-            file: file.to_path_buf(),
-            line: None,
-            column: None,
-            entry: None,
-        }
+        Loc { file: file.to_path_buf(), line: None, column: None, entry: None }
     }
 
     /// One line of a text file.
     pub fn line(file: &Path, line: usize) -> Self {
-        Loc {
-            line: Some(line),
-            ..Loc::file(file)
-        }
+        Loc { line: Some(line), ..Loc::file(file) }
     }
 
     /// One cell (line and column) of a table.
     pub fn cell(file: &Path, line: usize, column: usize) -> Self {
-        Loc {
-            line: Some(line),
-            column: Some(column),
-            ..Loc::file(file)
-        }
+        Loc { line: Some(line), column: Some(column), ..Loc::file(file) }
     }
 
     /// A named entry of a structured file, e.g. `annotations[12]`.
     pub fn entry(file: &Path, entry: impl Into<String>) -> Self {
-        Loc {
-            entry: Some(entry.into().into_boxed_str()),
-            ..Loc::file(file)
-        }
+        Loc { entry: Some(entry.into().into_boxed_str()), ..Loc::file(file) }
     }
 }
 
@@ -90,11 +75,7 @@ pub enum DataError {
     #[error("{at}: duplicate image '{id}' (first seen {first})")]
     DuplicateImage { at: Loc, id: String, first: String },
     #[error("{at}: expected {expected} columns, found {found}")]
-    ColumnCount {
-        at: Loc,
-        expected: usize,
-        found: usize,
-    },
+    ColumnCount { at: Loc, expected: usize, found: usize },
     #[error("{at}: {msg}")]
     BadValue { at: Loc, msg: String },
     #[error("{at}: {msg}")]
@@ -106,24 +87,15 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(file: &Path, source: io::Error) -> Self {
-        DataError::Io {
-            at: Loc::file(file),
-            source,
-        }
+        DataError::Io { at: Loc::file(file), source }
     }
 
     pub(crate) fn malformed(at: Loc, msg: impl Into<String>) -> Self {
-        DataError::Malformed {
-            at,
-            msg: msg.into(),
-        }
+        DataError::Malformed { at, msg: msg.into() }
     }
 
     pub(crate) fn bad_value(at: Loc, msg: impl Into<String>) -> Self {
-        DataError::BadValue {
-            at,
-            msg: msg.into(),
-        }
+        DataError::BadValue { at, msg: msg.into() }
     }
 
     /// A `serde_json` error at `line` of `file` (for one-document files `line` is `err.line()`).
@@ -134,11 +106,7 @@ impl DataError {
             Some((head, _)) => head.to_string(),
             None => text,
         };
-        let at = if err.column() > 0 {
-            Loc::cell(file, line, err.column())
-        } else {
-            Loc::line(file, line)
-        };
+        let at = if err.column() > 0 { Loc::cell(file, line, err.column()) } else { Loc::line(file, line) };
         DataError::Json { at, msg }
     }
 }

@@ -1,10 +1,7 @@
 //! JSONL manifests: one `{"image": "<path relative to the manifest's folder>", "labels":
 //! ["name", ...]}` object per line; blank lines are skipped, other fields are ignored.
 
-use super::{
-    file_stem_str, label_space, parent_name, read_class_list, read_lines, short_name, DataError,
-    Loc,
-};
+use super::{file_stem_str, label_space, parent_name, read_class_list, read_lines, short_name, DataError, Loc};
 use crate::dataset::{Dataset, Sample};
 use crate::labels::{LabelSpace, NEG, POS};
 use ndarray::Array2;
@@ -25,17 +22,12 @@ struct Entry {
 /// resolved against the manifest's folder; `Sample.id` is the `image` string as written.
 /// Duplicate images, an empty manifest and (with `check_images`) missing files are errors,
 /// each naming `manifest:line`. The name is `<folder>-<stem>`, e.g. `corel5k-train`.
-pub fn read_jsonl(
-    manifest: &Path,
-    classes: Option<&Path>,
-    check_images: bool,
-) -> Result<Dataset, DataError> {
+pub fn read_jsonl(manifest: &Path, classes: Option<&Path>, check_images: bool) -> Result<Dataset, DataError> {
     let base = manifest.parent().unwrap_or(Path::new(""));
     let mut entries = Vec::new();
     let mut first_line: HashMap<String, usize> = HashMap::new();
     for (line, text) in read_lines(manifest)? {
-        let entry: Entry =
-            serde_json::from_str(&text).map_err(|e| DataError::json(manifest, line, &e))?;
+        let entry: Entry = serde_json::from_str(&text).map_err(|e| DataError::json(manifest, line, &e))?;
         if let Some(first) = first_line.insert(entry.image.clone(), line) {
             return Err(DataError::DuplicateImage {
                 at: Loc::line(manifest, line),
@@ -45,18 +37,12 @@ pub fn read_jsonl(
         }
         let path = base.join(&entry.image);
         if check_images && !path.is_file() {
-            return Err(DataError::MissingImage {
-                at: Loc::line(manifest, line),
-                image: path.display().to_string(),
-            });
+            return Err(DataError::MissingImage { at: Loc::line(manifest, line), image: path.display().to_string() });
         }
         entries.push((line, entry));
     }
     if entries.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(manifest),
-            what: "images",
-        });
+        return Err(DataError::Empty { at: Loc::file(manifest), what: "images" });
     }
 
     let default_list = base.join("classes.txt");
@@ -72,16 +58,10 @@ pub fn read_jsonl(
         for name in &entry.labels {
             let col = space
                 .index_of(name)
-                .ok_or_else(|| DataError::UnknownClass {
-                    at: Loc::line(manifest, line),
-                    class: name.clone(),
-                })?;
+                .ok_or_else(|| DataError::UnknownClass { at: Loc::line(manifest, line), class: name.clone() })?;
             targets[[row, col]] = POS;
         }
-        samples.push(Sample {
-            path: base.join(&entry.image),
-            id: entry.image,
-        });
+        samples.push(Sample { path: base.join(&entry.image), id: entry.image });
     }
     Ok(Dataset {
         name: short_name(&[&parent_name(manifest), file_stem_str(manifest)]),
@@ -96,10 +76,7 @@ pub fn read_jsonl(
 fn union_of_names(entries: &[(usize, Entry)], manifest: &Path) -> Result<LabelSpace, DataError> {
     let names: BTreeSet<&String> = entries.iter().flat_map(|(_, e)| &e.labels).collect();
     if names.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(manifest),
-            what: "labels (and no class list given)",
-        });
+        return Err(DataError::Empty { at: Loc::file(manifest), what: "labels (and no class list given)" });
     }
     label_space(names.into_iter().cloned().collect(), Loc::file(manifest))
 }

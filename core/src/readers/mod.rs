@@ -64,18 +64,14 @@ impl Default for ReadOptions {
     }
 }
 
-const SUPPORTED: &str =
-    "supported: a JSONL manifest (*.jsonl), COCO instances JSON (*.json with --images), \
+const SUPPORTED: &str = "supported: a JSONL manifest (*.jsonl), COCO instances JSON (*.json with --images), \
 a CSV feature table (*.csv with --label-columns), a PASCAL VOC devkit folder (ImageSets/Main), \
 a NUS-WIDE folder (Concepts81.txt)";
 
 /// Read `path` in whichever supported format it is (see the table in the module docs).
 pub fn open(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataError> {
     if !path.exists() {
-        return Err(DataError::io(
-            path,
-            io::Error::new(io::ErrorKind::NotFound, "no such file or directory"),
-        ));
+        return Err(DataError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or directory")));
     }
     if path.is_dir() {
         if path.join(nuswide::CONCEPTS_FILE).is_file() {
@@ -90,11 +86,7 @@ pub fn open(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataError> {
             path.display()
         )));
     }
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "jsonl" => read_jsonl(path, opts.classes.as_deref(), opts.check_images),
         "json" => {
@@ -116,10 +108,7 @@ pub fn open(path: &Path, opts: &ReadOptions) -> Result<Dataset, DataError> {
             })?;
             read_csv(path, labels)
         }
-        _ => Err(DataError::Usage(format!(
-            "{}: unknown dataset format; {SUPPORTED}",
-            path.display()
-        ))),
+        _ => Err(DataError::Usage(format!("{}: unknown dataset format; {SUPPORTED}", path.display()))),
     }
 }
 
@@ -132,8 +121,8 @@ pub(crate) fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, DataError>
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut lines = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| DataError::malformed(Loc::line(path, i + 1), "not valid UTF-8"))?;
+        let text =
+            std::str::from_utf8(raw).map_err(|_| DataError::malformed(Loc::line(path, i + 1), "not valid UTF-8"))?;
         let text = text.trim();
         if !text.is_empty() {
             lines.push((i + 1, text.to_string()));
@@ -147,10 +136,7 @@ pub(crate) fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, DataError>
 pub(crate) fn read_class_list(path: &Path) -> Result<LabelSpace, DataError> {
     let lines = read_lines(path)?;
     if lines.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(path),
-            what: "class names",
-        });
+        return Err(DataError::Empty { at: Loc::file(path), what: "class names" });
     }
     let mut seen = std::collections::HashMap::new();
     for (line, name) in &lines {
@@ -177,13 +163,7 @@ pub(crate) fn short_name(parts: &[&str]) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             p.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
+                .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c.to_ascii_lowercase() } else { '_' })
                 .collect::<String>()
         })
         .collect::<Vec<_>>()

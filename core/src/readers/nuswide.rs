@@ -23,22 +23,12 @@ pub fn read_nuswide(root: &Path, split: &str, check_images: bool) -> Result<Data
     let part = match split.to_ascii_lowercase().as_str() {
         "train" => "Train",
         "test" => "Test",
-        _ => {
-            return Err(DataError::Usage(format!(
-                "NUS-WIDE split must be 'train' or 'test', not '{split}'"
-            )))
-        }
+        _ => return Err(DataError::Usage(format!("NUS-WIDE split must be 'train' or 'test', not '{split}'"))),
     };
     let concepts_file = root.join(CONCEPTS_FILE);
-    let concepts: Vec<String> = read_lines(&concepts_file)?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
+    let concepts: Vec<String> = read_lines(&concepts_file)?.into_iter().map(|(_, c)| c).collect();
     if concepts.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(&concepts_file),
-            what: "concepts",
-        });
+        return Err(DataError::Empty { at: Loc::file(&concepts_file), what: "concepts" });
     }
     let classes = label_space(concepts, Loc::file(&concepts_file))?;
 
@@ -54,17 +44,12 @@ pub fn read_nuswide(root: &Path, split: &str, check_images: bool) -> Result<Data
                 first: format!("at line {first}"),
             });
         }
-        let path = resolve(root, &id, check_images).map_err(|tried| DataError::MissingImage {
-            at: Loc::line(&list, line),
-            image: tried,
-        })?;
+        let path = resolve(root, &id, check_images)
+            .map_err(|tried| DataError::MissingImage { at: Loc::line(&list, line), image: tried })?;
         samples.push(Sample { id, path });
     }
     if samples.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(&list),
-            what: "images",
-        });
+        return Err(DataError::Empty { at: Loc::file(&list), what: "images" });
     }
 
     let labels_dir = root.join("Groundtruth").join("TrainTestLabels");
@@ -75,12 +60,7 @@ pub fn read_nuswide(root: &Path, split: &str, check_images: bool) -> Result<Data
         if lines.len() != samples.len() {
             return Err(DataError::malformed(
                 Loc::file(&file),
-                format!(
-                    "{} labels, but {} lists {} images",
-                    lines.len(),
-                    list.display(),
-                    samples.len()
-                ),
+                format!("{} labels, but {} lists {} images", lines.len(), list.display(), samples.len()),
             ));
         }
         for (row, (line, text)) in lines.iter().enumerate() {
@@ -88,21 +68,12 @@ pub fn read_nuswide(root: &Path, split: &str, check_images: bool) -> Result<Data
                 "1" => POS,
                 "0" => NEG,
                 other => {
-                    return Err(DataError::bad_value(
-                        Loc::line(&file, *line),
-                        format!("label '{other}' is not 0 or 1"),
-                    ))
+                    return Err(DataError::bad_value(Loc::line(&file, *line), format!("label '{other}' is not 0 or 1")))
                 }
             };
         }
     }
-    Ok(Dataset {
-        name: short_name(&["nuswide", split]),
-        classes,
-        samples,
-        targets,
-        features: None,
-    })
+    Ok(Dataset { name: short_name(&["nuswide", split]), classes, samples, targets, features: None })
 }
 
 /// `C:\ImageData\Flickr\actor\0001.jpg` or `actor\0001.jpg` → `actor/0001.jpg`.
@@ -118,11 +89,7 @@ fn normalise(entry: &str) -> String {
 /// On failure, a description of the candidates tried.
 fn resolve(root: &Path, id: &str, check_images: bool) -> Result<PathBuf, String> {
     let base = id.rsplit('/').next().unwrap_or(id);
-    let candidates = [
-        root.join("Flickr").join(id),
-        root.join("images").join(base),
-        root.join(id),
-    ];
+    let candidates = [root.join("Flickr").join(id), root.join("images").join(base), root.join(id)];
     if !check_images {
         return Ok(candidates[0].clone());
     }

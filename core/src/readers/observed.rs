@@ -13,21 +13,13 @@ use std::path::Path;
 /// Read an SPML observed-label `.npy`: a C-order 2-D array of shape `(n_images, n_classes)`
 /// holding 1 (observed positive), 0 (unannotated) or -1 (observed negative), stored as
 /// `<f4`, `<f8`, `<i8`, `<i4`, `|u1`, `|i1` or `|b1`.
-pub fn read_observed_npy(
-    path: &Path,
-    n_images: usize,
-    n_classes: usize,
-) -> Result<Array2<i8>, DataError> {
+pub fn read_observed_npy(path: &Path, n_images: usize, n_classes: usize) -> Result<Array2<i8>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let header = npy::Header::parse(&bytes)
-        .map_err(|msg| DataError::malformed(Loc::entry(path, "header"), msg))?;
+    let header = npy::Header::parse(&bytes).map_err(|msg| DataError::malformed(Loc::entry(path, "header"), msg))?;
     if header.shape != [n_images, n_classes] {
         return Err(DataError::malformed(
             Loc::entry(path, "header"),
-            format!(
-                "shape {:?}, but the dataset has {n_images} images and {n_classes} classes",
-                header.shape
-            ),
+            format!("shape {:?}, but the dataset has {n_images} images and {n_classes} classes", header.shape),
         ));
     }
     let count = n_images * n_classes;
@@ -36,11 +28,7 @@ pub fn read_observed_npy(
     if data.len() / size < count {
         return Err(DataError::malformed(
             Loc::file(path),
-            format!(
-                "truncated: {count} values of {size} bytes need {} bytes, found {}",
-                count * size,
-                data.len()
-            ),
+            format!("truncated: {count} values of {size} bytes need {} bytes, found {}", count * size, data.len()),
         ));
     }
     let mut out = Array2::from_elem((n_images, n_classes), UNK);
@@ -54,10 +42,7 @@ pub fn read_observed_npy(
             NEG
         } else {
             return Err(DataError::bad_value(
-                Loc::entry(
-                    path,
-                    format!("row {}, class {}", k / n_classes, k % n_classes),
-                ),
+                Loc::entry(path, format!("row {}, class {}", k / n_classes, k % n_classes)),
                 format!("value {value} is not 1, 0 or -1"),
             ));
         };
@@ -79,10 +64,7 @@ pub fn read_observed_txt(path: &Path, dataset: &Dataset) -> Result<Array2<i8>, D
     let mut first_line: HashMap<usize, usize> = HashMap::new();
     let lines = read_lines(path)?;
     if lines.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(path),
-            what: "lines",
-        });
+        return Err(DataError::Empty { at: Loc::file(path), what: "lines" });
     }
     for (line, text) in lines {
         let at = Loc::line(path, line);
@@ -90,26 +72,18 @@ pub fn read_observed_txt(path: &Path, dataset: &Dataset) -> Result<Array2<i8>, D
             .rsplit_once(',')
             .ok_or_else(|| DataError::malformed(at.clone(), "expected 'name,i j k' (no comma)"))?;
         let name = name.trim();
-        let row = lookup
-            .find(name)
-            .map_err(|why| DataError::malformed(at.clone(), why))?;
+        let row = lookup.find(name).map_err(|why| DataError::malformed(at.clone(), why))?;
         if let Some(first) = first_line.insert(row, line) {
-            return Err(DataError::DuplicateImage {
-                at,
-                id: name.to_string(),
-                first: format!("at line {first}"),
-            });
+            return Err(DataError::DuplicateImage { at, id: name.to_string(), first: format!("at line {first}") });
         }
         for token in indices.split_whitespace() {
-            let class: usize = token.parse().map_err(|_| {
-                DataError::bad_value(at.clone(), format!("class index '{token}' is not a number"))
-            })?;
+            let class: usize = token
+                .parse()
+                .map_err(|_| DataError::bad_value(at.clone(), format!("class index '{token}' is not a number")))?;
             if class >= n_classes {
                 return Err(DataError::bad_value(
                     at.clone(),
-                    format!(
-                        "class index {class} is out of range (the dataset has {n_classes} classes)"
-                    ),
+                    format!("class index {class} is out of range (the dataset has {n_classes} classes)"),
                 ));
             }
             out[[row, class]] = POS;
@@ -127,11 +101,7 @@ struct ImageLookup {
 
 impl ImageLookup {
     fn new(dataset: &Dataset) -> Self {
-        let mut lookup = ImageLookup {
-            by_id: HashMap::new(),
-            by_file: HashMap::new(),
-            by_stem: HashMap::new(),
-        };
+        let mut lookup = ImageLookup { by_id: HashMap::new(), by_file: HashMap::new(), by_stem: HashMap::new() };
         let add = |map: &mut HashMap<String, Option<usize>>, key: &str, row: usize| {
             if key.is_empty() {
                 return;
@@ -157,17 +127,10 @@ impl ImageLookup {
             return Ok(row);
         }
         let name_path = Path::new(name);
-        for (map, key) in [
-            (&self.by_file, file_name_str(name_path)),
-            (&self.by_stem, file_stem_str(name_path)),
-        ] {
+        for (map, key) in [(&self.by_file, file_name_str(name_path)), (&self.by_stem, file_stem_str(name_path))] {
             match map.get(key) {
                 Some(Some(row)) => return Ok(*row),
-                Some(None) => {
-                    return Err(format!(
-                        "image '{name}' matches several images of the dataset"
-                    ))
-                }
+                Some(None) => return Err(format!("image '{name}' matches several images of the dataset")),
                 None => {}
             }
         }
@@ -241,45 +204,31 @@ mod npy {
             }
             let (len, start) = match bytes[6] {
                 1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-                2 | 3 if bytes.len() >= 12 => (
-                    u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                    12,
-                ),
+                2 | 3 if bytes.len() >= 12 => {
+                    (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+                }
                 v => return Err(format!("unsupported .npy version {v}")),
             };
             let dict = bytes.get(start..start + len).ok_or("header is truncated")?;
             let dict = std::str::from_utf8(dict).map_err(|_| "header is not text")?;
 
             let descr = quoted_value(dict, "descr").ok_or("header has no 'descr'")?;
-            let dtype = Dtype::from_descr(descr).ok_or_else(|| {
-                format!("unsupported dtype '{descr}' (supported: <f4 <f8 <i8 <i4 |u1 |i1 |b1)")
-            })?;
+            let dtype = Dtype::from_descr(descr)
+                .ok_or_else(|| format!("unsupported dtype '{descr}' (supported: <f4 <f8 <i8 <i4 |u1 |i1 |b1)"))?;
             match raw_value(dict, "fortran_order") {
                 Some(v) if v.starts_with("False") => {}
-                Some(v) if v.starts_with("True") => {
-                    return Err("Fortran-order arrays are not supported".into())
-                }
+                Some(v) if v.starts_with("True") => return Err("Fortran-order arrays are not supported".into()),
                 _ => return Err("header has no 'fortran_order'".into()),
             }
             let shape = raw_value(dict, "shape").ok_or("header has no 'shape'")?;
-            let inner = shape
-                .strip_prefix('(')
-                .and_then(|s| s.split(')').next())
-                .ok_or("'shape' is not a tuple")?;
+            let inner = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("'shape' is not a tuple")?;
             let shape = inner
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<usize>()
-                        .map_err(|_| format!("bad shape entry '{s}'"))
-                })
+                .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry '{s}'")))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Header {
-                dtype,
-                shape,
-                data_offset: start + len,
-            })
+            Ok(Header { dtype, shape, data_offset: start + len })
         }
     }
 

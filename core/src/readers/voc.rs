@@ -64,9 +64,7 @@ pub fn read_voc(root: &Path, split: &str, check_images: bool) -> Result<Dataset,
         ))
     })?;
     if split.is_empty() || split.contains(['/', '\\']) {
-        return Err(DataError::Usage(format!(
-            "'{split}' is not a VOC split name (train, val, trainval, test)"
-        )));
+        return Err(DataError::Usage(format!("'{split}' is not a VOC split name (train, val, trainval, test)")));
     }
     let sets = year.join("ImageSets").join("Main");
     let list = sets.join(format!("{split}.txt"));
@@ -74,11 +72,7 @@ pub fn read_voc(root: &Path, split: &str, check_images: bool) -> Result<Dataset,
     let mut samples = Vec::new();
     let mut row_of: HashMap<String, (usize, usize)> = HashMap::new();
     for (line, text) in read_lines(&list)? {
-        let id = text
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let id = text.split_whitespace().next().unwrap_or_default().to_string();
         if let Some((_, first)) = row_of.insert(id.clone(), (samples.len(), line)) {
             return Err(DataError::DuplicateImage {
                 at: Loc::line(&list, line),
@@ -88,18 +82,12 @@ pub fn read_voc(root: &Path, split: &str, check_images: bool) -> Result<Dataset,
         }
         let path = year.join("JPEGImages").join(format!("{id}.jpg"));
         if check_images && !path.is_file() {
-            return Err(DataError::MissingImage {
-                at: Loc::line(&list, line),
-                image: path.display().to_string(),
-            });
+            return Err(DataError::MissingImage { at: Loc::line(&list, line), image: path.display().to_string() });
         }
         samples.push(Sample { id, path });
     }
     if samples.is_empty() {
-        return Err(DataError::Empty {
-            at: Loc::file(&list),
-            what: "image ids",
-        });
+        return Err(DataError::Empty { at: Loc::file(&list), what: "image ids" });
     }
 
     let mut targets = Array2::from_elem((samples.len(), VOC_CLASSES.len()), NEG);
@@ -109,11 +97,7 @@ pub fn read_voc(root: &Path, split: &str, check_images: bool) -> Result<Dataset,
         for (line, text) in read_lines(&file)? {
             let fields: Vec<&str> = text.split_whitespace().collect();
             if fields.len() != 2 {
-                return Err(DataError::ColumnCount {
-                    at: Loc::line(&file, line),
-                    expected: 2,
-                    found: fields.len(),
-                });
+                return Err(DataError::ColumnCount { at: Loc::line(&file, line), expected: 2, found: fields.len() });
             }
             let (row, _) = *row_of.get(fields[0]).ok_or_else(|| {
                 DataError::malformed(
@@ -144,24 +128,11 @@ pub fn read_voc(root: &Path, split: &str, check_images: bool) -> Result<Dataset,
             let missing = seen.iter().filter(|s| s.is_none()).count();
             return Err(DataError::malformed(
                 Loc::file(&file),
-                format!(
-                    "{missing} image(s) of {} have no label here, e.g. '{}'",
-                    list.display(),
-                    samples[row].id
-                ),
+                format!("{missing} image(s) of {} have no label here, e.g. '{}'", list.display(), samples[row].id),
             ));
         }
     }
 
-    let classes = label_space(
-        VOC_CLASSES.iter().map(|c| c.to_string()).collect(),
-        Loc::file(&sets),
-    )?;
-    Ok(Dataset {
-        name: short_name(&[file_name_str(&year), split]),
-        classes,
-        samples,
-        targets,
-        features: None,
-    })
+    let classes = label_space(VOC_CLASSES.iter().map(|c| c.to_string()).collect(), Loc::file(&sets))?;
+    Ok(Dataset { name: short_name(&[file_name_str(&year), split]), classes, samples, targets, features: None })
 }

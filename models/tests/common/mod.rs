@@ -112,12 +112,7 @@ pub type OnnxRun = (Vec<i64>, Vec<f32>, Vec<(String, String)>);
 
 /// Runs the model at `path` on one input and returns the output `probs` (shape, values) and the
 /// model's custom metadata.
-pub fn run_onnx(
-    env: &ort::environment::Environment,
-    path: &Path,
-    input: &str,
-    x: &Tensor,
-) -> Result<OnnxRun> {
+pub fn run_onnx(env: &ort::environment::Environment, path: &Path, input: &str, x: &Tensor) -> Result<OnnxRun> {
     let mut session = ort::session::Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
         .with_intra_threads(2)

@@ -17,35 +17,19 @@ pub struct An {
 impl An {
     /// AN: plain BCE, (1/B) Σ_ij ℓ(y_ij, p_ij).
     pub fn plain() -> An {
-        An {
-            name: "an",
-            smoothing: 0.0,
-            unannotated_weight: 1.0,
-        }
+        An { name: "an", smoothing: 0.0, unannotated_weight: 1.0 }
     }
 
     /// AN-LS: BCE against targets 1 − ε/2 (positives) and ε/2 (everything else).
     pub fn label_smoothing(epsilon: f64) -> An {
-        An {
-            name: "an-ls",
-            smoothing: epsilon,
-            unannotated_weight: 1.0,
-        }
+        An { name: "an-ls", smoothing: epsilon, unannotated_weight: 1.0 }
     }
 
     /// WAN: BCE with the unannotated-negative terms weighted by 1/(C − 1); observed positives and
     /// observed negatives keep weight 1.
     pub fn weighted(n_classes: i64) -> An {
-        let w = if n_classes > 1 {
-            1.0 / (n_classes - 1) as f64
-        } else {
-            1.0
-        };
-        An {
-            name: "wan",
-            smoothing: 0.0,
-            unannotated_weight: w,
-        }
+        let w = if n_classes > 1 { 1.0 / (n_classes - 1) as f64 } else { 1.0 };
+        An { name: "wan", smoothing: 0.0, unannotated_weight: w }
     }
 }
 
@@ -64,10 +48,6 @@ impl Method for An {
         let target = labels.target() * (1.0 - self.smoothing) + self.smoothing / 2.0;
         let w = weight(&labels.unann) * (self.unannotated_weight - 1.0) + 1.0;
         let loss = sum_over_batch(&(bce(&x, &target) * w));
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 }

@@ -15,11 +15,7 @@ pub struct Asl {
 
 impl Default for Asl {
     fn default() -> Self {
-        Asl {
-            gamma_pos: 0.0,
-            gamma_neg: 4.0,
-            margin: 0.05,
-        }
+        Asl { gamma_pos: 0.0, gamma_neg: 4.0, margin: 0.05 }
     }
 }
 
@@ -41,10 +37,6 @@ impl Method for Asl {
         // 1 − p_m ≥ m > 0 whenever p_m > 0, so the log is finite; clamp guards m = 0.
         let negative = -p_m.pow_tensor_scalar(self.gamma_neg) * (-&p_m + 1.0).clamp_min(1e-8).log();
         let loss = sum_over_batch(&(&y * positive + (1.0 - &y) * negative));
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 }

@@ -32,13 +32,7 @@ pub struct Cls {
 impl Cls {
     /// A CLS-family method with the schedule and reduction of `cfg`.
     pub fn new(variant: Variant, cfg: &MethodConfig) -> Cls {
-        Cls {
-            variant,
-            tau_h: cfg.tau_h,
-            tau_l: cfg.tau_l,
-            e_k: cfg.e_k,
-            reduction: cfg.reduction,
-        }
+        Cls { variant, tau_h: cfg.tau_h, tau_l: cfg.tau_l, e_k: cfg.e_k, reduction: cfg.reduction }
     }
 
     /// Eq. (7)–(8): the loss of one network over its kept entries `keep` with BCE targets `target`.
@@ -71,12 +65,7 @@ impl Method for Cls {
     }
 
     fn step(&mut self, logits: &[Tensor], ctx: &StepCtx) -> StepOut {
-        assert_eq!(
-            logits.len(),
-            2,
-            "{} needs the logits of two networks",
-            self.name()
-        );
+        assert_eq!(logits.len(), 2, "{} needs the logits of two networks", self.name());
         let (f, g) = (f32_logits(&logits[0]), f32_logits(&logits[1]));
         let labels = Labels::of(ctx.y);
         let r_h = keep_rate(ctx.epoch, self.e_k, self.tau_h);
@@ -84,15 +73,7 @@ impl Method for Cls {
         let peer = self.variant != Variant::ClsH;
         let self_ = self.variant != Variant::ClsL;
         // ℓ(0, p) of every entry; the selection detaches them.
-        let sel = co_label_select(
-            &neg_log_1mp(&f),
-            &neg_log_1mp(&g),
-            &labels.unann,
-            r_h,
-            r_l,
-            peer,
-            self_,
-        );
+        let sel = co_label_select(&neg_log_1mp(&f), &neg_log_1mp(&g), &labels.unann, r_h, r_l, peer, self_);
         let target = labels.target();
         let (loss_f, loss_g) = if self.variant == Variant::Clc {
             // Flagged entries join Y as positives (y = 1) instead of leaving it.
@@ -103,10 +84,7 @@ impl Method for Cls {
                 self.reduce(&g, &t_g, &sel.keep_g.logical_or(&sel.flagged_g)),
             )
         } else {
-            (
-                self.reduce(&f, &target, &sel.keep_f),
-                self.reduce(&g, &target, &sel.keep_g),
-            )
+            (self.reduce(&f, &target, &sel.keep_f), self.reduce(&g, &target, &sel.keep_g))
         };
         StepOut {
             per_net: vec![value(&loss_f), value(&loss_g)],

@@ -27,12 +27,7 @@ pub struct CoTeaching {
 impl CoTeaching {
     /// Co-teaching or Co-teaching+ with the forget rate, E_k and warm-up of `cfg`.
     pub fn new(cfg: &MethodConfig, plus: bool) -> CoTeaching {
-        CoTeaching {
-            plus,
-            forget_rate: cfg.forget_rate,
-            e_k: cfg.e_k,
-            warmup: cfg.coteach_plus_warmup,
-        }
+        CoTeaching { plus, forget_rate: cfg.forget_rate, e_k: cfg.e_k, warmup: cfg.coteach_plus_warmup }
     }
 }
 
@@ -55,22 +50,14 @@ impl Method for CoTeaching {
     }
 
     fn step(&mut self, logits: &[Tensor], ctx: &StepCtx) -> StepOut {
-        assert_eq!(
-            logits.len(),
-            2,
-            "{} needs the logits of two networks",
-            self.name()
-        );
+        assert_eq!(logits.len(), 2, "{} needs the logits of two networks", self.name());
         let (f, g) = (f32_logits(&logits[0]), f32_logits(&logits[1]));
         let labels = Labels::of(ctx.y);
         let target = labels.target();
         let (loss_f, loss_g) = (per_sample(&bce(&f, &target)), per_sample(&bce(&g, &target)));
         let b = f.size()[0];
         let candidates = if self.plus && ctx.epoch >= self.warmup {
-            f.detach()
-                .gt(0.0)
-                .ne_tensor(&g.detach().gt(0.0))
-                .any_dim(1, false)
+            f.detach().gt(0.0).ne_tensor(&g.detach().gt(0.0)).any_dim(1, false)
         } else {
             Tensor::ones([b], (Kind::Bool, f.device()))
         };
@@ -85,10 +72,7 @@ impl Method for CoTeaching {
         StepOut {
             per_net: vec![value(&net_f), value(&net_g)],
             loss: net_f + net_g,
-            flagged: vec![
-                removed_unannotated(&for_f, &labels),
-                removed_unannotated(&for_g, &labels),
-            ],
+            flagged: vec![removed_unannotated(&for_f, &labels), removed_unannotated(&for_g, &labels)],
         }
     }
 }

@@ -36,10 +36,6 @@ impl Method for Em {
         let entropy = &p * -x.log_sigmoid() + (1.0 - &p) * -(-&x).log_sigmoid();
         let per_entry = observed_bce(&x, &labels) - entropy * weight(&labels.unann) * self.alpha;
         let loss = sum_over_batch(&per_entry);
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 }

@@ -2,9 +2,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::losses::{
-    f32_logits, neg_log_1mp, neg_log_p, per_sample, sum_over_batch, value, weight, Labels,
-};
+use super::losses::{f32_logits, neg_log_1mp, neg_log_p, per_sample, sum_over_batch, value, weight, Labels};
 use super::{Method, StepCtx, StepOut};
 
 /// (mean over the batch of Σ_j p_ij − k)² / C², on probabilities `p` [B, C].
@@ -42,12 +40,7 @@ impl Method for Epr {
     fn step(&mut self, logits: &[Tensor], ctx: &StepCtx) -> StepOut {
         let x = f32_logits(&logits[0]);
         let labels = Labels::of(ctx.y);
-        let loss = sum_over_batch(&observed_bce(&x, &labels))
-            + expected_positive_regulariser(&x.sigmoid(), self.k);
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        let loss = sum_over_batch(&observed_bce(&x, &labels)) + expected_positive_regulariser(&x.sigmoid(), self.k);
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 }

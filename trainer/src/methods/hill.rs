@@ -15,11 +15,7 @@ pub struct Hill {
 
 impl Default for Hill {
     fn default() -> Self {
-        Hill {
-            margin: 1.0,
-            gamma: 2.0,
-            lambda: 1.5,
-        }
+        Hill { margin: 1.0, gamma: 2.0, lambda: 1.5 }
     }
 }
 
@@ -36,15 +32,10 @@ impl Method for Hill {
         let x = f32_logits(&logits[0]);
         let y = weight(&Labels::of(ctx.y).pos);
         let shifted = &x - self.margin;
-        let positive =
-            (-shifted.sigmoid() + 1.0).pow_tensor_scalar(self.gamma) * neg_log_p(&shifted);
+        let positive = (-shifted.sigmoid() + 1.0).pow_tensor_scalar(self.gamma) * neg_log_p(&shifted);
         let p = x.sigmoid();
         let negative = (self.lambda - &p) * p.square();
         let loss = sum_over_batch(&(&y * positive + (1.0 - &y) * negative));
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 }

@@ -22,11 +22,7 @@ pub struct JoCoR {
 impl JoCoR {
     /// JoCoR with λ, the forget rate and E_k of `cfg`.
     pub fn new(cfg: &MethodConfig) -> JoCoR {
-        JoCoR {
-            lambda: cfg.jocor_lambda,
-            forget_rate: cfg.forget_rate,
-            e_k: cfg.e_k,
-        }
+        JoCoR { lambda: cfg.jocor_lambda, forget_rate: cfg.forget_rate, e_k: cfg.e_k }
     }
 }
 
@@ -44,20 +40,17 @@ impl Method for JoCoR {
         let (f, g) = (f32_logits(&logits[0]), f32_logits(&logits[1]));
         let labels = Labels::of(ctx.y);
         let target = labels.target();
-        let part_f = per_sample(&bce(&f, &target)) * (1.0 - self.lambda)
-            + per_sample(&bernoulli_kl(&f, &g)) * self.lambda;
-        let part_g = per_sample(&bce(&g, &target)) * (1.0 - self.lambda)
-            + per_sample(&bernoulli_kl(&g, &f)) * self.lambda;
+        let part_f =
+            per_sample(&bce(&f, &target)) * (1.0 - self.lambda) + per_sample(&bernoulli_kl(&f, &g)) * self.lambda;
+        let part_g =
+            per_sample(&bce(&g, &target)) * (1.0 - self.lambda) + per_sample(&bernoulli_kl(&g, &f)) * self.lambda;
         let joint = &part_f + &part_g;
         let b = f.size()[0];
         let all = Tensor::ones([b], (Kind::Bool, f.device()));
         let count = super::losses::floor_count(keep_rate(ctx.epoch, self.e_k, self.forget_rate), b);
         let kept = pick(&joint, &all, count, false);
         let w = weight(&kept) / b.max(1) as f64;
-        let (net_f, net_g) = (
-            (&part_f * &w).sum(Kind::Float),
-            (&part_g * &w).sum(Kind::Float),
-        );
+        let (net_f, net_g) = ((&part_f * &w).sum(Kind::Float), (&part_g * &w).sum(Kind::Float));
         let removed = removed_unannotated(&kept, &labels);
         StepOut {
             per_net: vec![value(&net_f), value(&net_g)],

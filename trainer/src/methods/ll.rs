@@ -47,20 +47,10 @@ pub struct LargeLoss {
 
 impl LargeLoss {
     /// An LL method; LL-Cp gets a corrected-label matrix of `n_train` × `n_classes` on `device`.
-    pub fn new(
-        mode: Mode,
-        delta_percent: Option<f64>,
-        n_train: i64,
-        n_classes: i64,
-        device: Device,
-    ) -> LargeLoss {
-        let corrected = (mode == Mode::CorrectPermanent)
-            .then(|| Tensor::zeros([n_train, n_classes], (Kind::Bool, device)));
-        LargeLoss {
-            mode,
-            delta_percent: delta_percent.unwrap_or(mode.default_delta()),
-            corrected,
-        }
+    pub fn new(mode: Mode, delta_percent: Option<f64>, n_train: i64, n_classes: i64, device: Device) -> LargeLoss {
+        let corrected =
+            (mode == Mode::CorrectPermanent).then(|| Tensor::zeros([n_train, n_classes], (Kind::Bool, device)));
+        LargeLoss { mode, delta_percent: delta_percent.unwrap_or(mode.default_delta()), corrected }
     }
 }
 
@@ -82,9 +72,7 @@ impl Method for LargeLoss {
         let mut labels = Labels::of(ctx.y);
         // LL-Cp: earlier corrections are stored positives.
         let earlier = self.corrected.as_ref().map(|c| {
-            let rows = c
-                .index_select(0, &ctx.indices.to_device(c.device()))
-                .to_device(x.device());
+            let rows = c.index_select(0, &ctx.indices.to_device(c.device())).to_device(x.device());
             rows.logical_and(&labels.unann)
         });
         if let Some(earlier) = &earlier {
@@ -98,32 +86,21 @@ impl Method for LargeLoss {
         let large = pick(&loss_an, &labels.unann, count, true);
         let per_entry = match self.mode {
             Mode::Reject => &loss_an * (1.0 - weight(&large)),
-            Mode::CorrectTemporary | Mode::CorrectPermanent => {
-                bce(&x, &target.maximum(&weight(&large)))
-            }
+            Mode::CorrectTemporary | Mode::CorrectPermanent => bce(&x, &target.maximum(&weight(&large))),
         };
         let mut flagged = large.shallow_clone();
         if let (Some(corrected), Some(earlier)) = (&mut self.corrected, &earlier) {
             let idx = ctx.indices.to_device(corrected.device());
-            let rows = corrected
-                .index_select(0, &idx)
-                .logical_or(&large.to_device(corrected.device()));
+            let rows = corrected.index_select(0, &idx).logical_or(&large.to_device(corrected.device()));
             let _ = corrected.index_copy_(0, &idx, &rows);
             flagged = flagged.logical_or(earlier);
         }
         let loss = sum_over_batch(&per_entry);
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![flagged],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![flagged] }
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.corrected
-            .iter()
-            .map(|c| (STATE_CORRECTED.to_string(), c.copy()))
-            .collect()
+        self.corrected.iter().map(|c| (STATE_CORRECTED.to_string(), c.copy())).collect()
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
@@ -136,11 +113,7 @@ impl Method for LargeLoss {
             .map(|(_, t)| t)
             .with_context(|| format!("LL-Cp state lacks {STATE_CORRECTED:?}"))?;
         if saved.size() != corrected.size() {
-            bail!(
-                "LL-Cp state has shape {:?}; this run needs {:?}",
-                saved.size(),
-                corrected.size()
-            );
+            bail!("LL-Cp state has shape {:?}; this run needs {:?}", saved.size(), corrected.size());
         }
         corrected.copy_(&saved.to_kind(Kind::Bool));
         Ok(())

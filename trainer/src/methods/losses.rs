@@ -18,11 +18,7 @@ impl Labels {
     /// Splits the observed label tensor into its three states.
     pub fn of(y: &Tensor) -> Labels {
         let y = y.to_kind(Kind::Float);
-        Labels {
-            pos: y.gt(0.5),
-            unann: y.abs().lt(0.5),
-            neg: y.lt(-0.5),
-        }
+        Labels { pos: y.gt(0.5), unann: y.abs().lt(0.5), neg: y.lt(-0.5) }
     }
 
     /// The BCE target: 1 on P, 0 elsewhere (unannotated entries are assumed negative).

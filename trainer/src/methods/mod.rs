@@ -108,10 +108,7 @@ impl MethodConfig {
             }
         }
         if !(self.role_lr_mult > 0.0 && self.role_lr_mult.is_finite()) {
-            bail!(
-                "method config: role_lr_mult = {} must be > 0",
-                self.role_lr_mult
-            );
+            bail!("method config: role_lr_mult = {} must be > 0", self.role_lr_mult);
         }
         Ok(())
     }
@@ -217,13 +214,7 @@ pub const METHODS: &[&str] = &[
 
 /// Builds the method called `name`; `n_train` rows and `n_classes` columns size the persistent
 /// state of ROLE and LL-Cp.
-pub fn build(
-    name: &str,
-    cfg: &MethodConfig,
-    n_train: i64,
-    n_classes: i64,
-    device: Device,
-) -> Result<Box<dyn Method>> {
+pub fn build(name: &str, cfg: &MethodConfig, n_train: i64, n_classes: i64, device: Device) -> Result<Box<dyn Method>> {
     cfg.validate()?;
     if n_train <= 0 || n_classes <= 0 {
         bail!("method {name}: need a positive training-set size and class count, got {n_train} × {n_classes}");
@@ -247,22 +238,13 @@ pub fn build(
                 "ll-ct" => ll::Mode::CorrectTemporary,
                 _ => ll::Mode::CorrectPermanent,
             };
-            Box::new(ll::LargeLoss::new(
-                mode,
-                cfg.ll_delta,
-                n_train,
-                n_classes,
-                device,
-            ))
+            Box::new(ll::LargeLoss::new(mode, cfg.ll_delta, n_train, n_classes, device))
         }
         "em" => Box::new(em::Em::new(cfg.em_alpha)),
         "co-teaching" => Box::new(coteaching::CoTeaching::new(cfg, false)),
         "co-teaching-plus" => Box::new(coteaching::CoTeaching::new(cfg, true)),
         "jocor" => Box::new(jocor::JoCoR::new(cfg)),
-        other => bail!(
-            "unknown method {other:?}; known methods: {}",
-            METHODS.join(", ")
-        ),
+        other => bail!("unknown method {other:?}; known methods: {}", METHODS.join(", ")),
     };
     Ok(m)
 }
@@ -287,9 +269,7 @@ pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
         3
     } else {
         let f: f64 = p.parse().ok()?;
-        [0.75, 0.5, 0.25]
-            .iter()
-            .position(|&v| (v - f).abs() < 1e-9)?
+        [0.75, 0.5, 0.25].iter().position(|&v| (v - f).abs() < 1e-9)?
     };
     Some((tau_hs[column], tau_l))
 }

@@ -19,9 +19,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use super::epr::expected_positive_regulariser;
-use super::losses::{
-    bce, f32_logits, neg_log_1mp, neg_log_p, sum_over_batch, value, weight, Labels,
-};
+use super::losses::{bce, f32_logits, neg_log_1mp, neg_log_p, sum_over_batch, value, weight, Labels};
 use super::{Method, MethodConfig, StepCtx, StepOut};
 
 fn logit(p: f64) -> f64 {
@@ -46,21 +44,10 @@ impl Role {
     /// An estimate matrix of `n_train` × `n_classes` logits on `device`.
     pub fn new(cfg: &MethodConfig, n_train: i64, n_classes: i64, device: Device) -> Result<Role> {
         let vs = nn::VarStore::new(device);
-        let estimates =
-            vs.root()
-                .uniform("estimates", &[n_train, n_classes], logit(0.4), logit(0.6));
-        let opt = nn::adam(0.9, 0.999, 0.0)
-            .build(&vs, 1e-3)
-            .context("ROLE: building the estimate optimizer")?;
+        let estimates = vs.root().uniform("estimates", &[n_train, n_classes], logit(0.4), logit(0.6));
+        let opt = nn::adam(0.9, 0.999, 0.0).build(&vs, 1e-3).context("ROLE: building the estimate optimizer")?;
         let initialised = Tensor::zeros([n_train], (Kind::Bool, device));
-        Ok(Role {
-            k: cfg.expected_positives,
-            lr_mult: cfg.role_lr_mult,
-            vs,
-            estimates,
-            initialised,
-            opt,
-        })
+        Ok(Role { k: cfg.expected_positives, lr_mult: cfg.role_lr_mult, vs, estimates, initialised, opt })
     }
 
     /// Sets the observed positives of rows seen for the first time to logit(0.995).
@@ -90,25 +77,17 @@ impl Method for Role {
         let labels = Labels::of(ctx.y);
         let indices = ctx.indices.to_device(self.vs.device()).to_kind(Kind::Int64);
         self.initialise_rows(&indices, &labels.pos.to_device(self.vs.device()));
-        let e = self
-            .estimates
-            .index_select(0, &indices)
-            .to_device(x.device());
+        let e = self.estimates.index_select(0, &indices).to_device(x.device());
         let (pos, neg) = (weight(&labels.pos), weight(&labels.neg));
         let not_neg = 1.0 - &neg;
         let positives = (neg_log_p(&x) + neg_log_p(&e)) * &pos * 0.5;
-        let cross =
-            (bce(&x, &e.sigmoid().detach()) + bce(&e, &x.sigmoid().detach())) * &not_neg * 0.5;
+        let cross = (bce(&x, &e.sigmoid().detach()) + bce(&e, &x.sigmoid().detach())) * &not_neg * 0.5;
         let negatives = (neg_log_1mp(&x) + neg_log_1mp(&e)) * &neg * 0.5;
         let regulariser = (expected_positive_regulariser(&x.sigmoid(), self.k)
             + expected_positive_regulariser(&e.sigmoid(), self.k))
             * 0.5;
         let loss = sum_over_batch(&(positives + cross + negatives)) + regulariser;
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }
     }
 
     /// One Adam step on the estimates at lr = role_lr_mult × ctx.lr, then clears their gradient.
@@ -127,11 +106,7 @@ impl Method for Role {
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let find = |name: &str| {
-            state
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .with_context(|| format!("ROLE state lacks {name:?}"))
+            state.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("ROLE state lacks {name:?}"))
         };
         let (est, init) = (find(STATE_ESTIMATES)?, find(STATE_INITIALISED)?);
         if est.size() != self.estimates.size() || init.size() != self.initialised.size() {

@@ -4,10 +4,6 @@
 /// everything and the full rate τ applies from e = E_k on. `e_k <= 0` means no ramp: R = 1 − τ
 /// from the first epoch. Used for R_h (τ_h), R_l (τ_l) and the co-teaching forget rate.
 pub fn keep_rate(epoch: usize, e_k: f64, tau: f64) -> f64 {
-    let removed = if e_k > 0.0 {
-        (epoch as f64 / e_k * tau).min(tau)
-    } else {
-        tau
-    };
+    let removed = if e_k > 0.0 { (epoch as f64 / e_k * tau).min(tau) } else { tau };
     1.0 - removed
 }

@@ -38,11 +38,8 @@ pub fn co_label_select(
 ) -> Selection {
     let one = |own: &Tensor, other: &Tensor| -> (Tensor, Tensor) {
         let n = unannotated.sum(Kind::Int64).int64_value(&[]);
-        let peer_set = if peer {
-            pick(other, unannotated, floor_count(r_h, n), false)
-        } else {
-            unannotated.shallow_clone()
-        };
+        let peer_set =
+            if peer { pick(other, unannotated, floor_count(r_h, n), false) } else { unannotated.shallow_clone() };
         let self_set = if self_ {
             let n_peer = peer_set.sum(Kind::Int64).int64_value(&[]);
             pick(own, &peer_set, floor_count(r_l, n_peer), true)
@@ -55,12 +52,7 @@ pub fn co_label_select(
     };
     let (keep_f, flagged_f) = one(loss_f, loss_g);
     let (keep_g, flagged_g) = one(loss_g, loss_f);
-    Selection {
-        keep_f,
-        keep_g,
-        flagged_f,
-        flagged_g,
-    }
+    Selection { keep_f, keep_g, flagged_f, flagged_g }
 }
 
 /// The `count` candidates with the smallest (`largest == false`) or largest values, as a bool
@@ -75,9 +67,7 @@ pub fn pick(values: &Tensor, candidates: &Tensor, count: i64, largest: bool) -> 
     if count <= 0 {
         return out.reshape(&shape[..]);
     }
-    let order = flat_v
-        .index_select(0, &idx)
-        .argsort_stable(true, 0, largest);
+    let order = flat_v.index_select(0, &idx).argsort_stable(true, 0, largest);
     let chosen = idx.index_select(0, &order.narrow(0, 0, count));
     out.index_fill(0, &chosen, 1).reshape(&shape[..])
 }

@@ -18,12 +18,7 @@ pub struct Splc {
 
 impl Default for Splc {
     fn default() -> Self {
-        Splc {
-            margin: 1.0,
-            gamma: 2.0,
-            threshold: 0.6,
-            change_epoch: 1,
-        }
+        Splc { margin: 1.0, gamma: 2.0, threshold: 0.6, change_epoch: 1 }
     }
 }
 
@@ -47,16 +42,11 @@ impl Method for Splc {
         };
         let (pos, cor) = (weight(&labels.pos), weight(&corrected));
         let shifted = &x - self.margin;
-        let observed_pos =
-            (-shifted.sigmoid() + 1.0).pow_tensor_scalar(self.gamma) * neg_log_p(&shifted);
+        let observed_pos = (-shifted.sigmoid() + 1.0).pow_tensor_scalar(self.gamma) * neg_log_p(&shifted);
         let corrected_pos = (-&p + 1.0).pow_tensor_scalar(self.gamma) * neg_log_p(&x);
         let negative = p.pow_tensor_scalar(self.gamma) * neg_log_1mp(&x);
         let per_entry = &pos * observed_pos + &cor * corrected_pos + (1.0 - &pos - &cor) * negative;
         let loss = sum_over_batch(&per_entry);
-        StepOut {
-            per_net: vec![value(&loss)],
-            loss,
-            flagged: vec![corrected],
-        }
+        StepOut { per_net: vec![value(&loss)], loss, flagged: vec![corrected] }
     }
 }

@@ -16,14 +16,8 @@ fn single_network_baselines_match_their_formulas() {
         let c_f = c as f64;
         let pos = |y: f64| y == 1.0;
         let expect = [
-            (
-                "an",
-                sum_ref(&x, &y, |x, y| bce(x, if pos(y) { 1.0 } else { 0.0 })),
-            ),
-            (
-                "an-ls",
-                sum_ref(&x, &y, |x, y| bce(x, if pos(y) { 0.95 } else { 0.05 })),
-            ),
+            ("an", sum_ref(&x, &y, |x, y| bce(x, if pos(y) { 1.0 } else { 0.0 }))),
+            ("an-ls", sum_ref(&x, &y, |x, y| bce(x, if pos(y) { 0.95 } else { 0.05 }))),
             (
                 "wan",
                 sum_ref(&x, &y, |x, y| match y {
@@ -101,13 +95,7 @@ fn splc_corrects_confident_unannotated_entries_from_epoch_one() {
         }
     };
     for epoch in [0, 1, 5] {
-        let (loss, _, flagged) = run(
-            "splc",
-            &MethodConfig::default(),
-            std::slice::from_ref(&x),
-            &y,
-            epoch,
-        );
+        let (loss, _, flagged) = run("splc", &MethodConfig::default(), std::slice::from_ref(&x), &y, epoch);
         let mut want = 0.0;
         for k in 0..8 {
             let corrected = epoch >= 1 && (k == 2 || k == 7);
@@ -121,11 +109,7 @@ fn splc_corrects_confident_unannotated_entries_from_epoch_one() {
 /// Reference LL: (loss, flagged) with `count` largest AN losses of the unannotated entries.
 fn ll_ref(x: &M, y: &M, epoch: usize, delta: f64, mode: &str) -> (f64, Vec<usize>) {
     let (xf, yf) = (flat(x), flat(y));
-    let an: Vec<f64> = xf
-        .iter()
-        .zip(&yf)
-        .map(|(&x, &y)| bce(x, if y == 1.0 { 1.0 } else { 0.0 }))
-        .collect();
+    let an: Vec<f64> = xf.iter().zip(&yf).map(|(&x, &y)| bce(x, if y == 1.0 { 1.0 } else { 0.0 })).collect();
     let n: Vec<usize> = (0..yf.len()).filter(|&k| yf[k] == 0.0).collect();
     let count = count_ref((epoch as f64 * delta / 100.0).min(1.0), yf.len()).min(n.len());
     let large = pick_ref(&an, &n, count, true);
@@ -148,51 +132,22 @@ fn large_loss_methods_match_reference() {
     for case in 0..6 {
         let (b, c) = (3 + case % 3, 5 + case % 4);
         let (x, y) = (rng.logits(b, c), rng.labels(b, c));
-        for (name, delta) in [
-            ("ll-r", 0.5),
-            ("ll-ct", 0.2),
-            ("ll-cp", 0.1),
-            ("ll-r", 4.0),
-            ("ll-ct", 7.0),
-            ("ll-cp", 9.0),
-        ] {
-            let cfg = MethodConfig {
-                ll_delta: Some(delta),
-                ..MethodConfig::default()
-            };
+        for (name, delta) in
+            [("ll-r", 0.5), ("ll-ct", 0.2), ("ll-cp", 0.1), ("ll-r", 4.0), ("ll-ct", 7.0), ("ll-cp", 9.0)]
+        {
+            let cfg = MethodConfig { ll_delta: Some(delta), ..MethodConfig::default() };
             for epoch in [0, 1, 3] {
                 let (loss, _, flagged) = run(name, &cfg, std::slice::from_ref(&x), &y, epoch);
                 let (want, large) = ll_ref(&x, &y, epoch, delta, name);
-                close(
-                    loss,
-                    want,
-                    &format!("case {case} {name} Δ={delta} e={epoch}"),
-                );
-                assert_eq!(
-                    flagged[0], large,
-                    "case {case} {name} Δ={delta} e={epoch} flagged"
-                );
+                close(loss, want, &format!("case {case} {name} Δ={delta} e={epoch}"));
+                assert_eq!(flagged[0], large, "case {case} {name} Δ={delta} e={epoch} flagged");
             }
         }
     }
     // Defaults: Δ = 0.5 % for LL-R, so 2 completed epochs on a 10×20 batch reject floor(0.01·200) = 2.
-    let x: M = (0..10)
-        .map(|i| {
-            (0..20)
-                .map(|j| ((i * 20 + j) % 13) as f64 * 0.3 - 2.0)
-                .collect()
-        })
-        .collect();
-    let y: M = (0..10)
-        .map(|i| (0..20).map(|j| if j == i { 1.0 } else { 0.0 }).collect())
-        .collect();
-    let (loss, _, flagged) = run(
-        "ll-r",
-        &MethodConfig::default(),
-        std::slice::from_ref(&x),
-        &y,
-        2,
-    );
+    let x: M = (0..10).map(|i| (0..20).map(|j| ((i * 20 + j) % 13) as f64 * 0.3 - 2.0).collect()).collect();
+    let y: M = (0..10).map(|i| (0..20).map(|j| if j == i { 1.0 } else { 0.0 }).collect()).collect();
+    let (loss, _, flagged) = run("ll-r", &MethodConfig::default(), std::slice::from_ref(&x), &y, 2);
     let (want, large) = ll_ref(&x, &y, 2, 0.5, "ll-r");
     assert_eq!(large.len(), 2);
     assert_eq!(flagged[0], large);
@@ -201,10 +156,7 @@ fn large_loss_methods_match_reference() {
 
 #[test]
 fn ll_cp_corrections_persist_and_round_trip_through_state() {
-    let cfg = MethodConfig {
-        ll_delta: Some(25.0),
-        ..MethodConfig::default()
-    };
+    let cfg = MethodConfig { ll_delta: Some(25.0), ..MethodConfig::default() };
     let x = vec![vec![3.0, -1.0, 2.0, 0.0], vec![-2.0, 1.0, 0.5, -3.0]];
     let y = vec![vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 0.0, 0.0, -1.0]];
     let mut m = build("ll-cp", &cfg, 5, 4, Device::Cpu).unwrap();
@@ -223,18 +175,9 @@ fn ll_cp_corrections_persist_and_round_trip_through_state() {
     let mut y_corrected = y.clone();
     y_corrected[0][2] = 1.0;
     y_corrected[1][1] = 1.0;
-    close(
-        loss,
-        sum_ref(&x, &y_corrected, |x, y| {
-            bce(x, if y == 1.0 { 1.0 } else { 0.0 })
-        }),
-        "stored corrections",
-    );
+    close(loss, sum_ref(&x, &y_corrected, |x, y| bce(x, if y == 1.0 { 1.0 } else { 0.0 })), "stored corrections");
     assert_eq!(flagged[0], vec![2, 5]);
     assert!(restored.load_state(&[]).is_err());
-    let wrong = vec![(
-        "ll-cp.corrected".to_string(),
-        Tensor::zeros([2, 2], (Kind::Bool, Device::Cpu)),
-    )];
+    let wrong = vec![("ll-cp.corrected".to_string(), Tensor::zeros([2, 2], (Kind::Bool, Device::Cpu)))];
     assert!(restored.load_state(&wrong).is_err());
 }

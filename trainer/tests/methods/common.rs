@@ -60,56 +60,23 @@ pub fn vec_f(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).reshape([-1])).unwrap()
 }
 pub fn vec_b(t: &Tensor) -> Vec<bool> {
-    vec_f(&t.to_kind(Kind::Double))
-        .iter()
-        .map(|&v| v != 0.0)
-        .collect()
+    vec_f(&t.to_kind(Kind::Double)).iter().map(|&v| v != 0.0).collect()
 }
 pub fn set(mask: &[bool]) -> Vec<usize> {
-    mask.iter()
-        .enumerate()
-        .filter(|(_, &b)| b)
-        .map(|(i, _)| i)
-        .collect()
+    mask.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect()
 }
 pub fn close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-        "{what}: got {a}, expected {b}"
-    );
+    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: got {a}, expected {b}");
 }
 
 /// Runs one step of `name` and returns (loss, per_net, flagged as index sets).
-pub fn run(
-    name: &str,
-    cfg: &MethodConfig,
-    logits: &[M],
-    y: &M,
-    epoch: usize,
-) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
+pub fn run(name: &str, cfg: &MethodConfig, logits: &[M], y: &M, epoch: usize) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
     let mut m = build(name, cfg, y.len() as i64, y[0].len() as i64, Device::Cpu).unwrap();
-    run_on(
-        m.as_mut(),
-        logits,
-        y,
-        &(0..y.len() as i64).collect::<Vec<_>>(),
-        epoch,
-    )
+    run_on(m.as_mut(), logits, y, &(0..y.len() as i64).collect::<Vec<_>>(), epoch)
 }
-pub fn run_on(
-    m: &mut dyn Method,
-    logits: &[M],
-    y: &M,
-    idx: &[i64],
-    epoch: usize,
-) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
+pub fn run_on(m: &mut dyn Method, logits: &[M], y: &M, idx: &[i64], epoch: usize) -> (f64, Vec<f64>, Vec<Vec<usize>>) {
     let (yt, it) = (t(y), Tensor::from_slice(idx));
-    let ctx = StepCtx {
-        y: &yt,
-        indices: &it,
-        epoch,
-        lr: 1e-3,
-    };
+    let ctx = StepCtx { y: &yt, indices: &it, epoch, lr: 1e-3 };
     let ls: Vec<Tensor> = logits.iter().map(t).collect();
     let out = m.step(&ls, &ctx);
     assert_eq!(out.per_net.len(), m.num_networks());
@@ -121,29 +88,14 @@ pub fn run_on(
 pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     pub fn logits(&mut self, b: usize, c: usize) -> M {
-        (0..b)
-            .map(|_| {
-                (0..c)
-                    .map(|_| (self.next() % 17) as f64 * 0.5 - 4.0)
-                    .collect()
-            })
-            .collect()
+        (0..b).map(|_| (0..c).map(|_| (self.next() % 17) as f64 * 0.5 - 4.0).collect()).collect()
     }
     pub fn labels(&mut self, b: usize, c: usize) -> M {
-        (0..b)
-            .map(|_| {
-                (0..c)
-                    .map(|_| [1.0, 0.0, 0.0, 0.0, 0.0, -1.0][(self.next() % 6) as usize])
-                    .collect()
-            })
-            .collect()
+        (0..b).map(|_| (0..c).map(|_| [1.0, 0.0, 0.0, 0.0, 0.0, -1.0][(self.next() % 6) as usize]).collect()).collect()
     }
 }
 
@@ -160,32 +112,16 @@ pub fn cls_select_ref(
     self_: bool,
 ) -> (Vec<bool>, Vec<bool>) {
     let n: Vec<usize> = (0..y.len()).filter(|&i| y[i] == 0.0).collect();
-    let nf = if peer {
-        pick_ref(other, &n, count_ref(r_h, n.len()), false)
-    } else {
-        n.clone()
-    };
-    let nf2 = if self_ {
-        pick_ref(own, &nf, count_ref(r_l, nf.len()), true)
-    } else {
-        nf.clone()
-    };
-    let keep = (0..y.len())
-        .map(|i| y[i] != 0.0 || nf2.contains(&i))
-        .collect();
-    let flagged = (0..y.len())
-        .map(|i| y[i] == 0.0 && !nf.contains(&i))
-        .collect();
+    let nf = if peer { pick_ref(other, &n, count_ref(r_h, n.len()), false) } else { n.clone() };
+    let nf2 = if self_ { pick_ref(own, &nf, count_ref(r_l, nf.len()), true) } else { nf.clone() };
+    let keep = (0..y.len()).map(|i| y[i] != 0.0 || nf2.contains(&i)).collect();
+    let flagged = (0..y.len()).map(|i| y[i] == 0.0 && !nf.contains(&i)).collect();
     (keep, flagged)
 }
 
 /// (1/B) Σ over all entries of `per_entry(x, y)`.
 pub fn sum_ref(x: &M, y: &M, per_entry: impl Fn(f64, f64) -> f64) -> f64 {
-    let s: f64 = flat(x)
-        .iter()
-        .zip(flat(y))
-        .map(|(&x, y)| per_entry(x, y))
-        .sum();
+    let s: f64 = flat(x).iter().zip(flat(y)).map(|(&x, y)| per_entry(x, y)).sum();
     s / x.len() as f64
 }
 
@@ -196,9 +132,7 @@ pub fn epr_reg(p: &M, k: f64) -> f64 {
 }
 
 pub fn sigm(x: &M) -> M {
-    x.iter()
-        .map(|r| r.iter().map(|&v| sig(v)).collect())
-        .collect()
+    x.iter().map(|r| r.iter().map(|&v| sig(v)).collect()).collect()
 }
 
 pub fn logit(p: f64) -> f64 {

@@ -11,34 +11,13 @@ fn build_knows_every_method_and_rejects_the_rest() {
     for &name in METHODS {
         let m = build(name, &MethodConfig::default(), 10, 4, Device::Cpu).unwrap();
         assert_eq!(m.name(), name);
-        let two = [
-            "cls",
-            "cls-h",
-            "cls-l",
-            "clc",
-            "co-teaching",
-            "co-teaching-plus",
-            "jocor",
-        ]
-        .contains(&name);
+        let two = ["cls", "cls-h", "cls-l", "clc", "co-teaching", "co-teaching-plus", "jocor"].contains(&name);
         assert_eq!(m.num_networks(), if two { 2 } else { 1 }, "{name}");
     }
-    let err = build("cls-x", &MethodConfig::default(), 10, 4, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("cls-x") && err.contains("co-teaching-plus"),
-        "{err}"
-    );
-    let bad = MethodConfig {
-        tau_h: 1.5,
-        ..MethodConfig::default()
-    };
-    let err = build("cls", &bad, 10, 4, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = build("cls-x", &MethodConfig::default(), 10, 4, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("cls-x") && err.contains("co-teaching-plus"), "{err}");
+    let bad = MethodConfig { tau_h: 1.5, ..MethodConfig::default() };
+    let err = build("cls", &bad, 10, 4, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("tau_h"), "{err}");
     assert!(build("role", &MethodConfig::default(), 0, 4, Device::Cpu).is_err());
 }
@@ -49,11 +28,7 @@ fn reduction_parses_and_serialises_lowercase() {
     assert_eq!("Mean".parse::<Reduction>().unwrap(), Reduction::Mean);
     assert!("avg".parse::<Reduction>().is_err());
     assert_eq!(serde_json::to_string(&Reduction::Mean).unwrap(), "\"mean\"");
-    let cfg = MethodConfig {
-        reduction: Reduction::Mean,
-        ll_delta: Some(0.1),
-        ..MethodConfig::default()
-    };
+    let cfg = MethodConfig { reduction: Reduction::Mean, ll_delta: Some(0.1), ..MethodConfig::default() };
     let back: MethodConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
     assert_eq!(back, cfg);
     let partial: MethodConfig = serde_json::from_str(r#"{"tau_h": 0.02}"#).unwrap();
@@ -87,12 +62,7 @@ fn half_precision_logits_are_computed_in_f32() {
     for name in ["an", "asl", "hill", "epr"] {
         let mut m = build(name, &MethodConfig::default(), 4, 6, Device::Cpu).unwrap();
         let (yt, it) = (t(&y), Tensor::arange(4, (Kind::Int64, Device::Cpu)));
-        let ctx = StepCtx {
-            y: &yt,
-            indices: &it,
-            epoch: 0,
-            lr: 1e-3,
-        };
+        let ctx = StepCtx { y: &yt, indices: &it, epoch: 0, lr: 1e-3 };
         // The quantised logits are exact in bf16, so the losses agree to f32 precision.
         let full = m.step(&[t(&x)], &ctx);
         let half = m.step(&[t(&x).to_kind(Kind::BFloat16)], &ctx);

@@ -17,12 +17,7 @@ fn role_loss_initialisation_updates_and_state_round_trip() {
     let before = vec_f(&m.state()[0].1);
     let xt = t(&x).set_requires_grad(true);
     let (yt, it) = (t(&y), Tensor::from_slice(&idx));
-    let ctx = StepCtx {
-        y: &yt,
-        indices: &it,
-        epoch: 0,
-        lr: 1e-3,
-    };
+    let ctx = StepCtx { y: &yt, indices: &it, epoch: 0, lr: 1e-3 };
     let out = m.step(&[xt.shallow_clone()], &ctx);
     // Initialisation: observed positives of the batch rows at logit(0.995), the rest in
     // [logit(0.4), logit(0.6)].
@@ -33,20 +28,14 @@ fn role_loss_initialisation_updates_and_state_round_trip() {
             match idx.iter().position(|&i| i as usize == r) {
                 Some(bi) if y[bi][j] == 1.0 => close(v, logit(0.995), "positive estimate"),
                 _ => {
-                    assert!(
-                        v >= logit(0.4) - 1e-6 && v <= logit(0.6) + 1e-6,
-                        "estimate {v} out of range"
-                    );
+                    assert!(v >= logit(0.4) - 1e-6 && v <= logit(0.6) + 1e-6, "estimate {v} out of range");
                     assert_eq!(v, before[r * c + j]);
                 }
             }
         }
     }
     // The loss against an f64 reference built from those estimates.
-    let e: M = idx
-        .iter()
-        .map(|&r| (0..c).map(|j| est[r as usize * c + j]).collect())
-        .collect();
+    let e: M = idx.iter().map(|&r| (0..c).map(|j| est[r as usize * c + j]).collect()).collect();
     let mut sum = 0.0;
     for i in 0..3 {
         for j in 0..c {
@@ -74,21 +63,14 @@ fn role_loss_initialisation_updates_and_state_round_trip() {
         for j in 0..c {
             let (a, q) = (x[i][j], e[i][j]);
             let p = sig(a);
-            let mean: f64 = (0..3)
-                .map(|r| (0..c).map(|k| sig(x[r][k])).sum::<f64>())
-                .sum::<f64>()
-                / 3.0;
+            let mean: f64 = (0..3).map(|r| (0..c).map(|k| sig(x[r][k])).sum::<f64>()).sum::<f64>() / 3.0;
             let reg = 0.5 * 2.0 * (mean - 3.0) / (c * c) as f64 / 3.0 * p * (1.0 - p);
             let own = match y[i][j] {
                 1.0 => 0.5 * (p - 1.0) + 0.5 * (p - sig(q)),
                 0.0 => 0.5 * (p - sig(q)),
                 _ => 0.5 * p,
             };
-            close(
-                grad[i * c + j],
-                own / 3.0 + reg,
-                &format!("ROLE dL/dx[{i},{j}]"),
-            );
+            close(grad[i * c + j], own / 3.0 + reg, &format!("ROLE dL/dx[{i},{j}]"));
         }
     }
     // State round trip.

@@ -8,44 +8,28 @@ use cls_trainer::methods::*;
 fn per_sample_an(x: &M, y: &M) -> Vec<f64> {
     x.iter()
         .zip(y)
-        .map(|(xr, yr)| {
-            xr.iter()
-                .zip(yr)
-                .map(|(&x, &y)| bce(x, if y == 1.0 { 1.0 } else { 0.0 }))
-                .sum()
-        })
+        .map(|(xr, yr)| xr.iter().zip(yr).map(|(&x, &y)| bce(x, if y == 1.0 { 1.0 } else { 0.0 })).sum())
         .collect()
 }
 /// Flat indices of the unannotated entries in samples not in `kept`.
 fn removed_ref(y: &M, kept: &[usize]) -> Vec<usize> {
     let c = y[0].len();
-    (0..y.len() * c)
-        .filter(|&k| y[k / c][k % c] == 0.0 && !kept.contains(&(k / c)))
-        .collect()
+    (0..y.len() * c).filter(|&k| y[k / c][k % c] == 0.0 && !kept.contains(&(k / c))).collect()
 }
 
 #[test]
 fn coteaching_and_coteaching_plus_match_reference() {
     let mut rng = Lcg(44);
-    let cfg = MethodConfig {
-        forget_rate: 0.4,
-        ..MethodConfig::default()
-    };
+    let cfg = MethodConfig { forget_rate: 0.4, ..MethodConfig::default() };
     for case in 0..8 {
         let (b, c) = (3 + case % 5, 3 + case % 3);
         let (f, g, y) = (rng.logits(b, c), rng.logits(b, c), rng.labels(b, c));
         let (lf, lg) = (per_sample_an(&f, &y), per_sample_an(&g, &y));
         for plus in [false, true] {
             for epoch in [0, 1, 5, 30] {
-                let name = if plus {
-                    "co-teaching-plus"
-                } else {
-                    "co-teaching"
-                };
+                let name = if plus { "co-teaching-plus" } else { "co-teaching" };
                 let candidates: Vec<usize> = (0..b)
-                    .filter(|&i| {
-                        !plus || epoch < 1 || (0..c).any(|j| (f[i][j] > 0.0) != (g[i][j] > 0.0))
-                    })
+                    .filter(|&i| !plus || epoch < 1 || (0..c).any(|j| (f[i][j] > 0.0) != (g[i][j] > 0.0)))
                     .collect();
                 let count = count_ref(rate_ref(epoch, 0.4), candidates.len());
                 let for_g = pick_ref(&lf, &candidates, count, false);
@@ -69,13 +53,7 @@ fn coteaching_plus_without_disagreement_trains_nothing() {
     let f = vec![vec![1.0, -2.0], vec![-1.0, 3.0]];
     let g = vec![vec![2.0, -1.0], vec![-3.0, 1.0]]; // same signs: no disagreement
     let y = vec![vec![1.0, 0.0], vec![0.0, 0.0]];
-    let (loss, _, _) = run(
-        "co-teaching-plus",
-        &MethodConfig::default(),
-        &[f.clone(), g.clone()],
-        &y,
-        2,
-    );
+    let (loss, _, _) = run("co-teaching-plus", &MethodConfig::default(), &[f.clone(), g.clone()], &y, 2);
     assert_eq!(loss, 0.0);
     let (loss, _, _) = run("co-teaching", &MethodConfig::default(), &[f, g], &y, 2);
     assert!(loss > 0.0);
@@ -93,11 +71,7 @@ fn jocor_matches_reference() {
         let (b, c) = (3 + case % 4, 2 + case % 4);
         let (f, g, y) = (rng.logits(b, c), rng.logits(b, c), rng.labels(b, c));
         let lambda = 0.3 + 0.1 * case as f64;
-        let cfg = MethodConfig {
-            jocor_lambda: lambda,
-            forget_rate: 0.5,
-            ..MethodConfig::default()
-        };
+        let cfg = MethodConfig { jocor_lambda: lambda, forget_rate: 0.5, ..MethodConfig::default() };
         let (lf, lg) = (per_sample_an(&f, &y), per_sample_an(&g, &y));
         let part = |i: usize, a: &M, b_: &M, l: &[f64]| {
             (1.0 - lambda) * l[i] + lambda * (0..c).map(|j| kl_ref(a[i][j], b_[i][j])).sum::<f64>()
@@ -106,12 +80,7 @@ fn jocor_matches_reference() {
         let pg: Vec<f64> = (0..b).map(|i| part(i, &g, &f, &lg)).collect();
         let joint: Vec<f64> = (0..b).map(|i| pf[i] + pg[i]).collect();
         for epoch in [0, 3, 10] {
-            let kept = pick_ref(
-                &joint,
-                &(0..b).collect::<Vec<_>>(),
-                count_ref(rate_ref(epoch, 0.5), b),
-                false,
-            );
+            let kept = pick_ref(&joint, &(0..b).collect::<Vec<_>>(), count_ref(rate_ref(epoch, 0.5), b), false);
             let want_f: f64 = kept.iter().map(|&i| pf[i]).sum::<f64>() / b as f64;
             let want_g: f64 = kept.iter().map(|&i| pg[i]).sum::<f64>() / b as f64;
             let (loss, per_net, flagged) = run("jocor", &cfg, &[f.clone(), g.clone()], &y, epoch);

@@ -62,23 +62,10 @@ fn selection_matches_reference_on_random_batches_with_ties() {
     for case in 0..40 {
         let (b, c) = (1 + case % 5, 2 + case % 7);
         let (f, g, y) = (rng.logits(b, c), rng.logits(b, c), rng.labels(b, c));
-        let (lf, lg): (Vec<f64>, Vec<f64>) = (
-            flat(&f).iter().map(|&x| nl1p(x)).collect(),
-            flat(&g).iter().map(|&x| nl1p(x)).collect(),
-        );
-        let (r_h, r_l) = (
-            0.3 + 0.1 * (case % 6) as f64,
-            0.5 + 0.05 * (case % 9) as f64,
-        );
-        let s = co_label_select(
-            &t(&f).softplus(),
-            &t(&g).softplus(),
-            &t(&y).eq(0.0),
-            r_h,
-            r_l,
-            true,
-            true,
-        );
+        let (lf, lg): (Vec<f64>, Vec<f64>) =
+            (flat(&f).iter().map(|&x| nl1p(x)).collect(), flat(&g).iter().map(|&x| nl1p(x)).collect());
+        let (r_h, r_l) = (0.3 + 0.1 * (case % 6) as f64, 0.5 + 0.05 * (case % 9) as f64);
+        let s = co_label_select(&t(&f).softplus(), &t(&g).softplus(), &t(&y).eq(0.0), r_h, r_l, true, true);
         let (kf, ff) = cls_select_ref(&lf, &lg, &flat(&y), r_h, r_l, true, true);
         let (kg, fg) = cls_select_ref(&lg, &lf, &flat(&y), r_h, r_l, true, true);
         assert_eq!(vec_b(&s.keep_f), kf, "case {case} keep_f");
