@@ -6,6 +6,7 @@
 //! [`synthetic`] writes the built-in demo dataset (coloured shapes, JSONL manifests).
 
 pub mod dataset;
+pub mod fsio;
 pub mod labels;
 pub mod metrics;
 pub mod preprocess;

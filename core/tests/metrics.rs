@@ -173,6 +173,28 @@ fn json_uses_the_paper_names_and_round_trips() {
     assert_eq!(back, m);
 }
 
+/// The CI gate compares a run with a metrics JSON written earlier: a run checked against its own
+/// output at tolerance 0 must pass, so every f64 has to survive the JSON round trip bit for bit
+/// (serde_json's default float parser is off by one unit in the last place for some values).
+#[test]
+fn metrics_survive_their_own_json_round_trip_exactly() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for trial in 0..300 {
+        let (n, c) = (rng.random_range(5..60), rng.random_range(2..30));
+        let scores = Array2::from_shape_fn((n, c), |_| rng.random::<f32>());
+        let truth = Array2::from_shape_fn((n, c), |_| if rng.random_bool(0.3) { 1i8 } else { -1 });
+        let Ok(m) = evaluate(scores.view(), truth.view(), rng.random_range(0.05..0.95)) else { continue };
+        let text = serde_json::to_string_pretty(&m).unwrap();
+        let back: Metrics = serde_json::from_str(&text).unwrap();
+        for (name, a, b) in [("mAP", m.map, back.map), ("CF1", m.cf1, back.cf1), ("OF1", m.of1, back.of1)] {
+            assert_eq!(a.to_bits(), b.to_bits(), "trial {trial}: {name} {a:?} came back as {b:?}");
+        }
+        assert_eq!(back, m, "trial {trial}");
+        assert!(regressions(&back, &m, 0.0).is_empty(), "trial {trial}: equal metrics flagged as a regression");
+    }
+}
+
 #[test]
 fn table_shows_percent_with_one_decimal() {
     let (scores, truth) = small();

@@ -1,75 +1,19 @@
-//! Output files: written to a temporary file in the destination's folder and renamed into place
-//! when complete, so a killed run never leaves a half-written file under the real name; plus the
-//! JSON Lines records cls-infer writes.
+//! What cls-infer writes: the JSON Lines records of tags and unreadable files. Files are written
+//! through `cls_core::fsio` (atomic for regular files, straight into devices, FIFOs and standard
+//! output, temporary files removed on an error or a signal).
 
-use anyhow::{Context, Result};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use tempfile::NamedTempFile;
+use anyhow::Result;
+pub use cls_core::fsio::Output;
+use std::path::Path;
 
-/// Standard output, or a file that appears only when [`Output::finish`] succeeds.
-pub enum Output {
-    Stdout(BufWriter<std::io::Stdout>),
-    File { writer: BufWriter<NamedTempFile>, dest: PathBuf },
-}
-
-impl Output {
-    /// `None` means standard output.
-    pub fn create(dest: Option<&Path>) -> Result<Output> {
-        let Some(dest) = dest else {
-            return Ok(Output::Stdout(BufWriter::new(std::io::stdout())));
-        };
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .with_context(|| format!("cannot create a file in {} (for {})", dir.display(), dest.display()))?;
-        Ok(Output::File { writer: BufWriter::with_capacity(1 << 16, tmp), dest: dest.to_path_buf() })
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Output::Stdout(_) => "standard output".to_string(),
-            Output::File { dest, .. } => dest.display().to_string(),
-        }
-    }
-
-    pub fn line(&mut self, text: &str) -> Result<()> {
-        let r = match self {
-            Output::Stdout(w) => w.write_all(text.as_bytes()).and_then(|_| w.write_all(b"\n")),
-            Output::File { writer, .. } => writer.write_all(text.as_bytes()).and_then(|_| writer.write_all(b"\n")),
-        };
-        r.with_context(|| format!("cannot write to {}", self.name()))
-    }
-
-    /// Flush, and move a file into place.
-    pub fn finish(self) -> Result<()> {
-        match self {
-            Output::Stdout(mut w) => w.flush().context("cannot write to standard output"),
-            Output::File { writer, dest } => {
-                let tmp = writer
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .with_context(|| format!("cannot write {}", dest.display()))?;
-                tmp.as_file().sync_all().with_context(|| format!("cannot write {}", dest.display()))?;
-                tmp.persist(&dest)
-                    .map_err(|e| e.error)
-                    .with_context(|| format!("cannot rename the finished file to {}", dest.display()))?;
-                Ok(())
-            }
-        }
-    }
+/// An output file, or standard output when `dest` is `None`.
+pub fn open(dest: Option<&Path>) -> Result<Output> {
+    dest.map_or_else(|| Ok(Output::stdout()), Output::create)
 }
 
 /// Write a whole small file (JSON) atomically.
 pub fn write_file(dest: &Path, text: &str) -> Result<()> {
-    let mut out = Output::create(Some(dest))?;
-    out.line(text)?;
-    out.finish()
+    cls_core::fsio::write_atomic(dest, format!("{text}\n").as_bytes())
 }
 
 /// The labels to report for one image: classes with `p >= threshold`, best first (ties by class
@@ -169,20 +113,5 @@ mod tests {
         assert_eq!(v["image"], "z.png");
         assert_eq!(v["labels"], serde_json::json!([]));
         assert!(v["scores"]["a \"q\""].is_null());
-    }
-
-    #[test]
-    fn files_appear_only_when_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("out.jsonl");
-        let mut out = Output::create(Some(&dest)).unwrap();
-        out.line("{}").unwrap();
-        assert!(!dest.exists());
-        out.finish().unwrap();
-        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "{}\n");
-        let dropped = Output::create(Some(&dir.path().join("killed.jsonl"))).unwrap();
-        drop(dropped);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("out.jsonl")]);
     }
 }

@@ -4,7 +4,7 @@
 //! evaluation reads earlier outputs instead of tagging.
 
 use crate::model::{self, ModelInfo};
-use crate::output::{error_line, write_file, Output, Tagger};
+use crate::output::{self, error_line, write_file, Output, Tagger};
 use crate::pipeline::{self, Outcome, Plan, Runner};
 use crate::shard::Shard;
 use crate::truth::{preview, resolve, Truth};
@@ -117,8 +117,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
 
     // Tag.
-    let mut out = Output::create(cli.out.as_deref())?;
-    let mut errors_out = cli.errors.as_deref().map(|p| Output::create(Some(p))).transpose()?;
+    let mut out = output::open(cli.out.as_deref())?;
+    let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
     let mut n_errors = 0usize;
     let mut report =
         |path: &str, reason: &str, errors_out: &mut Option<Output>, bar: Option<&ProgressBar>| -> Result<()> {

@@ -41,7 +41,7 @@ pub fn export_onnx(nets: &[(&Net, &VarStore)], arch: &Arch, meta: &ExportMeta, p
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, bytes).with_context(|| format!("writing ONNX model {}", path.display()))
+    cls_core::fsio::write_atomic(path, &bytes).with_context(|| format!("writing ONNX model {}", path.display()))
 }
 
 /// The serialised model of [`export_onnx`].

@@ -73,13 +73,17 @@ fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
 }
 
 fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize, label: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A temporary file beside the cache, renamed into place when complete (removed on an error
+    // or a signal), so a killed run never leaves a half-built cache or a stray temporary file.
+    cls_core::fsio::write_via_path(path, |tmp| fill(samples, height, width, tmp, bytes, label))
+}
+
+fn fill(samples: &[Sample], height: u32, width: u32, tmp: &Path, bytes: usize, label: &str) -> Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
         .truncate(true)
-        .open(&tmp)
+        .open(tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     file.set_len(bytes as u64)?;
     // SAFETY: the temporary file is ours alone until renamed.
@@ -106,14 +110,12 @@ fn build(samples: &[Sample], height: u32, width: u32, path: &Path, bytes: usize,
         .collect();
     bar.finish_and_clear();
     if !errors.is_empty() {
-        let _ = std::fs::remove_file(&tmp);
         let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
         bail!("{} image(s) of {label} could not be read:\n  {}", errors.len(), shown.join("\n  "));
     }
     map.flush()?;
     drop(map);
     eprintln!("decoded {} {label} images in {:.1} s", samples.len(), t0.elapsed().as_secs_f64());
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 

@@ -35,21 +35,19 @@ pub struct Checkpoint {
     pub method: Vec<(String, Tensor)>,
 }
 
+/// Write a whole file atomically (`cls_core::fsio`: synced, renamed into place, the temporary
+/// file removed on an error or a signal).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    cls_core::fsio::write_atomic(path, bytes)
 }
 
 /// Write named tensors as safetensors, atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let cpu: Vec<(String, Tensor)> =
         tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    cls_core::fsio::write_via_path(path, |tmp| {
+        Tensor::write_safetensors(&cpu, tmp).with_context(|| format!("writing {}", path.display()))
+    })
 }
 
 pub fn load_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {

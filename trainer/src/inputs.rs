@@ -124,8 +124,8 @@ pub fn features(
     bar.finish_and_clear();
     eprintln!("features of {} {label} images in {:.1} s", cache.n, t0.elapsed().as_secs_f64());
     let all = Tensor::cat(&parts, 0);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    Tensor::write_safetensors(&[("features", &all)], &tmp).context("writing the feature cache")?;
-    std::fs::rename(&tmp, &path)?;
+    cls_core::fsio::write_via_path(&path, |tmp| {
+        Tensor::write_safetensors(&[("features", &all)], tmp).context("writing the feature cache")
+    })?;
     Ok(all.to_device(device))
 }
