@@ -65,8 +65,9 @@ pub fn install_cleanup_handler() -> Result<()> {
     if INSTALLED.get().is_some() {
         return Ok(());
     }
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handler")?;
+    // A signal the parent set to be ignored (`nohup`, a background job of a script) stays ignored.
+    let wanted: Vec<i32> = [SIGINT, SIGTERM, SIGHUP].into_iter().filter(|&s| !ignored(s)).collect();
+    let mut signals = signal_hook::iterator::Signals::new(&wanted).context("cannot install the signal handler")?;
     std::thread::Builder::new()
         .name("cls-signals".into())
         .spawn(move || {
@@ -79,6 +80,15 @@ pub fn install_cleanup_handler() -> Result<()> {
         .context("cannot start the signal thread")?;
     let _ = INSTALLED.set(());
     Ok(())
+}
+
+/// Whether `sig` is set to be ignored in this process (inherited from the parent).
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current disposition.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 fn remove_registered() {

@@ -104,6 +104,10 @@ fn main() -> ExitCode {
         std::env::set_var("ORT_LOG", "warning");
     }
     let cli = Cli::parse();
+    // Temporary output files are removed if the run is interrupted (SIGINT, SIGTERM, SIGHUP).
+    if let Err(e) = cls_core::fsio::install_cleanup_handler() {
+        eprintln!("cls-infer: warning: {e:#}");
+    }
     // One line, no backtrace, for a bug; decoder panics are caught and reported per file.
     std::panic::set_hook(Box::new(|info| {
         if !std::thread::current().name().is_some_and(|n| n.starts_with("cls-decode")) {

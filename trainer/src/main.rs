@@ -116,6 +116,10 @@ fn main() -> ExitCode {
         std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
     }
     let matches = Cli::command().get_matches();
+    // Temporary files (checkpoints, caches, outputs) are removed if the run is interrupted.
+    if let Err(e) = cls_core::fsio::install_cleanup_handler() {
+        eprintln!("warning: {e:#}");
+    }
     match Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
