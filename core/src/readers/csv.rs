@@ -1,9 +1,9 @@
 //! CSV feature tables (the Mulan/MEKA-style sets such as `scene`): a header row, then one row
-//! per sample of numeric feature columns and 0/1 label columns. Fields are split on `,` and
-//! trimmed; quoting is not supported (numeric tables do not need it), though quotes around
-//! header names are stripped.
+//! per sample of numeric feature columns and 0/1 label columns. Parsed by the `csv` crate (RFC
+//! 4180 quoting, so a header name may hold a comma; a UTF-8 byte order mark is skipped); fields
+//! are trimmed and blank lines skipped.
 
-use super::{file_stem_str, label_space, parent_name, read_lines, short_name, DataError, Loc};
+use super::{file_stem_str, label_space, parent_name, short_name, DataError, Loc};
 use crate::dataset::{Dataset, Sample};
 use crate::labels::{NEG, POS};
 use ndarray::Array2;
@@ -25,13 +25,9 @@ pub enum LabelColumns {
 /// (f32, finite), labels to targets (1 → positive, 0 → negative). `Sample.id` is the 0-based
 /// data row number, the path empty. The name is `<folder>-<stem>`, e.g. `scene-train`.
 pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError> {
-    let lines = read_lines(path)?;
-    let Some(((header_line, header), rows)) = lines.split_first() else {
-        return Err(DataError::Empty { at: Loc::file(path), what: "header row" });
-    };
-    let header: Vec<String> = header.split(',').map(|h| h.trim().trim_matches('"').to_string()).collect();
+    let (header_line, header, rows) = read_records(path)?;
     let width = header.len();
-    let label_cols = label_columns(&header, &labels, &Loc::line(path, *header_line))?;
+    let label_cols = label_columns(&header, &labels, &Loc::line(path, header_line))?;
     let label_set: HashSet<usize> = label_cols.iter().copied().collect();
     let feature_cols: Vec<usize> = (0..width).filter(|c| !label_set.contains(c)).collect();
     if rows.is_empty() {
@@ -40,18 +36,17 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
 
     let mut features = Array2::<f32>::zeros((rows.len(), feature_cols.len()));
     let mut targets = Array2::from_elem((rows.len(), label_cols.len()), NEG);
-    for (row, (line, text)) in rows.iter().enumerate() {
-        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+    for (row, (line, fields)) in rows.iter().enumerate() {
         if fields.len() != width {
             return Err(DataError::ColumnCount { at: Loc::line(path, *line), expected: width, found: fields.len() });
         }
         let number = |col: usize| -> Result<f64, DataError> {
             let at = Loc::cell(path, *line, col + 1);
             let value: f64 = fields[col].parse().map_err(|_| {
-                DataError::bad_value(at.clone(), format!("'{}' ({}) is not a number", fields[col], header[col]))
+                DataError::bad_value(at.clone(), format!("'{}' ({}) is not a number", &fields[col], header[col]))
             })?;
             if !value.is_finite() {
-                return Err(DataError::bad_value(at, format!("'{}' ({}) is not finite", fields[col], header[col])));
+                return Err(DataError::bad_value(at, format!("'{}' ({}) is not finite", &fields[col], header[col])));
             }
             Ok(value)
         };
@@ -67,14 +62,14 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
             } else {
                 return Err(DataError::bad_value(
                     Loc::cell(path, *line, col + 1),
-                    format!("label value '{}' ({}) is not 0 or 1", fields[col], header[col]),
+                    format!("label value '{}' ({}) is not 0 or 1", &fields[col], header[col]),
                 ));
             };
         }
     }
 
     let names = label_cols.iter().map(|&c| header[c].clone()).collect();
-    let classes = label_space(names, Loc::line(path, *header_line))?;
+    let classes = label_space(names, Loc::line(path, header_line))?;
     Ok(Dataset {
         name: short_name(&[&parent_name(path), file_stem_str(path)]),
         classes,
@@ -82,6 +77,49 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
         targets,
         features: Some(features),
     })
+}
+
+/// The header (its line number and names) and the data rows (line number, trimmed fields),
+/// blank lines skipped.
+fn read_records(path: &Path) -> Result<(usize, Vec<String>, Vec<(usize, csv::StringRecord)>), DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    // The reader's own line counter skips blank lines; count from the byte offset instead.
+    let newlines: Vec<usize> = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).collect();
+    let line_at = |pos: Option<&csv::Position>| {
+        // A record's position may point at the blank lines before it: skip them.
+        let mut at = pos.map_or(0, |p| p.byte() as usize);
+        while bytes.get(at).is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            at += 1;
+        }
+        newlines.partition_point(|&n| n < at) + 1
+    };
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(&bytes[..]);
+    let mut records = Vec::new();
+    for result in reader.records() {
+        let record = result.map_err(|e| {
+            let line = line_at(e.position());
+            match e.into_kind() {
+                csv::ErrorKind::Io(io) => DataError::io(path, io),
+                csv::ErrorKind::Utf8 { .. } => DataError::malformed(Loc::line(path, line), "not valid UTF-8"),
+                other => DataError::malformed(Loc::line(path, line), format!("{other:?}")),
+            }
+        })?;
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        records.push((line_at(record.position()), record));
+    }
+    let mut records = records.into_iter();
+    let Some((header_line, header)) = records.next() else {
+        return Err(DataError::Empty { at: Loc::file(path), what: "header row" });
+    };
+    let mut header: Vec<String> = header.iter().map(str::to_string).collect();
+    if let Some(first) = header.first_mut() {
+        // A byte order mark the reader left in the first name.
+        *first = first.trim_start_matches('\u{feff}').to_string();
+    }
+    Ok((header_line, header, records.collect()))
 }
 
 /// The indices of the label columns, in class order; at least one column must stay a feature.

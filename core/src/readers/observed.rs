@@ -10,31 +10,39 @@ use ndarray::Array2;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Read an SPML observed-label `.npy`: a C-order 2-D array of shape `(n_images, n_classes)`
-/// holding 1 (observed positive), 0 (unannotated) or -1 (observed negative), stored as
-/// `<f4`, `<f8`, `<i8`, `<i4`, `|u1`, `|i1` or `|b1`.
+/// Read an SPML observed-label `.npy` (with the `npyz` crate): a 2-D array of shape
+/// `(n_images, n_classes)`, C or Fortran order, holding 1 (observed positive), 0 (unannotated)
+/// or -1 (observed negative), of any float, integer or boolean dtype in either byte order.
 pub fn read_observed_npy(path: &Path, n_images: usize, n_classes: usize) -> Result<Array2<i8>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let header = npy::Header::parse(&bytes).map_err(|msg| DataError::malformed(Loc::entry(path, "header"), msg))?;
-    if header.shape != [n_images, n_classes] {
+    let header = || Loc::entry(path, "header");
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| DataError::malformed(header(), format!("not a readable .npy file: {e}")))?;
+    let shape = npy.shape().to_vec();
+    if shape != [n_images as u64, n_classes as u64] {
         return Err(DataError::malformed(
-            Loc::entry(path, "header"),
-            format!("shape {:?}, but the dataset has {n_images} images and {n_classes} classes", header.shape),
+            header(),
+            format!("shape {shape:?}, but the dataset has {n_images} images and {n_classes} classes"),
         ));
     }
+    let fortran = npy.order() == npyz::Order::Fortran;
+    let npyz::DType::Plain(dtype) = npy.dtype() else {
+        return Err(DataError::malformed(header(), "a structured array; expected plain numbers"));
+    };
     let count = n_images * n_classes;
-    let data = &bytes[header.data_offset..];
-    let size = header.dtype.size();
-    if data.len() / size < count {
-        return Err(DataError::malformed(
-            Loc::file(path),
-            format!("truncated: {count} values of {size} bytes need {} bytes, found {}", count * size, data.len()),
-        ));
-    }
+    let values = numbers(npy, &dtype).map_err(|e| {
+        let msg = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("truncated: the data ends before {count} values of '{dtype}'")
+        } else {
+            e.to_string()
+        };
+        DataError::malformed(Loc::file(path), msg)
+    })?;
     let mut out = Array2::from_elem((n_images, n_classes), UNK);
-    for (k, chunk) in data.chunks_exact(size).take(count).enumerate() {
-        let value = header.dtype.value(chunk);
-        out[[k / n_classes, k % n_classes]] = if value == 1.0 {
+    for (k, value) in values.into_iter().enumerate().take(count) {
+        // Fortran order stores the matrix column by column.
+        let (row, class) = if fortran { (k % n_images, k / n_images) } else { (k / n_classes, k % n_classes) };
+        out[[row, class]] = if value == 1.0 {
             POS
         } else if value == 0.0 {
             UNK
@@ -42,12 +50,39 @@ pub fn read_observed_npy(path: &Path, n_images: usize, n_classes: usize) -> Resu
             NEG
         } else {
             return Err(DataError::bad_value(
-                Loc::entry(path, format!("row {}, class {}", k / n_classes, k % n_classes)),
+                Loc::entry(path, format!("row {row}, class {class}")),
                 format!("value {value} is not 1, 0 or -1"),
             ));
         };
     }
     Ok(out)
+}
+
+/// Every element of a plain numeric `.npy` as f64 (exact for the values that matter here).
+fn numbers<R: std::io::Read>(npy: npyz::NpyFile<R>, dtype: &npyz::TypeStr) -> std::io::Result<Vec<f64>> {
+    use npyz::TypeChar::{Bool, Float, Int, Uint};
+    fn all<T: npyz::Deserialize, R: std::io::Read>(
+        npy: npyz::NpyFile<R>,
+        to_f64: impl Fn(T) -> f64,
+    ) -> std::io::Result<Vec<f64>> {
+        Ok(npy.into_vec::<T>()?.into_iter().map(to_f64).collect())
+    }
+    match (dtype.type_char(), dtype.size_field()) {
+        (Float, 4) => all(npy, |v: f32| v as f64),
+        (Float, 8) => all(npy, |v: f64| v),
+        (Int, 1) => all(npy, |v: i8| v as f64),
+        (Int, 2) => all(npy, |v: i16| v as f64),
+        (Int, 4) => all(npy, |v: i32| v as f64),
+        (Int, 8) => all(npy, |v: i64| v as f64),
+        (Uint, 1) => all(npy, |v: u8| v as f64),
+        (Uint, 2) => all(npy, |v: u16| v as f64),
+        (Uint, 4) => all(npy, |v: u32| v as f64),
+        (Uint, 8) => all(npy, |v: u64| v as f64),
+        (Bool, 1) => all(npy, |v: bool| f64::from(u8::from(v))),
+        _ => Err(std::io::Error::other(format!(
+            "unsupported dtype '{dtype}' (expected a float, integer or boolean matrix)"
+        ))),
+    }
 }
 
 /// Read a Hill/SPLC observed-label text file aligned with `dataset`: lines
@@ -135,113 +170,5 @@ impl ImageLookup {
             }
         }
         Err(format!("image '{name}' is not in the dataset"))
-    }
-}
-
-/// The `.npy` header: magic, version, then a Python dict literal with `descr`,
-/// `fortran_order` and `shape`.
-mod npy {
-    /// The element types accepted, all little-endian or single-byte.
-    #[derive(Debug, Clone, Copy)]
-    pub enum Dtype {
-        F4,
-        F8,
-        I8,
-        I4,
-        U1,
-        I1,
-        B1,
-    }
-
-    impl Dtype {
-        fn from_descr(descr: &str) -> Option<Self> {
-            Some(match descr {
-                "<f4" => Dtype::F4,
-                "<f8" => Dtype::F8,
-                "<i8" => Dtype::I8,
-                "<i4" => Dtype::I4,
-                "|u1" => Dtype::U1,
-                "|i1" => Dtype::I1,
-                "|b1" => Dtype::B1,
-                _ => return None,
-            })
-        }
-
-        pub fn size(self) -> usize {
-            match self {
-                Dtype::F8 | Dtype::I8 => 8,
-                Dtype::F4 | Dtype::I4 => 4,
-                Dtype::U1 | Dtype::I1 | Dtype::B1 => 1,
-            }
-        }
-
-        /// One element (`c` holds exactly `size()` bytes) as f64, exact for the values that
-        /// matter here.
-        pub fn value(self, c: &[u8]) -> f64 {
-            let four = || [c[0], c[1], c[2], c[3]];
-            let eight = || [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
-            match self {
-                Dtype::F4 => f32::from_le_bytes(four()) as f64,
-                Dtype::F8 => f64::from_le_bytes(eight()),
-                Dtype::I8 => i64::from_le_bytes(eight()) as f64,
-                Dtype::I4 => i32::from_le_bytes(four()) as f64,
-                Dtype::U1 | Dtype::B1 => c[0] as f64,
-                Dtype::I1 => c[0] as i8 as f64,
-            }
-        }
-    }
-
-    pub struct Header {
-        pub dtype: Dtype,
-        pub shape: Vec<usize>,
-        pub data_offset: usize,
-    }
-
-    impl Header {
-        pub fn parse(bytes: &[u8]) -> Result<Header, String> {
-            if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-                return Err("not a .npy file (bad magic)".into());
-            }
-            let (len, start) = match bytes[6] {
-                1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-                2 | 3 if bytes.len() >= 12 => {
-                    (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-                }
-                v => return Err(format!("unsupported .npy version {v}")),
-            };
-            let dict = bytes.get(start..start + len).ok_or("header is truncated")?;
-            let dict = std::str::from_utf8(dict).map_err(|_| "header is not text")?;
-
-            let descr = quoted_value(dict, "descr").ok_or("header has no 'descr'")?;
-            let dtype = Dtype::from_descr(descr)
-                .ok_or_else(|| format!("unsupported dtype '{descr}' (supported: <f4 <f8 <i8 <i4 |u1 |i1 |b1)"))?;
-            match raw_value(dict, "fortran_order") {
-                Some(v) if v.starts_with("False") => {}
-                Some(v) if v.starts_with("True") => return Err("Fortran-order arrays are not supported".into()),
-                _ => return Err("header has no 'fortran_order'".into()),
-            }
-            let shape = raw_value(dict, "shape").ok_or("header has no 'shape'")?;
-            let inner = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("'shape' is not a tuple")?;
-            let shape = inner
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry '{s}'")))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Header { dtype, shape, data_offset: start + len })
-        }
-    }
-
-    /// The text after `'key':`, left-trimmed.
-    fn raw_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
-        let at = dict.find(&format!("'{key}'"))?;
-        let rest = dict[at + key.len() + 2..].trim_start().strip_prefix(':')?;
-        Some(rest.trim_start())
-    }
-
-    /// A quoted string value: `'key': '<f4'` → `<f4`.
-    fn quoted_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
-        let rest = raw_value(dict, key)?.strip_prefix('\'')?;
-        rest.split('\'').next()
     }
 }
