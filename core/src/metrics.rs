@@ -94,6 +94,18 @@ pub struct Metrics {
 /// negative. Returns `None` when no positive remains, when the slices differ in length, or
 /// when a considered score is NaN (the ranking is undefined; [`evaluate`] reports NaN as an
 /// error instead). Scores are compared as given and the sums are taken in `f64`.
+///
+/// ```
+/// use cls_core::metrics::average_precision;
+/// // Positives at ranks 1 and 3: precisions 1 and 2/3, so AP = (1 + 2/3) / 2.
+/// let ap = average_precision(&[0.9, 0.8, 0.7, 0.6], &[1, -1, 1, -1]).unwrap();
+/// assert!((ap - 5.0 / 6.0).abs() < 1e-12);
+/// // Tied scores enter together: one group holding 2 positives of 4 gives precision 1/2.
+/// assert_eq!(average_precision(&[0.5; 4], &[1, -1, -1, 1]), Some(0.5));
+/// // An unknown entry (0) is left out; no positive at all gives no AP.
+/// assert_eq!(average_precision(&[0.9, 0.1], &[0, 1]), Some(1.0));
+/// assert_eq!(average_precision(&[0.9, 0.1], &[-1, -1]), None);
+/// ```
 pub fn average_precision(scores: &[f32], truth: &[i8]) -> Option<f64> {
     if scores.len() != truth.len() {
         return None;
@@ -135,6 +147,25 @@ pub fn average_precision(scores: &[f32], truth: &[i8]) -> Option<f64> {
 ///
 /// Errors on a shape mismatch, a NaN score, a truth value other than 1/−1/0, a NaN threshold
 /// and when no class has a positive (mAP undefined).
+///
+/// ```
+/// use cls_core::metrics::evaluate;
+/// use ndarray::array;
+/// let scores = array![[0.9f32, 0.2], [0.6, 0.7], [0.1, 0.4]];
+/// let truth = array![[1i8, -1], [-1, 1], [-1, 1]];
+/// let m = evaluate(scores.view(), truth.view(), 0.5).unwrap();
+/// assert_eq!(m.map, 1.0); // every class ranks its positives first
+/// // At 0.5: class 0 predicts images 0 and 1 (one right), class 1 predicts image 1 (right).
+/// assert_eq!((m.cp, m.cr), (0.75, 0.75)); // mean of (1/2, 1) and of (1, 1/2)
+/// assert_eq!(m.op, 2.0 / 3.0); // 2 right of 3 predicted, pooled over the classes
+/// assert_eq!(m.or, 2.0 / 3.0); // 2 found of 3 positives
+/// // CF1 is the harmonic mean of CP and CR (ML-GCN's definition): 0.75 here. scikit-learn's
+/// // macro F1 averages the per-class F1 scores instead: F1 = 2/3 for each class, so 0.667.
+/// assert_eq!(m.cf1, 0.75);
+/// let f1 = |p: f64, r: f64| 2.0 * p * r / (p + r);
+/// let macro_f1 = (f1(0.5, 1.0) + f1(1.0, 0.5)) / 2.0;
+/// assert!((macro_f1 - 2.0 / 3.0).abs() < 1e-12 && m.cf1 > macro_f1);
+/// ```
 pub fn evaluate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) -> Result<Metrics, MetricsError> {
     validate(scores, truth, threshold)?;
     let (n_images, n_classes) = scores.dim();
@@ -341,7 +372,18 @@ pub struct Regression {
 }
 
 /// The headline metrics (mAP, CF1, OF1) where `new < old − tolerance` (fractions, so a
-/// tolerance of 0.005 is half a point). Empty when nothing regressed.
+/// tolerance of 0.005 is half a point). Empty when nothing regressed; equal is never a
+/// regression.
+///
+/// ```
+/// use cls_core::metrics::{evaluate, regressions};
+/// use ndarray::array;
+/// let base = evaluate(array![[0.9f32], [0.2]].view(), array![[1i8], [-1]].view(), 0.5).unwrap();
+/// assert!(regressions(&base, &base, 0.0).is_empty());
+/// let worse = evaluate(array![[0.2f32], [0.9]].view(), array![[1i8], [-1]].view(), 0.5).unwrap();
+/// let r = regressions(&base, &worse, 0.01);
+/// assert_eq!(r.iter().map(|r| r.metric).collect::<Vec<_>>(), ["mAP", "CF1", "OF1"]);
+/// ```
 pub fn regressions(baseline: &Metrics, new: &Metrics, tolerance: f64) -> Vec<Regression> {
     baseline
         .headline()

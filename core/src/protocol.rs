@@ -43,6 +43,15 @@ pub enum ProtocolError {
     BadValue { row: usize, col: usize, value: i8 },
 }
 
+/// Parses the `--partial` spellings.
+///
+/// ```
+/// use cls_core::protocol::Partial;
+/// assert_eq!("0.25".parse::<Partial>(), Ok(Partial::Fraction(0.25)));
+/// assert_eq!("Single".parse::<Partial>(), Ok(Partial::Single));
+/// assert_eq!("entry:0.3".parse::<Partial>(), Ok(Partial::EntryWise(0.3)));
+/// assert!("1.5".parse::<Partial>().is_err());
+/// ```
 impl FromStr for Partial {
     type Err = ProtocolError;
 
@@ -118,6 +127,23 @@ fn image_rng(seed: u64, image: usize) -> ChaCha8Rng {
 ///   keep their sign. `allow_empty` does not apply.
 ///
 /// Ground-truth 0 always stays 0. Values other than 1 / -1 / 0 count as 0.
+///
+/// ```
+/// use cls_core::protocol::{apply, Partial};
+/// use ndarray::array;
+/// let truth = array![[1i8, 1, -1, 1], [-1, 1, -1, -1]];
+/// // Single positive: one of each image's positives stays, everything else becomes unknown (0).
+/// let single = apply(truth.view(), &"single".parse::<Partial>().unwrap(), 7, false);
+/// assert_eq!(single.labels.row(0).iter().filter(|&&v| v == 1).count(), 1);
+/// assert_eq!(single.labels.row(1).to_vec(), [0, 1, 0, 0]);
+/// assert!(single.labels.iter().all(|&v| v == 0 || v == 1));
+/// assert_eq!(single.realised_fraction, 2.0 / 4.0);
+/// // Deterministic for a seed.
+/// assert_eq!(apply(truth.view(), &Partial::Single, 7, false), single);
+/// // Labels as given: positives kept, the rest unknown.
+/// let full = apply(truth.view(), &Partial::Full, 0, false);
+/// assert_eq!(full.labels, array![[1i8, 1, 0, 1], [0, 1, 0, 0]]);
+/// ```
 pub fn apply(truth: ArrayView2<i8>, partial: &Partial, seed: u64, allow_empty: bool) -> Observed {
     let mut labels = Array2::<i8>::zeros(truth.raw_dim());
     let mut n_restored = 0;
