@@ -11,14 +11,25 @@
 //!   (PIL's `open().convert("RGB")` does not either).
 //! - Image size is checked from the header before any pixel buffer is allocated: more than
 //!   `max_pixels` pixels is [`ImageError::TooLarge`] (default: PIL's decompression-bomb limit).
+//! - Only regular files are read (a FIFO would block, a device never end); a file larger than any
+//!   image within `max_pixels` could be is refused unread.
+//! - Memory: decoders across the whole process share one budget ([`decode_budget`]). Each decode
+//!   reserves what it will hold (estimated from the header: the encoded bytes in memory, the
+//!   decoded pixels and the decoder's working memory, the RGB8 copy) before allocating it, and
+//!   waits while the others use the budget; an image that needs more than the whole budget waits
+//!   until it can have all of it, alone. So decoding holds at most max(budget, one image) at once
+//!   however many threads decode: a folder of decompression bombs no longer multiplies the
+//!   per-image limit by the number of threads.
 //! - Resizing is `fast_image_resize` bilinear convolution, whose kernel widens when shrinking
 //!   (antialiased), like PIL's `resize(..., BILINEAR)`.
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::cell::RefCell;
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 /// ImageNet channel means (RGB), for inputs scaled to [0, 1].
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -26,6 +37,8 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// PIL's `Image.MAX_IMAGE_PIXELS` (decompression-bomb limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+/// The memory all decoders of the process may hold at once (see the module's doc), in bytes.
+pub const DECODE_BUDGET: u64 = 1 << 30;
 
 /// Why an image could not be loaded. Every message starts with the file's path
 /// (`<memory>` for [`decode_rgb8`] on bytes).
@@ -41,6 +54,10 @@ pub enum ImageError {
     Empty { path: PathBuf },
     #[error("{}: not an image in a supported format (JPEG, PNG, BMP, WebP, TIFF, GIF): {msg}", path.display())]
     Unsupported { path: PathBuf, msg: String },
+    #[error("{}: not a regular file ({kind})", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("{}: the file is {bytes} bytes, more than an image within the limit of {max_pixels} pixels can take", path.display())]
+    FileTooLarge { path: PathBuf, bytes: u64, max_pixels: u64 },
 }
 
 impl ImageError {
@@ -51,7 +68,9 @@ impl ImageError {
             | ImageError::Decode { path, .. }
             | ImageError::TooLarge { path, .. }
             | ImageError::Empty { path }
-            | ImageError::Unsupported { path, .. } => path,
+            | ImageError::Unsupported { path, .. }
+            | ImageError::NotAFile { path, .. }
+            | ImageError::FileTooLarge { path, .. } => path,
         }
     }
 }
@@ -62,11 +81,264 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError
     decode_named(bytes, max_pixels, Path::new("<memory>"))
 }
 
-/// Read and decode an image file to RGB8 (see [`decode_rgb8`]).
+/// Read and decode an image file to RGB8 (see [`decode_rgb8`]), within the process's
+/// [`decode_budget`] while decoding.
 pub fn decode_file(path: impl AsRef<Path>, max_pixels: u64) -> Result<RgbImage, ImageError> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
-    decode_named(&bytes, max_pixels, path)
+    decode_file_held(path.as_ref(), max_pixels).map(|(img, _held)| img)
+}
+
+/// The file extensions of the formats this build of the `image` crate decodes (lower case).
+pub fn image_extensions() -> &'static [&'static str] {
+    static EXTENSIONS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    EXTENSIONS.get_or_init(|| {
+        ImageFormat::all()
+            .filter(|f| f.reading_enabled() && f.can_read())
+            .flat_map(|f| f.extensions_str().iter().copied())
+            .collect()
+    })
+}
+
+/// A share of memory that the holders of a [`MemoryBudget`] may use together.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total: u64,
+    state: Mutex<BudgetState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    used: u64,
+    /// Tickets: reservations are granted in the order they were asked for, so a large one is not
+    /// starved by a stream of small ones.
+    next: u64,
+    serving: u64,
+}
+
+/// Memory reserved from a [`MemoryBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    budget: &'a MemoryBudget,
+    bytes: u64,
+}
+
+impl MemoryBudget {
+    pub const fn new(total: u64) -> MemoryBudget {
+        MemoryBudget {
+            total: if total == 0 { 1 } else { total },
+            state: Mutex::new(BudgetState { used: 0, next: 0, serving: 0 }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> u64 {
+        self.lock().used
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        // The state is a few counters, consistent whenever the lock is released.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserve `bytes`, waiting (in turn) until they are free. More than the whole budget waits
+    /// until nothing else is reserved and takes all of it.
+    pub fn reserve(&self, bytes: u64) -> Reservation<'_> {
+        let bytes = bytes.min(self.total);
+        let mut s = self.lock();
+        let ticket = s.next;
+        s.next += 1;
+        while !(s.serving == ticket && s.used + bytes <= self.total) {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.used += bytes;
+        s.serving += 1;
+        drop(s);
+        // The next ticket may fit too.
+        self.changed.notify_all();
+        Reservation { budget: self, bytes }
+    }
+}
+
+impl Reservation<'_> {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut s = self.budget.lock();
+        s.used -= self.bytes;
+        drop(s);
+        self.budget.changed.notify_all();
+    }
+}
+
+/// The budget every [`decode_file`] (and [`Preprocess`] load) of the process shares:
+/// [`DECODE_BUDGET`] bytes.
+pub fn decode_budget() -> &'static MemoryBudget {
+    static BUDGET: MemoryBudget = MemoryBudget::new(DECODE_BUDGET);
+    &BUDGET
+}
+
+/// The largest file that can hold an image of `max_pixels` pixels: 8 bytes a pixel (16-bit RGBA,
+/// uncompressed), plus room for metadata.
+fn max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).saturating_add(64 << 20)
+}
+
+/// Open `path` if it is a regular file (after following symbolic links), with its length.
+fn open_regular(path: &Path) -> Result<(File, u64), ImageError> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        }
+    };
+    // Checked before opening: opening a FIFO blocks until something writes to it.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile { path: path.to_path_buf(), kind: kind(meta.file_type()) });
+    }
+    let file = File::open(path).map_err(io)?;
+    // And again for what was opened, should the name have changed meanwhile.
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile { path: path.to_path_buf(), kind: kind(meta.file_type()) });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Width, height and component count from a JPEG's frame header, skipping the segments before it
+/// without reading them (and, as decoders do, stray bytes between segments). `None` when there is
+/// no frame header before the first scan: then no decoder can allocate the image either.
+fn jpeg_frame(r: &mut BufReader<File>) -> Option<(u32, u32, u32)> {
+    let mut two = [0u8; 2];
+    r.read_exact(&mut two).ok()?;
+    if two != [0xff, 0xd8] {
+        return None;
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        r.read_exact(&mut byte).ok()?;
+        if byte[0] != 0xff {
+            continue;
+        }
+        let mut marker = 0xff;
+        while marker == 0xff {
+            r.read_exact(&mut byte).ok()?;
+            marker = byte[0];
+        }
+        match marker {
+            0x00 | 0x01 | 0xd0..=0xd8 => continue,
+            0xd9 | 0xda => return None,
+            _ => {}
+        }
+        r.read_exact(&mut two).ok()?;
+        let len = u16::from_be_bytes(two);
+        if len < 2 {
+            return None;
+        }
+        if (0xc0..=0xcf).contains(&marker) && !matches!(marker, 0xc4 | 0xc8 | 0xcc) {
+            let mut frame = [0u8; 6];
+            r.read_exact(&mut frame).ok()?;
+            let h = u16::from_be_bytes([frame[1], frame[2]]) as u32;
+            let w = u16::from_be_bytes([frame[3], frame[4]]) as u32;
+            return Some((w, h, frame[5] as u32));
+        }
+        r.seek_relative(i64::from(len) - 2).ok()?;
+    }
+}
+
+/// The per-decode limits: the output buffer of a `max_pixels` image with 16-bit RGBA needs 8
+/// bytes a pixel.
+fn limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
+    limits
+}
+
+/// [`decode_file`], also returning the budget reservation that covers the image (hold it while
+/// the image is processed further, e.g. resized).
+fn decode_file_held(path: &Path, max_pixels: u64) -> Result<(RgbImage, Reservation<'static>), ImageError> {
+    let p = || path.to_path_buf();
+    let io = |source| ImageError::Io { path: p(), source };
+    let (file, len) = open_regular(path)?;
+    if len == 0 {
+        return Err(ImageError::Empty { path: p() });
+    }
+    if len > max_file_bytes(max_pixels) {
+        return Err(ImageError::FileTooLarge { path: p(), bytes: len, max_pixels });
+    }
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    let head = reader.fill_buf().map_err(io)?;
+    let Ok(format) = image::guess_format(head) else {
+        let bytes: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let msg = format!("unrecognised signature {}", bytes.join(" "));
+        return Err(ImageError::Unsupported { path: p(), msg });
+    };
+    let budget = decode_budget();
+    if format == ImageFormat::Jpeg {
+        // Decoded from memory (the decoder copies the whole file in anyway): the file twice, the
+        // pixels, up to 2 bytes a pixel and component of working memory (progressive JPEGs keep
+        // every coefficient), the RGB copy of a grey or CMYK image.
+        let need = match jpeg_frame(&mut reader) {
+            Some((w, h, c)) if w > 0 && h > 0 => {
+                check_size(w, h, max_pixels, path)?;
+                let px = w as u64 * h as u64;
+                let c = u64::from(c.clamp(1, 4));
+                let pixels = px * (c.max(3) + 2 * c) + if c == 3 { 0 } else { 3 * px };
+                len.saturating_mul(2).saturating_add(pixels)
+            }
+            // A height of 0 (given later, in a DNL segment): as large as the limit allows.
+            Some(_) => u64::MAX,
+            None => len.saturating_mul(2),
+        };
+        let held = budget.reserve(need);
+        reader.rewind().map_err(io)?;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len as usize).map_err(|e| ImageError::Decode { path: p(), msg: e.to_string() })?;
+        reader.read_to_end(&mut bytes).map_err(io)?;
+        let img = decode_named(&bytes, max_pixels, path)?;
+        return Ok((img, held));
+    }
+    // Other formats decode straight from the file: the header first, then what it announces.
+    let mut image_reader = ImageReader::with_format(reader, format);
+    image_reader.limits(limits(max_pixels));
+    let refused = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => over_limit(max_pixels, path, e, || {
+            let mut r = ImageReader::open(path).ok()?.with_guessed_format().ok()?;
+            r.no_limits();
+            r.into_dimensions().ok()
+        }),
+        e => from_image_error(e, path),
+    };
+    let decoder = image_reader.into_decoder().map_err(refused)?;
+    let (w, h) = decoder.dimensions();
+    check_size(w, h, max_pixels, path)?;
+    let px = w as u64 * h as u64;
+    let rgb_copy = if decoder.color_type() == ColorType::Rgb8 { 0 } else { px.saturating_mul(3) };
+    // The pixels, as much again for the decoder's own buffers, the RGB copy, and the file's
+    // bytes for formats whose decoders read whole chunks (WebP).
+    let held = budget.reserve(len.saturating_add(decoder.total_bytes().saturating_mul(2)).saturating_add(rgb_copy));
+    let img = DynamicImage::from_decoder(decoder).map_err(refused)?;
+    Ok((img.into_rgb8(), held))
 }
 
 fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<RgbImage, ImageError> {
@@ -88,21 +360,19 @@ fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<RgbImage, 
         let msg = "truncated JPEG: no end-of-image marker after the last scan".to_string();
         return Err(ImageError::Decode { path: p(), msg });
     }
-    // The output buffer of a max_pixels image with 16-bit RGBA needs 8 bytes a pixel.
-    let mut limits = Limits::default();
-    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
-    reader.limits(limits);
-    let decoder = match reader.into_decoder() {
-        Ok(d) => d,
-        Err(e @ image::ImageError::Limits(_)) => return Err(over_limit(bytes, max_pixels, path, e)),
-        Err(e) => return Err(from_image_error(e, path)),
+    reader.limits(limits(max_pixels));
+    let refused = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => over_limit(max_pixels, path, e, || {
+            let mut r = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?;
+            r.no_limits();
+            r.into_dimensions().ok()
+        }),
+        e => from_image_error(e, path),
     };
+    let decoder = reader.into_decoder().map_err(refused)?;
     let (w, h) = decoder.dimensions();
     check_size(w, h, max_pixels, path)?;
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(_) => over_limit(bytes, max_pixels, path, e),
-        e => from_image_error(e, path),
-    })?;
+    let img = DynamicImage::from_decoder(decoder).map_err(refused)?;
     Ok(img.into_rgb8())
 }
 
@@ -125,13 +395,15 @@ fn check_size(w: u32, h: u32, max_pixels: u64, path: &Path) -> Result<(), ImageE
     Ok(())
 }
 
-/// A decoder refused on its own memory limit: report the size when the header tells it.
-fn over_limit(bytes: &[u8], max_pixels: u64, path: &Path, e: image::ImageError) -> ImageError {
-    let dims = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|mut r| {
-        r.no_limits();
-        r.into_dimensions().ok()
-    });
-    match dims {
+/// A decoder refused on its own memory limit: report the size when the header (read again
+/// without limits by `dims`) tells it.
+fn over_limit(
+    max_pixels: u64,
+    path: &Path,
+    e: image::ImageError,
+    dims: impl FnOnce() -> Option<(u32, u32)>,
+) -> ImageError {
+    match dims() {
         Some((w, h)) => match check_size(w, h, max_pixels, path) {
             Err(err) => err,
             Ok(()) => ImageError::Decode { path: path.to_path_buf(), msg: e.to_string() },
@@ -158,18 +430,21 @@ thread_local! {
 ///
 /// Zero-sized source or target gives a black (or empty) image rather than an error.
 pub fn squish(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    try_squish(img, width, height).expect("RGB8 to RGB8 resize of non-empty images cannot fail")
+}
+
+/// [`squish`], with the resizer's error (never seen for RGB8 images) as a value.
+fn try_squish(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage, fast_image_resize::ResizeError> {
     let mut dst = RgbImage::new(width, height);
     if width == 0 || height == 0 || img.width() == 0 || img.height() == 0 {
-        return dst;
+        return Ok(dst);
     }
     if img.dimensions() == (width, height) {
-        return img.clone();
+        return Ok(img.clone());
     }
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    RESIZER.with(|r| {
-        r.borrow_mut().resize(img, &mut dst, &opts).expect("RGB8 to RGB8 resize of non-empty images cannot fail")
-    });
-    dst
+    RESIZER.with(|r| r.borrow_mut().resize(img, &mut dst, &opts))?;
+    Ok(dst)
 }
 
 /// Per-channel lookup table: `lut[c][v] = (v/255 − mean[c]) / std[c]`.
@@ -256,10 +531,12 @@ impl Preprocess {
         3 * self.height as usize * self.width as usize
     }
 
-    /// Decode and squish to `width × height`.
+    /// Decode and squish to `width × height` (within the [`decode_budget`] until resized).
     pub fn load_rgb(&self, path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
-        let img = decode_file(path, self.max_pixels)?;
-        Ok(squish(&img, self.width, self.height))
+        let path = path.as_ref();
+        let (img, _held) = decode_file_held(path, self.max_pixels)?;
+        try_squish(&img, self.width, self.height)
+            .map_err(|e| ImageError::Decode { path: path.to_path_buf(), msg: format!("cannot resize: {e}") })
     }
 
     /// Decode, squish and normalise: a CHW tensor of [`Self::tensor_len`] values.

@@ -1,8 +1,8 @@
 //! Image decoding, squishing and normalisation.
 
 use cls_core::preprocess::{
-    crop_flip_normalize, decode_file, decode_rgb8, normalize_into, squish, ImageError, Preprocess, DEFAULT_MAX_PIXELS,
-    IMAGENET_MEAN, IMAGENET_STD,
+    crop_flip_normalize, decode_file, decode_rgb8, image_extensions, normalize_into, squish, ImageError, MemoryBudget,
+    Preprocess, DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD,
 };
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage, Rgba};
 use std::io::Cursor;
@@ -285,4 +285,111 @@ fn preprocess_load_gives_a_normalised_chw_tensor() {
     }
     let err = pre.load(dir.path().join("nope.png")).unwrap_err();
     assert!(matches!(err, ImageError::Io { .. }));
+}
+
+#[test]
+fn files_decode_as_their_bytes_do() {
+    // Files are decoded from the file (JPEG from memory); the result is the in-memory decode's.
+    let dir = tempfile::tempdir().unwrap();
+    let img = pattern(37, 23);
+    let grey = DynamicImage::ImageLuma8(ImageBuffer::from_fn(9, 5, |x, y| Luma([(x * 20 + y) as u8])));
+    let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_fn(6, 4, |x, _| Rgba([x as u8 * 30, 1, 2, 128])));
+    let cases = [
+        (DynamicImage::from(img.clone()), ImageFormat::Png, "a.png"),
+        (grey.clone(), ImageFormat::Png, "grey.png"),
+        (rgba, ImageFormat::Png, "rgba.png"),
+        (img.clone().into(), ImageFormat::Bmp, "a.bmp"),
+        (img.clone().into(), ImageFormat::Tiff, "a.tif"),
+        (img.clone().into(), ImageFormat::WebP, "a.webp"),
+        (img.clone().into(), ImageFormat::Gif, "a.gif"),
+        (img.clone().into(), ImageFormat::Jpeg, "a.jpg"),
+        (grey, ImageFormat::Jpeg, "grey.jpg"),
+    ];
+    for (image, format, name) in cases {
+        let bytes = encode(image, format);
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = decode_file(&path, MAX).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(from_file, decode_rgb8(&bytes, MAX).unwrap(), "{name}");
+    }
+    // The size check still comes before decoding, from a file too.
+    let big = dir.path().join("big.jpg");
+    std::fs::write(&big, encode(pattern(100, 50).into(), ImageFormat::Jpeg)).unwrap();
+    assert!(matches!(decode_file(&big, 4999), Err(ImageError::TooLarge { w: 100, h: 50, .. })));
+    let big = dir.path().join("big.png");
+    std::fs::write(&big, encode(pattern(100, 50).into(), ImageFormat::Png)).unwrap();
+    assert!(matches!(decode_file(&big, 4999), Err(ImageError::TooLarge { w: 100, h: 50, .. })));
+}
+
+#[test]
+fn only_regular_files_of_a_possible_size_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO (opening it would wait for a writer) and an endless character device (/dev/zero's
+    // numbers), made in the test's folder; each must be refused at once, not block or fill memory.
+    let fifo = dir.path().join("x.jpg");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let zero = dir.path().join("z.png");
+    let mut paths = vec![(fifo, "a FIFO")];
+    if std::process::Command::new("mknod").arg(&zero).args(["c", "1", "5"]).status().is_ok_and(|s| s.success()) {
+        paths.push((zero, "a character device"));
+    }
+    paths.push((dir.path().to_path_buf(), "a directory"));
+    for (path, kind) in paths {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(decode_file(&p, MAX).map(|_| ()));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(Err(ImageError::NotAFile { kind: k, .. })) => assert_eq!(k, kind),
+            Ok(other) => panic!("{}: {other:?}", path.display()),
+            Err(_) => panic!("{}: decode_file did not return (blocked or reading forever)", path.display()),
+        }
+    }
+    // A (sparse) file larger than any image within the limit could be is refused unread.
+    let huge = dir.path().join("huge.png");
+    std::fs::File::create(&huge).unwrap().set_len(100 << 20).unwrap();
+    let err = decode_file(&huge, 1000).unwrap_err();
+    assert!(matches!(err, ImageError::FileTooLarge { bytes, .. } if bytes == 100 << 20), "{err}");
+}
+
+#[test]
+fn extensions_are_those_of_the_enabled_decoders() {
+    let ext = image_extensions();
+    for e in ["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif"] {
+        assert!(ext.contains(&e), "{e} missing from {ext:?}");
+    }
+    // Formats this build cannot read are not listed.
+    for e in ["dds", "pcx", "exr", "avif"] {
+        assert!(!ext.contains(&e), "{e} in {ext:?}");
+    }
+}
+
+#[test]
+fn the_memory_budget_bounds_what_is_held_at_once() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let budget = MemoryBudget::new(100);
+    let held = AtomicU64::new(0);
+    let peak = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for i in 0..8u64 {
+            let (budget, held, peak) = (&budget, &held, &peak);
+            s.spawn(move || {
+                for k in 0..50u64 {
+                    // Sizes from 10 to 70; every 17th asks for more than the whole budget.
+                    let want = if (i + k) % 17 == 0 { 1000 } else { 10 + (i * 7 + k * 3) % 61 };
+                    let r = budget.reserve(want);
+                    assert_eq!(r.bytes(), want.min(100));
+                    let now = held.fetch_add(r.bytes(), Ordering::SeqCst) + r.bytes();
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::yield_now();
+                    held.fetch_sub(r.bytes(), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let peak = peak.into_inner();
+    assert!(peak <= 100, "held {peak} of a budget of 100 at once");
+    assert!(peak > 70, "the budget was shared ({peak})");
+    assert_eq!(budget.in_use(), 0);
 }
