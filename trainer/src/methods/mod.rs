@@ -4,7 +4,7 @@
 //! [`StepCtx`], back-propagates [`StepOut::loss`] and calls [`Method::after_backward`]. Nothing in
 //! this module touches optimizers of the networks, data loading or logging.
 //!
-//! All formulas follow `shared/docs/method.md` ("One CLS step", "Schedules", "Ablations",
+//! All formulas follow `docs/method.md` ("One CLS step", "Schedules", "Ablations",
 //! "Baselines"); equation numbers in doc comments refer to the paper's equations as listed there.
 //! Every method except the CLS family (whose `--reduction` is a flag) uses the *sum* reduction:
 //! the sum over the entries that count, divided by the batch size B.
