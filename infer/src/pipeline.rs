@@ -4,6 +4,12 @@
 //! its session (the `open` argument), and batch k+1 while batch k is inferred;
 //! at most `QUEUE + 2` batches exist at once, so memory stays flat however large the folder is.
 //! Batches travel in order, so results come out in the order of the image list.
+//!
+//! Stopping: whatever ends the inference loop (the last batch, or an error on either side of the
+//! queue: the session cannot be built, ONNX Runtime fails on a batch, an output cannot be
+//! written) drops the queue's receiving end and raises a stop flag before the decoders are joined.
+//! A decoder blocked on the full queue then fails its send, and one busy decoding skips the rest
+//! of its batch, so the run ends within about one image's decode of the error.
 
 use crate::walk::ImageFile;
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,10 +20,15 @@ use ort::value::TensorRef;
 use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Batches decoded ahead of the one being inferred.
 const QUEUE: usize = 2;
+
+/// The most one batch's input tensor may take, in bytes. With `QUEUE + 2` batches alive at once,
+/// batch tensors never hold more than 2 GiB together, whatever the model's input size and batch.
+pub const MAX_BATCH_BYTES: usize = 512 << 20;
 
 /// Nice value of the decoding threads. Decoders and ONNX Runtime's intra-op threads share the
 /// same cores; ONNX Runtime splits each operator across its threads and waits for the slowest, so
@@ -80,12 +91,31 @@ fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), Strin
 }
 
 /// Decode `files` (one batch) in parallel; failed slots are squeezed out of the buffer.
-/// `data` is a recycled buffer (any contents).
-fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: usize, mut data: Vec<f32>) -> Batch {
+/// `data` is a recycled buffer (any contents). Once `stop` is raised the remaining files are
+/// skipped (the batch is thrown away). Fails only when the buffer cannot be allocated.
+fn decode_batch(
+    pre: &Preprocess,
+    files: &[ImageFile],
+    start: usize,
+    per_image: usize,
+    mut data: Vec<f32>,
+    stop: &AtomicBool,
+) -> Result<Batch, String> {
+    let len = files.len() * per_image;
     data.clear();
-    data.resize(files.len() * per_image, 0.0);
-    let results: Vec<Result<(), String>> =
-        data.par_chunks_mut(per_image).zip(files.par_iter()).map(|(slot, f)| load_into(pre, &f.path, slot)).collect();
+    data.try_reserve_exact(len)
+        .map_err(|_| format!("cannot allocate {} MiB for a batch of {} images", len * 4 >> 20, files.len()))?;
+    data.resize(len, 0.0);
+    let results: Vec<Result<(), String>> = data
+        .par_chunks_mut(per_image)
+        .zip(files.par_iter())
+        .map(|(slot, f)| {
+            if stop.load(Ordering::Relaxed) {
+                return Err("not decoded: the run stopped".to_string());
+            }
+            load_into(pre, &f.path, slot)
+        })
+        .collect();
     let mut rows = Vec::with_capacity(files.len());
     let mut next = 0;
     for (slot, r) in results.into_iter().enumerate() {
@@ -101,7 +131,7 @@ fn decode_batch(pre: &Preprocess, files: &[ImageFile], start: usize, per_image: 
         }
     }
     data.truncate(next * per_image);
-    Batch { start, rows, data }
+    Ok(Batch { start, rows, data })
 }
 
 /// Where the inference thread's time went, in seconds: it tells a slow run's bottleneck.
@@ -139,81 +169,118 @@ pub struct Runner {
 
 /// Tag `files` with the session that `open` builds (on the calling thread, while the decoders
 /// start), calling `sink(index, outcome)` once per file in list order. Returns where the inference
-/// thread's time went.
+/// thread's time went. Any error (from `open`, ONNX Runtime or `sink`) stops the decoders and is
+/// returned once they have stopped.
 pub fn run(
     files: &[ImageFile],
     plan: &Plan,
     open: impl FnOnce() -> Result<Runner>,
-    mut sink: impl FnMut(usize, Outcome) -> Result<()>,
+    sink: impl FnMut(usize, Outcome) -> Result<()>,
 ) -> Result<Timing> {
     let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
     let per_image = 3 * h * w;
     let batch = plan.pad_to.unwrap_or(plan.batch).max(1);
+    if batch.saturating_mul(per_image).saturating_mul(4) > MAX_BATCH_BYTES {
+        // The caller bounds the batch; this keeps the bound whoever calls.
+        bail!("a batch of {batch} images of {h}x{w} would take more than {} MiB", MAX_BATCH_BYTES >> 20);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.decode_threads.max(1))
         .thread_name(|i| format!("cls-decode-{i}"))
         .start_handler(|_| lower_priority())
         .build()
         .context("cannot start the decoding threads")?;
-    let (tx, rx) = bounded::<Batch>(QUEUE);
+    let stop = AtomicBool::new(false);
     // Used buffers go back to the producer, so the same few allocations serve the whole run.
     let (recycle_tx, recycle_rx) = unbounded::<Vec<f32>>();
     std::thread::scope(|scope| -> Result<Timing> {
+        // Created in the scope and moved into `infer`, so that the receiving end is gone (and a
+        // producer blocked on the full queue released) before the scope joins the producer.
+        let (tx, rx) = bounded::<Result<Batch, String>>(QUEUE);
+        let stop = &stop;
         let producer = scope.spawn(move || {
             for (k, chunk) in files.chunks(batch).enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let buffer = recycle_rx.try_recv().unwrap_or_default();
-                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image, buffer));
-                if tx.send(b).is_err() {
-                    break; // the inference loop stopped on an error
+                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image, buffer, stop));
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    break; // the inference loop stopped, or this batch could not be allocated
                 }
             }
         });
-        // On an error the channel's receiver is dropped, so the producer stops at its next batch.
-        let mut timing = Timing::default();
-        let clock = Instant::now();
-        let Runner { mut session, input, output } = open()?;
-        timing.session = clock.elapsed().as_secs_f64();
-        loop {
-            let clock = Instant::now();
-            let Ok(mut b) = rx.recv() else { break };
-            timing.waiting += clock.elapsed().as_secs_f64();
-            let clock = Instant::now();
-            let n = b.data.len() / per_image;
-            let mut probs: &[f32] = &[];
-            let outputs;
-            if n > 0 {
-                let rows = plan.pad_to.unwrap_or(n);
-                b.data.resize(rows * per_image, 0.0);
-                let tensor = TensorRef::from_array_view(([rows, 3, h, w], b.data.as_slice()))
-                    .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
-                outputs = session
-                    .run(ort::inputs![input.as_str() => tensor])
-                    .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
-                let value = outputs.get(&output).with_context(|| format!("the model produced no output {output:?}"))?;
-                let (shape, data) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
-                if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != plan.num_classes {
-                    bail!("the output {output:?} has shape {:?}; expected [{rows}, {}]", &shape[..], plan.num_classes);
-                }
-                probs = data;
-                let secs = clock.elapsed().as_secs_f64();
-                timing.inference += secs;
-                if timing.batches == 0 {
-                    timing.first_batch = secs;
-                }
-                timing.batches += 1;
-            }
-            for (offset, row) in b.rows.iter().enumerate() {
-                let outcome = match row {
-                    Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),
-                    Err(reason) => Outcome::Failed(reason),
-                };
-                sink(b.start + offset, outcome)?;
-            }
-            let _ = recycle_tx.send(b.data);
-        }
-        producer.join().map_err(|_| anyhow!("the decoding thread crashed"))?;
+        let result = infer(files, plan, per_image, rx, recycle_tx, open, sink);
+        // `rx` is dropped: a pending send fails. The flag stops a batch being decoded.
+        stop.store(true, Ordering::Relaxed);
+        let joined = producer.join();
+        let timing = result?;
+        joined.map_err(|_| anyhow!("the decoding thread crashed"))?;
         Ok(timing)
     })
+}
+
+/// The inference loop: build the session, then run each batch from `rx` and hand its rows to
+/// `sink`. Takes `rx` by value: returning, by any path, closes the queue.
+fn infer(
+    files: &[ImageFile],
+    plan: &Plan,
+    per_image: usize,
+    rx: crossbeam_channel::Receiver<Result<Batch, String>>,
+    recycle_tx: crossbeam_channel::Sender<Vec<f32>>,
+    open: impl FnOnce() -> Result<Runner>,
+    mut sink: impl FnMut(usize, Outcome) -> Result<()>,
+) -> Result<Timing> {
+    let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
+    let mut timing = Timing::default();
+    let clock = Instant::now();
+    let Runner { mut session, input, output } = open()?;
+    timing.session = clock.elapsed().as_secs_f64();
+    loop {
+        let clock = Instant::now();
+        // Err: the producer is done (or crashed: its join says so).
+        let Ok(b) = rx.recv() else { break };
+        let mut b = b.map_err(|e| anyhow!(e))?;
+        timing.waiting += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let n = b.data.len() / per_image;
+        let mut probs: &[f32] = &[];
+        let outputs;
+        if n > 0 {
+            let rows = plan.pad_to.unwrap_or(n);
+            let len = rows * per_image;
+            b.data
+                .try_reserve_exact(len.saturating_sub(b.data.len()))
+                .map_err(|_| anyhow!("cannot allocate {} MiB for a batch of {rows} images", len * 4 >> 20))?;
+            b.data.resize(len, 0.0);
+            let tensor = TensorRef::from_array_view(([rows, 3, h, w], b.data.as_slice()))
+                .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
+            outputs = session
+                .run(ort::inputs![input.as_str() => tensor])
+                .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
+            let value = outputs.get(&output).with_context(|| format!("the model produced no output {output:?}"))?;
+            let (shape, data) =
+                value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
+            if shape.len() != 2 || shape[0] != rows as i64 || shape[1] != plan.num_classes as i64 {
+                bail!("the output {output:?} has shape {:?}; expected [{rows}, {}]", &shape[..], plan.num_classes);
+            }
+            probs = data;
+            let secs = clock.elapsed().as_secs_f64();
+            timing.inference += secs;
+            if timing.batches == 0 {
+                timing.first_batch = secs;
+            }
+            timing.batches += 1;
+        }
+        for (offset, row) in b.rows.iter().enumerate() {
+            let outcome = match row {
+                Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),
+                Err(reason) => Outcome::Failed(reason),
+            };
+            sink(b.start + offset, outcome)?;
+        }
+        let _ = recycle_tx.send(b.data);
+    }
+    Ok(timing)
 }
