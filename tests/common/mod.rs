@@ -73,3 +73,126 @@ pub fn venv_python() -> PathBuf {
     assert!(p.exists(), "{} missing: run scripts/setup", p.display());
     p
 }
+
+/// How long one run of a binary may take in the end-to-end tests before it counts as hung. Generous
+/// (a loaded 2-core machine), since the bug it catches is a run that never ends.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `child`'s exit status, or `None` (with the child killed and reaped) when it runs past `limit`.
+fn wait_until(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Wait for `child` until `limit`; on timeout kill it and fail the test (a hang must fail, not
+/// block CI).
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    wait_until(child, limit).unwrap_or_else(|| panic!("{what} did not end within {limit:?}: killed (a hang)"))
+}
+
+/// `cmd.output()` under a time limit: stdin is empty, stdout and stderr are collected (by threads,
+/// so a full pipe cannot stall the child); a run past `limit` is killed and fails the test, with
+/// what it printed on stderr so far.
+pub fn output_within(cmd: &mut std::process::Command, limit: std::time::Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let Some(status) = wait_until(&mut child, limit) else {
+        let stderr = err.join().unwrap_or_default();
+        panic!(
+            "{what} did not end within {limit:?}: killed (a hang). Its stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    std::process::Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+/// `cmd` (a cls-train or cls-infer run that must be refused) under [`RUN_LIMIT`]: it exits with
+/// `code`, says why in one message and neither panics nor prints a backtrace. Returns its stderr.
+pub fn fails_cleanly(cmd: &mut std::process::Command, code: i32) -> String {
+    let out = output_within(cmd, RUN_LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}:\n{err}");
+    for bad in ["panicked", "internal error", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!err.contains(bad), "{cmd:?} printed {bad:?}:\n{err}");
+    }
+    err
+}
+
+/// Every file under `dir` (recursively) with its contents: compare two snapshots to see that a
+/// refused run changed nothing.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())).flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// Temporary files of atomic writes left under `dir` (recursively): `cls_core::fsio`'s
+/// `.<name>.XXXXXX.tmp`, older `<stem>.tmp<pid>` names and `checkpoint.tmp/` folders.
+pub fn leftover_temps(dir: &Path) -> Vec<PathBuf> {
+    let is_temp = |name: &str| {
+        (name.starts_with('.') && name.ends_with(".tmp"))
+            || name == "checkpoint.tmp"
+            || name
+                .rsplit_once(".tmp")
+                .is_some_and(|(s, pid)| !s.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if is_temp(&e.file_name().to_string_lossy()) {
+                found.push(p.clone());
+            }
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    found
+}
