@@ -7,6 +7,7 @@
 use cls_core::metrics::{evaluate, Metrics};
 use cls_onnx::builder::{Attr, Dim};
 use cls_onnx::GraphBuilder;
+use cls_tests::{bin, leftover_temps, output_within, wait_or_kill, RUN_LIMIT};
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 use ndarray::Array2;
 use serde_json::Value;
@@ -19,10 +20,7 @@ const CLASSES: [&str; 4] = ["red", "green", "blue", "bright"];
 const SIZE: u32 = 16;
 
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target/release/deps").join("cls-infer");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --release` before these tests", bin.display());
-    bin
+    bin("cls-infer")
 }
 
 /// The test model; `metadata` false gives a bare graph without any of cls-train's keys.
@@ -31,6 +29,14 @@ fn model_bytes(metadata: bool) -> Vec<u8> {
 }
 
 fn model_bytes_with_batch(metadata: bool, batch: Dim) -> Vec<u8> {
+    model_bytes_ending(metadata, batch, |g, logits, batch| {
+        g.node("Sigmoid", &[logits], &["probs"], &[]);
+        g.output_f32("probs", &[batch, Dim::Fixed(4)]);
+    })
+}
+
+/// The test model with `end(graph, logits, batch dim)` making its output from the logits.
+fn model_bytes_ending(metadata: bool, batch: Dim, end: impl FnOnce(&mut GraphBuilder, &str, Dim)) -> Vec<u8> {
     let mut g = GraphBuilder::new("colour");
     g.input_f32("images", &[batch.clone(), Dim::Fixed(3), Dim::Fixed(SIZE as i64), Dim::Fixed(SIZE as i64)]);
     // Inputs are normalised with mean 0.5, std 0.25: a channel at 255 averages +2, at 0 −2.
@@ -46,8 +52,7 @@ fn model_bytes_with_batch(metadata: bool, batch: Dim) -> Vec<u8> {
     let pooled = g.op("GlobalAveragePool", &["images"], &[]);
     let flat = g.op("Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
     let logits = g.op("Gemm", &[&flat, &w, &b], &[("transB", Attr::Int(1))]);
-    g.node("Sigmoid", &[&logits], &["probs"], &[]);
-    g.output_f32("probs", &[batch, Dim::Fixed(4)]);
+    end(&mut g, &logits, batch);
     if metadata {
         g.metadata("classes", serde_json::to_string(&CLASSES).unwrap());
         g.metadata("height", SIZE.to_string());
@@ -77,7 +82,8 @@ fn cls_infer(args: &[&str], envs: &[(&str, &str)]) -> Run {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("run cls-infer");
+    // Every run under a time limit: a hang (on an error path, say) fails the test instead of CI.
+    let Output { status, stdout, stderr } = output_within(&mut cmd, RUN_LIMIT);
     let run = Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into(),
@@ -174,6 +180,7 @@ fn make_zoo(root: &Path) -> (Vec<String>, Vec<String>) {
     add(&mut good, "pic.bmp", encode(D::ImageRgb8(solid([0, 200, 0], 12, 12)), F::Bmp));
     add(&mut good, "pic.tiff", encode(D::ImageRgb8(solid([30, 30, 30], 12, 12)), F::Tiff));
     add(&mut good, "pic.webp", encode(D::ImageRgb8(solid([255, 255, 255], 12, 12)), F::WebP));
+    add(&mut good, "pic.gif", encode(D::ImageRgb8(solid([250, 0, 0], 12, 12)), F::Gif));
     add(&mut good, "nested/deeper/green.jpeg", encode(D::ImageRgb8(solid([10, 240, 10], 33, 17)), F::Jpeg));
     add(&mut bad, "corrupt.jpg", [&red_jpg[..20], &[0x5a; 200][..]].concat());
     add(&mut bad, "truncated.png", blue_png[..blue_png.len() / 2].to_vec());
@@ -254,6 +261,7 @@ fn tags_every_good_image_and_lists_every_bad_one() {
         ("nested/deeper/green.jpeg", "green"),
         ("deep16.png", "red"),
         ("cmyk.jpg", "red"),
+        ("pic.gif", "red"),
     ] {
         assert_eq!(by_name[img]["labels"][0], label, "{img}: {}", by_name[img]);
         assert_eq!(by_name[img]["scores"].as_object().unwrap().len(), CLASSES.len());
@@ -531,6 +539,19 @@ fn metrics_of_shard_outputs_equal_the_whole_run() {
         &[],
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
+    // Found before tagging.
+    assert!(r.stderr.contains("none of the images of --ground-truth"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // Images that are in the ground truth but all unreadable: found after tagging.
+    let broken = dir.path().join("broken");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("x.png"), b"not a PNG").unwrap();
+    solid([1, 2, 3], 4, 4).save(broken.join("y.png")).unwrap();
+    let gt = dir.path().join("broken.jsonl");
+    fs::write(&gt, "{\"image\": \"broken/x.png\", \"labels\": [\"red\"]}\n").unwrap();
+    let r =
+        cls_infer(&["--model", s(&model), "--images", s(&broken), "--device", "cpu", "--ground-truth", s(&gt)], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("none of the tagged images is in the ground truth"), "{}", r.stderr);
 }
 
@@ -622,21 +643,289 @@ fn a_model_with_a_fixed_batch_size_tags_every_image() {
     assert!(session > 0.0 && first <= inference, "{timing}");
 }
 
+/// `n` small solid images (copies of one PNG) in `dir/imgs`, enough to fill the pipeline's queue
+/// many times over with `--batch 1`.
+fn many_images(dir: &Path, n: usize) -> PathBuf {
+    let imgs = dir.join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(solid([0, 0, 255], 8, 8)).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    for i in 0..n {
+        fs::write(imgs.join(format!("img{i:04}.png")), png.get_ref()).unwrap();
+    }
+    imgs
+}
+
 #[test]
 fn device_choice_is_reported() {
+    // Many batches: a failure while the decoders have batches queued used to hang (the first
+    // version of this test had one image, so the decoders never waited on the queue).
     let dir = tempfile::tempdir().unwrap();
-    let imgs = dir.path().join("imgs");
-    fs::create_dir_all(&imgs).unwrap();
-    solid([0, 0, 255], 8, 8).save(imgs.join("a.png")).unwrap();
+    let imgs = many_images(dir.path(), 40);
     let model = write_model(dir.path(), true);
-    let auto = cls_infer(&["--model", s(&model), "--images", s(&imgs)], &[]);
+    let base = ["--model", s(&model), "--images", s(&imgs), "--batch", "1", "--threads", "2"];
+    let auto = cls_infer(&base, &[]);
     assert_eq!(auto.code, 0, "{}", auto.stderr);
     assert!(auto.stderr.contains("ExecutionProvider"), "{}", auto.stderr);
-    let cuda = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cuda"], &[]);
+    let cuda = cls_infer(&[&base[..], &["--device", "cuda"]].concat(), &[]);
     if auto.stderr.contains("on CUDAExecutionProvider") {
         assert_eq!(cuda.code, 0, "{}", cuda.stderr);
     } else {
         assert_eq!(cuda.code, 2, "{}", cuda.stderr);
         assert!(cuda.stderr.contains("CUDA"), "{}", cuda.stderr);
+        assert!(cuda.stdout.is_empty(), "{}", cuda.stdout);
     }
+}
+
+#[test]
+fn failures_with_batches_queued_end_the_run() {
+    // Each of these fails after the decoders have started, with far more batches than the queue
+    // holds; each used to hang with the decoders blocked on the full queue.
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = many_images(dir.path(), 60);
+    let model = write_model(dir.path(), true);
+    let args = |m: &Path, extra: &[&str]| -> Vec<String> {
+        let base = ["--model", s(m), "--images", s(&imgs), "--device", "cpu", "--batch", "1", "--threads", "2"];
+        base.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    let fails = |m: &Path, extra: &[&str], needle: &str| {
+        let a = args(m, extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let r = cls_infer(&a, &[]);
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{extra:?}: expected {needle:?} in\n{}", r.stderr);
+        r
+    };
+    // ONNX Runtime cannot build the session: an operator it does not know.
+    let unknown = dir.path().join("unknown-op.onnx");
+    fs::write(
+        &unknown,
+        model_bytes_ending(true, Dim::Named("N".into()), |g, logits, batch| {
+            g.node("NoSuchOperator", &[logits], &["probs"], &[]);
+            g.output_f32("probs", &[batch, Dim::Fixed(4)]);
+        }),
+    )
+    .unwrap();
+    fails(&unknown, &[], "cannot load the model");
+    // ONNX Runtime fails on a batch: a reshape that only fits batches of a multiple of 3.
+    let reshape = dir.path().join("reshape.onnx");
+    fs::write(
+        &reshape,
+        model_bytes_ending(true, Dim::Named("N".into()), |g, logits, batch| {
+            let shape = g.initializer_i64("shape", &[2], &[3, -1]);
+            let probs = g.op("Sigmoid", &[logits], &[]);
+            g.node("Reshape", &[&probs, &shape], &["probs"], &[]);
+            g.output_f32("probs", &[batch, Dim::Fixed(4)]);
+        }),
+    )
+    .unwrap();
+    fails(&reshape, &[], "ONNX Runtime failed on the batch starting at img0000.png");
+    // A library that is not ONNX Runtime.
+    let not_a_lib = dir.path().join("libonnxruntime.so");
+    fs::write(&not_a_lib, b"not a library").unwrap();
+    fails(&model, &["--ort-lib", s(&not_a_lib)], "ONNX Runtime");
+    // The disk fills under --out: a "full" device node (like /dev/full), made here.
+    let full = dir.path().join("full");
+    let made = Command::new("mknod").args([s(&full), "c", "1", "7"]).status().map(|st| st.success()).unwrap_or(false);
+    if made {
+        let r = fails(&model, &["--out", s(&full)], "No space left on device");
+        assert!(!r.stderr.contains("tagged 60 images"), "{}", r.stderr);
+    } else {
+        eprintln!("NOTICE: cannot mknod (not root?): not testing a full disk");
+    }
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_run_quietly() {
+    // `cls-infer ... | head -1`: far more output (400 kB) than the pipe and cls-infer's buffer
+    // hold, and the reader leaves after a line.
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = many_images(dir.path(), 3000);
+    let model = write_model(dir.path(), true);
+    let mut child = Command::new(binary())
+        .args(["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--batch", "4", "--threads", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.starts_with("{\"image\": \"img0000.png\""), "{first}");
+    // The reader (and with it the pipe's only read end) is gone now.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut text);
+        text
+    });
+    let status = wait_or_kill(&mut child, RUN_LIMIT, "cls-infer with its standard output closed");
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(141), "{status:?}\n{stderr}");
+    assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("tagged 3000 images"), "{stderr}");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    solid([255, 0, 0], 8, 8).save(imgs.join("a.png")).unwrap();
+    // A FIFO nobody writes (opening it would block) and an endless character device (reading it
+    // would never end): made here, in the test's own folder.
+    assert!(Command::new("mkfifo").arg(imgs.join("x.jpg")).status().unwrap().success());
+    let zero = Command::new("mknod").args([s(&imgs.join("z.png")), "c", "1", "5"]).status();
+    let zero_made = zero.map(|st| st.success()).unwrap_or(false);
+    std::os::unix::fs::symlink("x.jpg", imgs.join("link-to-fifo.png")).unwrap();
+    let model = write_model(dir.path(), true);
+    let errs = dir.path().join("errors.jsonl");
+    let r = cls_infer(
+        &["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--errors", s(&errs), "--threads", "2"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tagged: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(images_of(&tagged), ["a.png"]);
+    let errors = read_jsonl(&errs);
+    let mut skipped: Vec<&str> = errors.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    skipped.sort();
+    let mut want = vec!["link-to-fifo.png", "x.jpg"];
+    if zero_made {
+        want.push("z.png");
+    }
+    assert_eq!(skipped, want, "{}", r.stderr);
+    for e in &errors {
+        assert!(e["reason"].as_str().unwrap().contains("not a regular file"), "{e}");
+    }
+}
+
+#[test]
+fn file_names_that_are_not_utf8_stay_apart_and_map_back() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    // "caf\xe9.png" (Latin-1) and "caf\u{fffd}.png" both printed as "caf\u{fffd}.png" when the
+    // bytes were replaced; a backslash must not make an escape.
+    let latin1 = imgs.join(OsStr::from_bytes(b"caf\xe9.png"));
+    solid([255, 0, 0], 8, 8).save_with_format(&latin1, image::ImageFormat::Png).unwrap();
+    solid([0, 255, 0], 8, 8).save(imgs.join("caf\u{fffd}.png")).unwrap();
+    solid([0, 0, 255], 8, 8).save(imgs.join("back\\x41slash.png")).unwrap();
+    let model = write_model(dir.path(), true);
+    let out = dir.path().join("tags.jsonl");
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--out", s(&out)], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tags = read_jsonl(&out);
+    let names = images_of(&tags);
+    assert_eq!(names, ["back\\\\x41slash.png", "caf\\xe9.png", "caf\u{fffd}.png"], "{names:?}");
+    let label = |n: &str| tags.iter().find(|v| v["image"] == n).unwrap()["labels"][0].clone();
+    assert_eq!(label("caf\\xe9.png"), "red");
+    assert_eq!(label("caf\u{fffd}.png"), "green");
+    // --from-tags maps the names back to the files: each matches its own ground truth.
+    let gt = dir.path().join("gt.jsonl");
+    fs::write(
+        &gt,
+        "{\"image\": \"imgs/caf\u{fffd}.png\", \"labels\": [\"green\"]}\n\
+         {\"image\": \"imgs/back\\\\x41slash.png\", \"labels\": [\"blue\"]}\n",
+    )
+    .unwrap();
+    let r =
+        cls_infer(&["--model", s(&model), "--images", s(&imgs), "--ground-truth", s(&gt), "--from-tags", s(&out)], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("read 3 tagged images"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 tagged images have no ground truth"), "{}", r.stderr);
+    assert!(!r.stderr.contains("were not tagged"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_ground_truth_and_outputs_fail_before_tagging() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = many_images(dir.path(), 30);
+    let model = write_model(dir.path(), true);
+    let base = ["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--batch", "1"];
+    let before_tagging = |extra: &[&str], needle: &str| {
+        let r = cls_infer(&[&base[..], extra].concat(), &[]);
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{extra:?}: expected {needle:?} in\n{}", r.stderr);
+        assert!(r.stdout.is_empty() && !r.stderr.contains("images on CPU"), "{extra:?}: tagging began:\n{}", r.stderr);
+    };
+    // The same image twice, spelled two ways.
+    let twice = dir.path().join("twice.jsonl");
+    fs::write(
+        &twice,
+        "{\"image\": \"imgs/./img0001.png\", \"labels\": [\"blue\"]}\n{\"image\": \"imgs/img0001.png\", \"labels\": [\"red\"]}\n",
+    )
+    .unwrap();
+    before_tagging(&["--ground-truth", s(&twice)], "twice");
+    // Ground truth with none of the model's classes, or none of the folder's images.
+    let other = dir.path().join("other.jsonl");
+    fs::write(&other, "{\"image\": \"imgs/img0001.png\", \"labels\": [\"cat\"]}\n").unwrap();
+    before_tagging(&["--ground-truth", s(&other)], "none of the model's classes");
+    let elsewhere = dir.path().join("elsewhere.jsonl");
+    fs::write(&elsewhere, "{\"image\": \"nowhere/x.png\", \"labels\": [\"red\"]}\n").unwrap();
+    before_tagging(&["--ground-truth", s(&elsewhere)], "none of the images");
+    // Outputs that cannot be written, or that would overwrite an input or each other.
+    let gt = dir.path().join("gt.jsonl");
+    fs::write(&gt, "{\"image\": \"imgs/img0001.png\", \"labels\": [\"blue\"]}\n").unwrap();
+    let missing = dir.path().join("no/such/folder/m.json");
+    before_tagging(&["--ground-truth", s(&gt), "--metrics-out", s(&missing)], "--metrics-out");
+    before_tagging(&["--out", s(&missing)], "--out");
+    before_tagging(&["--errors", s(&imgs)], "--errors");
+    before_tagging(&["--ground-truth", s(&gt), "--out", s(&gt)], "--ground-truth");
+    before_tagging(&["--out", s(&model)], "--model");
+    let same = dir.path().join("same.jsonl");
+    before_tagging(&["--out", s(&same), "--errors", s(&same)], "--errors");
+    before_tagging(&["--ort-lib", s(&dir.path().join("nowhere/libonnxruntime.so"))], "--ort-lib");
+    assert!(!same.exists());
+    assert_eq!(leftover_temps(dir.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_run_that_tags_nothing_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    fs::write(imgs.join("a.jpg"), b"not a JPEG").unwrap();
+    fs::write(imgs.join("b.png"), b"").unwrap();
+    let model = write_model(dir.path(), true);
+    let errs = dir.path().join("errors.jsonl");
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--errors", s(&errs)], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("none of the 2 images could be read"), "{}", r.stderr);
+    // What went wrong is still written down.
+    assert_eq!(read_jsonl(&errs).len(), 2);
+}
+
+#[test]
+fn sizes_from_the_model_and_flags_are_bounded() {
+    // Each used to abort on a failed allocation (or take all the memory).
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(&imgs).unwrap();
+    solid([255, 0, 0], 8, 8).save(imgs.join("a.png")).unwrap();
+    let model = write_model(dir.path(), true);
+    let check = exits_2_saying;
+    check(&["--model", s(&model), "--images", s(&imgs), "--size", "16384x16384"], "--size");
+    check(&["--model", s(&model), "--images", s(&imgs), "--size", "8192x8192"], "--size");
+    let tall = dir.path().join("tall.onnx");
+    let mut g = GraphBuilder::new("t");
+    g.input_f32("images", &[Dim::Named("N".into()), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)]);
+    g.node("Identity", &["images"], &["probs"], &[]);
+    g.output_f32("probs", &[Dim::Named("N".into()), Dim::Fixed(4)]);
+    g.metadata("classes", serde_json::to_string(&CLASSES).unwrap());
+    g.metadata("height", "100000");
+    g.metadata("width", "224");
+    fs::write(&tall, g.to_bytes()).unwrap();
+    check(&["--model", s(&tall), "--images", s(&imgs)], "\"height\"");
+    let huge_batch = dir.path().join("huge-batch.onnx");
+    fs::write(&huge_batch, model_bytes_with_batch(true, Dim::Fixed(10_000_000))).unwrap();
+    check(&["--model", s(&huge_batch), "--images", s(&imgs), "--device", "cpu"], "10000000");
+    // A large fixed batch that fits is used as it is.
+    let big_batch = dir.path().join("big-batch.onnx");
+    fs::write(&big_batch, model_bytes_with_batch(true, Dim::Fixed(5000))).unwrap();
+    let r = cls_infer(&["--model", s(&big_batch), "--images", s(&imgs), "--device", "cpu"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 1);
 }

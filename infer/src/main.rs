@@ -2,8 +2,22 @@
 //! compute the metrics of method.md ("Metrics", through `cls_core::metrics`) against ground truth.
 //!
 //! Exit status: 0 success; 1 some images could not be read and `--strict` was given; 2 bad
-//! usage, unreadable model, no images, or any other fatal error; 3 metric regression against
-//! `--baseline` (takes precedence over 1).
+//! usage, unreadable model, no images (or none readable), or any other fatal error; 3 metric
+//! regression against `--baseline` (takes precedence over 1); 141 (128 + SIGPIPE, what a shell
+//! reports for a tool the signal ended) without a message when the reader of the output went away
+//! (`cls-infer ... | head -1`), after removing the temporary files.
+//!
+//! Messages go to stderr through [`say!`], which ignores a failed write: a closed stderr must not
+//! turn into a panic (`eprintln!` panics when it cannot write).
+
+/// `eprintln!` that never panics: a message that cannot be written is dropped.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod model;
 mod output;
@@ -76,7 +90,7 @@ pub struct Cli {
     /// Class names, one a line, for a model without metadata (overrides the metadata).
     #[arg(long, value_name = "FILE")]
     pub classes: Option<PathBuf>,
-    /// Input size HxW for a model without metadata (overrides the metadata).
+    /// Input size HxW for a model without metadata (overrides the metadata; at most 8192 a side).
     #[arg(long, value_name = "HxW")]
     pub size: Option<String>,
     /// Compute the metrics of these tag files (cls-infer's output, e.g. one per --shard of an
@@ -87,16 +101,21 @@ pub struct Cli {
 }
 
 const AFTER_HELP: &str = "\
+Images: the regular files under --images named like a format this build decodes (JPEG, PNG, GIF,
+  BMP, WebP, TIFF; any case); FIFOs, devices and broken links so named are reported and skipped.
 Output: one JSON line per image, ordered by path relative to --images:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
+  A file name's bytes that are not UTF-8 are written \\xNN and a backslash \\\\ (in the JSON
+  string), so names stay distinct and --from-tags finds the files again.
 Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
   cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
   or JOB_COMPLETION_INDEX with JOB_COMPLETION_COUNT (set it to the job's completions).
 ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the system's.
   Its log level is ORT_LOG (default warning).
-Exit status: 0 ok; 1 unreadable images with --strict; 2 bad usage, unreadable model, no images;
-  3 metric regression against --baseline.";
+Exit status: 0 ok; 1 unreadable images with --strict; 2 bad usage, unreadable model, no images
+  or none readable; 3 metric regression against --baseline; 141, quietly, when the output's
+  reader went away (as in `cls-infer ... | head`).";
 
 fn main() -> ExitCode {
     if std::env::var_os("ORT_LOG").is_none() {
@@ -106,20 +125,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Temporary output files are removed if the run is interrupted (SIGINT, SIGTERM, SIGHUP).
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
-        eprintln!("cls-infer: warning: {e:#}");
+        say!("cls-infer: warning: {e:#}");
     }
     // One line, no backtrace, for a bug; decoder panics are caught and reported per file.
     std::panic::set_hook(Box::new(|info| {
         if !std::thread::current().name().is_some_and(|n| n.starts_with("cls-decode")) {
-            eprintln!("cls-infer: internal error (please report): {info}");
+            say!("cls-infer: internal error (please report): {info}");
         }
     }));
     match std::panic::catch_unwind(|| run::run(&cli)) {
         Ok(Ok(status)) => ExitCode::from(status),
+        // Rust ignores SIGPIPE, so a write to a pipe nobody reads fails with EPIPE: end quietly,
+        // as a Unix tool the signal would have ended (the outputs' temporary files are gone by now).
+        Ok(Err(e)) if broken_pipe(&e) => ExitCode::from(EXIT_BROKEN_PIPE),
         Ok(Err(e)) => {
-            eprintln!("cls-infer: error: {e:#}");
+            say!("cls-infer: error: {e:#}");
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(2),
     }
+}
+
+/// The exit status when the output's reader went away: 128 + SIGPIPE.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// Whether `e` comes from writing to a pipe (or FIFO) whose reader is gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

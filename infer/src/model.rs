@@ -25,22 +25,43 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
 }
 
+/// The largest input height or width accepted (from `--size` or the metadata).
+pub const MAX_SIDE: u32 = 8192;
+
 /// Parse `--size HxW`, for example `224x224`.
 pub fn parse_size(text: &str) -> Result<(u32, u32)> {
     let (h, w) =
         text.split_once(['x', 'X']).with_context(|| format!("--size {text:?}: expected HxW, for example 224x224"))?;
     let dim = |s: &str| -> Result<u32> {
         match s.trim().parse::<u32>() {
-            Ok(v) if (1..=16384).contains(&v) => Ok(v),
-            _ => bail!("--size {text:?}: {s:?} is not a size between 1 and 16384"),
+            Ok(v) if (1..=MAX_SIDE).contains(&v) => Ok(v),
+            _ => bail!("--size {text:?}: {s:?} is not a size between 1 and {MAX_SIDE}"),
         }
     };
-    Ok((dim(h)?, dim(w)?))
+    let (h, w) = (dim(h)?, dim(w)?);
+    check_tensor(h, w).with_context(|| format!("--size {text:?}"))?;
+    Ok((h, w))
 }
 
-/// Read a class list: one name a line, blank lines ignored, no duplicates.
+/// One image's input tensor must fit in a batch (`pipeline::MAX_BATCH_BYTES`).
+fn check_tensor(h: u32, w: u32) -> Result<()> {
+    let bytes = 3 * 4 * h as u64 * w as u64;
+    let max = crate::pipeline::MAX_BATCH_BYTES as u64;
+    if bytes > max {
+        bail!(
+            "an input of {h}x{w} takes {} MiB an image, more than the {} MiB a batch may take",
+            bytes >> 20,
+            max >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Read a class list: one name a line, blank lines ignored, no duplicates. A byte-order mark
+/// (as some editors write) is not part of the first name.
 pub fn read_classes(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--classes {}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut names: Vec<String> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let name = line.trim();
@@ -75,6 +96,9 @@ pub struct Head {
     /// The batch dimension of the input (`images`, or the only one that is not an
     /// initializer) when the graph fixes it.
     pub fixed_batch: Option<usize>,
+    /// The last dimension (the class count) of the output (`probs`, or the first) when the graph
+    /// fixes it.
+    pub output_width: Option<usize>,
 }
 
 /// `ModelProto` with only the fields of [`Head`]: prost skips the others (the weights among
@@ -87,13 +111,26 @@ struct ModelHead {
     metadata_props: Vec<StringStringEntryProto>,
 }
 
-/// `GraphProto`'s initializer names and inputs.
+/// `GraphProto`'s initializer names, inputs and outputs.
 #[derive(Clone, PartialEq, prost::Message)]
 struct GraphHead {
     #[prost(message, repeated, tag = "5")]
     initializer: Vec<TensorName>,
     #[prost(message, repeated, tag = "11")]
     input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    output: Vec<ValueInfoProto>,
+}
+
+/// Dimension `axis` (from the end when `from_end`) of a tensor value when the graph fixes it.
+fn fixed_dim(v: &ValueInfoProto, axis: usize, from_end: bool) -> Option<usize> {
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else { return None };
+    let dims = &t.shape.as_ref()?.dim;
+    let d = if from_end { dims.iter().rev().nth(axis)? } else { dims.get(axis)? };
+    match d.value {
+        Some(dimension::Value::DimValue(n)) if n > 0 => usize::try_from(n).ok(),
+        _ => None,
+    }
 }
 
 /// `TensorProto`'s name alone.
@@ -120,22 +157,19 @@ pub fn read_head(path: &Path) -> Result<Head> {
 fn head_of(bytes: &[u8]) -> Result<Head> {
     let m = <ModelHead as prost::Message>::decode(bytes)?;
     let metadata = m.metadata_props.into_iter().filter_map(|e| Some((e.key?, e.value.unwrap_or_default()))).collect();
-    let fixed_batch = m.graph.and_then(|g| {
-        let weights: Vec<String> = g.initializer.into_iter().filter_map(|t| t.name).collect();
-        let inputs: Vec<&ValueInfoProto> =
-            g.input.iter().filter(|i| !weights.iter().any(|w| Some(w) == i.name.as_ref())).collect();
-        let input = inputs.iter().find(|i| i.name.as_deref() == Some("images")).or(if inputs.len() == 1 {
-            inputs.first()
-        } else {
-            None
-        })?;
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else { return None };
-        match t.shape.as_ref()?.dim.first()?.value {
-            Some(dimension::Value::DimValue(n)) if n > 0 => Some(n as usize),
-            _ => None,
-        }
+    let Some(g) = m.graph else { return Ok(Head { metadata, fixed_batch: None, output_width: None }) };
+    let weights: Vec<&String> = g.initializer.iter().filter_map(|t| t.name.as_ref()).collect();
+    let inputs: Vec<&ValueInfoProto> =
+        g.input.iter().filter(|i| !weights.iter().any(|w| Some(*w) == i.name.as_ref())).collect();
+    let input = inputs.iter().find(|i| i.name.as_deref() == Some("images")).or(if inputs.len() == 1 {
+        inputs.first()
+    } else {
+        None
     });
-    Ok(Head { metadata, fixed_batch })
+    let fixed_batch = input.and_then(|i| fixed_dim(i, 0, false));
+    let output = g.output.iter().find(|o| o.name.as_deref() == Some("probs")).or(g.output.first());
+    let output_width = output.and_then(|o| fixed_dim(o, 0, true));
+    Ok(Head { metadata, fixed_batch, output_width })
 }
 
 /// Assemble the model description from a metadata lookup and the command-line overrides.
@@ -159,19 +193,20 @@ pub fn describe(
         ),
     };
     let (height, width) = match size {
+        // Bounded by `parse_size`.
         Some(s) => s,
         None => {
             let dim = |key: &str| -> Result<u32> {
                 let text = meta(key).with_context(|| {
                     format!("the model has no {key:?} metadata (was it exported by cls-train?); pass --size HxW")
                 })?;
-                text.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .with_context(|| format!("model metadata {key:?} = {text:?} is not a positive integer"))
+                text.trim().parse::<u32>().ok().filter(|v| (1..=MAX_SIDE).contains(v)).with_context(|| {
+                    format!("model metadata {key:?} = {text:?} is not a size between 1 and {MAX_SIDE}")
+                })
             };
-            (dim("height")?, dim("width")?)
+            let (h, w) = (dim("height")?, dim("width")?);
+            check_tensor(h, w).context("model metadata \"height\" and \"width\"")?;
+            (h, w)
         }
     };
     let mut norm = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
@@ -267,8 +302,16 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("224x192").unwrap(), (224, 192));
         assert_eq!(parse_size("32X32").unwrap(), (32, 32));
-        for bad in ["224", "0x3", "ax3", "3x", "99999x1"] {
+        assert_eq!(parse_size("8192x4096").unwrap(), (8192, 4096));
+        for bad in ["224", "0x3", "ax3", "3x", "99999x1", "16384x16384", "8193x1", "8192x8192"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        // From the metadata too.
+        let m = |h: &str| meta(&[("classes", r#"["a"]"#), ("height", h), ("width", "8192")]);
+        assert!(describe(m("4096"), None, None).is_ok());
+        for bad in ["100000", "8192", "0", "-1"] {
+            let err = format!("{:#}", describe(m(bad), None, None).unwrap_err());
+            assert!(err.contains("\"height\""), "{bad}: {err}");
         }
     }
 
@@ -323,6 +366,7 @@ mod tests {
         let h = head_of(&build(Dim::Named("n".into()), false)).unwrap();
         assert_eq!(h.metadata.get("classes").map(String::as_str), Some(r#"["a"]"#));
         assert_eq!(h.fixed_batch, None);
+        assert_eq!(h.output_width, Some(4));
         assert_eq!(head_of(&build(Dim::Fixed(8), false)).unwrap().fixed_batch, Some(8));
         assert_eq!(head_of(&build(Dim::Fixed(8), true)).unwrap().fixed_batch, Some(8));
         assert!(head_of(b"not a model").is_err());
@@ -336,6 +380,9 @@ mod tests {
         assert_eq!(read_classes(&p).unwrap(), ["cat", "dog"]);
         std::fs::write(&p, "cat\ncat\n").unwrap();
         assert!(read_classes(&p).unwrap_err().to_string().contains(":2:"));
+        // A byte-order mark is not part of the first name; Windows line ends are no part of any.
+        std::fs::write(&p, "\u{feff}cat\r\ndog\r\n").unwrap();
+        assert_eq!(read_classes(&p).unwrap(), ["cat", "dog"]);
         assert!(read_classes(&dir.path().join("none")).is_err());
     }
 }

@@ -1,23 +1,25 @@
-//! One cls-infer run, top to bottom: list and shard the folder, read the model's metadata and the
-//! ground truth and baseline (so bad input fails before any work), tag (ONNX Runtime loads the
-//! model while the first images decode), then evaluate and compare. With `--from-tags`, the
-//! evaluation reads earlier outputs instead of tagging.
+//! One cls-infer run, top to bottom: check every option and output location, list and shard the
+//! folder, read the model's metadata and the ground truth and baseline (so bad input fails in the
+//! first second, before any work), tag (ONNX Runtime loads the model while the first images
+//! decode), then evaluate and compare. With `--from-tags`, the evaluation reads earlier outputs
+//! instead of tagging.
 
 use crate::model::{self, ModelInfo};
 use crate::output::{self, error_line, write_file, Output, Tagger};
 use crate::pipeline::{self, Outcome, Plan, Runner};
 use crate::shard::Shard;
 use crate::truth::{preview, resolve, Truth};
-use crate::walk::{self, EXTENSIONS};
+use crate::walk;
 use crate::{runtime, Cli};
 use anyhow::{bail, Context, Result};
+use cls_core::fsio;
 use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
 use cls_core::preprocess::Preprocess;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ndarray::Array2;
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Exit statuses other than the fatal one (2, from `main`).
@@ -56,6 +58,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         bail!("--tolerance {} must be a non-negative number", cli.tolerance);
     }
     let size = cli.size.as_deref().map(model::parse_size).transpose()?;
+    check_outputs(cli)?;
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
     if !cli.from_tags.is_empty() {
         return evaluate_tags(cli, classes, size);
@@ -63,14 +66,26 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
     let threads =
         cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // A missing --ort-lib (or ORT_DYLIB_PATH) now, not once the decoders run.
+    runtime::check_library(cli.ort_lib.as_deref())?;
 
     // The folder.
     let listing = walk::list_images(&cli.images, cli.follow_links)?;
     if listing.images.is_empty() {
         bail!(
-            "no images under {} (looked for the extensions {} in any case)",
+            "no images under {} (looked for the extensions {} in any case){}",
             cli.images.display(),
-            EXTENSIONS.join(", ")
+            walk::extensions().join(", "),
+            if listing.problems.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} files could not be listed, the first: {}: {}",
+                    listing.problems.len(),
+                    listing.problems[0].path,
+                    listing.problems[0].reason
+                )
+            }
         );
     }
     let range = shard.range(listing.images.len());
@@ -79,16 +94,15 @@ pub fn run(cli: &Cli) -> Result<u8> {
     // The model: its description from the file's metadata, read without ONNX Runtime, so that
     // the first batches decode while ONNX Runtime builds the session (in `open`, below).
     let (head, info) = model_info(cli, classes, size)?;
-    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
-    let mut batch = cli.batch as usize;
-    if let Some(fixed) = head.fixed_batch {
-        if fixed != batch {
-            eprintln!(
-                "cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}"
-            );
-            batch = fixed;
-        }
+    if let Some(c) = head.output_width.filter(|&c| c != info.classes.len()) {
+        bail!(
+            "--model {}: the model's output has {c} classes, but {} class names were given",
+            cli.model.display(),
+            info.classes.len()
+        );
     }
+    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
+    let batch = batch_size(cli, &head, &info)?;
     // Loading ONNX Runtime (tens of ms) and building the session run while the first batches
     // decode.
     let open = || -> Result<Runner> {
@@ -101,7 +115,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 cli.model.display()
             );
         }
-        eprintln!(
+        say!(
             "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
             files.len(),
             if shard.is_whole() {
@@ -113,8 +127,20 @@ pub fn run(cli: &Cli) -> Result<u8> {
         Ok(Runner { session, input: io.input, output: io.output })
     };
 
-    // Ground truth and baseline, before any work.
+    // Ground truth and baseline, before any work; the ground truth must name some of the images.
     let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
+    // Resolved once, for matching the ground truth before tagging and for its report after.
+    let all: HashSet<PathBuf> =
+        if truth.is_some() { listing.images.iter().map(|f| resolve(&f.path)).collect() } else { HashSet::new() };
+    if let Some(t) = &truth {
+        if t.entries_in(&all) == 0 {
+            bail!(
+                "none of the images of --ground-truth {} is under --images {}: no metrics (are the paths relative to the right folder?)",
+                cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                cli.images.display()
+            );
+        }
+    }
 
     // Tag.
     let mut out = output::open(cli.out.as_deref())?;
@@ -125,8 +151,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
             n_errors += 1;
             let msg = format!("cls-infer: skipped {path}: {reason}");
             match bar {
-                Some(b) => b.suspend(|| eprintln!("{msg}")),
-                None => eprintln!("{msg}"),
+                Some(b) => b.suspend(|| say!("{msg}")),
+                None => say!("{msg}"),
             }
             errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
         };
@@ -176,19 +202,21 @@ pub fn run(cli: &Cli) -> Result<u8> {
         e.finish()?;
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    say!(
         "cls-infer: tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)\ncls-infer: {}",
         tagged as f64 / secs.max(1e-9),
         timing.summary()
     );
+    if tagged == 0 && !files.is_empty() {
+        bail!("none of the {} images could be read (the reasons are above)", files.len());
+    }
 
     // Metrics.
     let mut status = if cli.strict && n_errors > 0 { EXIT_UNREADABLE } else { EXIT_OK };
     if let Some(t) = &truth {
-        let all: HashSet<PathBuf> = listing.images.iter().map(|f| resolve(&f.path)).collect();
         let orphans = t.entries_without_image(&all);
         if !orphans.is_empty() {
-            eprintln!(
+            say!(
                 "cls-infer: {} ground-truth entries have no image under {}: {}",
                 orphans.len(),
                 cli.images.display(),
@@ -197,7 +225,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         }
         if gt_rows.is_empty() && !shard.is_whole() {
             // Normal in an array job over a folder that is only partly labelled.
-            eprintln!("cls-infer: none of this shard's images is in the ground truth: no metrics for it (all shards' outputs together: --from-tags)");
+            say!("cls-infer: none of this shard's images is in the ground truth: no metrics for it (all shards' outputs together: --from-tags)");
         } else {
             let scored = Scored { rows: gt_rows, scores: gt_scores, no_truth };
             if score_and_compare(cli, t, baseline.as_ref(), info.classes.len(), threshold, scored)? {
@@ -206,6 +234,60 @@ pub fn run(cli: &Cli) -> Result<u8> {
         }
     }
     Ok(status)
+}
+
+/// Every output location, before any work: each must be writable, and none may be an input or
+/// another output.
+fn check_outputs(cli: &Cli) -> Result<()> {
+    let outputs: Vec<(&str, &Path)> =
+        [("--out", &cli.out), ("--errors", &cli.errors), ("--metrics-out", &cli.metrics_out)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect();
+    let mut inputs: Vec<(&str, &Path)> = vec![("--model", &cli.model)];
+    inputs.extend(cli.ground_truth.as_deref().map(|p| ("--ground-truth", p)));
+    inputs.extend(cli.baseline.as_deref().map(|p| ("--baseline", p)));
+    inputs.extend(cli.classes.as_deref().map(|p| ("--classes", p)));
+    inputs.extend(cli.from_tags.iter().map(|p| ("--from-tags", p.as_path())));
+    fsio::refuse_overlap(&outputs, &inputs)?;
+    for (flag, p) in &outputs {
+        fsio::check_output(flag, p)?;
+    }
+    Ok(())
+}
+
+/// Images per batch: `--batch`, or the batch the model's graph fixes, such that a batch's input
+/// tensor stays within [`pipeline::MAX_BATCH_BYTES`] (a smaller `--batch` is used, with a note).
+fn batch_size(cli: &Cli, head: &model::Head, info: &ModelInfo) -> Result<usize> {
+    let per_image = 3 * 4 * info.height as usize * info.width as usize;
+    let fit = (pipeline::MAX_BATCH_BYTES / per_image).max(1);
+    let batch = cli.batch as usize;
+    if let Some(fixed) = head.fixed_batch {
+        if fixed > fit {
+            bail!(
+                "--model {}: the graph fixes the batch at {fixed} images of {}x{}, which would take {} MiB a batch; cls-infer allows {} MiB ({fit} images): export the model with a smaller or a dynamic batch",
+                cli.model.display(),
+                info.height,
+                info.width,
+                (fixed as u128 * per_image as u128) >> 20,
+                pipeline::MAX_BATCH_BYTES >> 20
+            );
+        }
+        if fixed != batch {
+            say!("cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
+        }
+        return Ok(fixed);
+    }
+    if batch > fit {
+        say!(
+            "cls-infer: note: a batch of {batch} images of {}x{} would take more than {} MiB; using batches of {fit}",
+            info.height,
+            info.width,
+            pipeline::MAX_BATCH_BYTES >> 20
+        );
+        return Ok(fit);
+    }
+    Ok(batch)
 }
 
 /// The model's head and description (its metadata, or `--classes` / `--size`), notes printed.
@@ -217,7 +299,7 @@ fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>)
     let info = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
         .with_context(|| format!("--model {}", cli.model.display()))?;
     for note in &info.notes {
-        eprintln!("cls-infer: note: {note}");
+        say!("cls-infer: note: {note}");
     }
     Ok((head, info))
 }
@@ -226,7 +308,7 @@ fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>)
 fn truth_and_baseline(cli: &Cli, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
     let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, classes)).transpose()?;
     for note in truth.iter().flat_map(|t| &t.notes) {
-        eprintln!("cls-infer: note: {note}");
+        say!("cls-infer: note: {note}");
     }
     let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
     Ok((truth, baseline))
@@ -252,7 +334,7 @@ fn score_and_compare(
     scored: Scored,
 ) -> Result<bool> {
     if scored.no_truth > 0 {
-        eprintln!("cls-infer: {} tagged images have no ground truth (left out of the metrics)", scored.no_truth);
+        say!("cls-infer: {} tagged images have no ground truth (left out of the metrics)", scored.no_truth);
     }
     if scored.rows.is_empty() {
         bail!(
@@ -263,20 +345,24 @@ fn score_and_compare(
     let scores = Array2::from_shape_vec((scored.rows.len(), n_classes), scored.scores)?;
     let targets = truth.targets.select(ndarray::Axis(0), &scored.rows);
     let metrics = evaluate(scores.view(), targets.view(), threshold).context("cannot compute the metrics")?;
-    eprint!("{}", metrics.table());
+    say!("{}", metrics.table().trim_end_matches('\n'));
     if let Some(path) = &cli.metrics_out {
         write_file(path, &serde_json::to_string_pretty(&metrics)?)?;
     }
     let Some(base) = baseline else { return Ok(false) };
     let dropped = regressions(base, &metrics, cli.tolerance);
-    eprint!("{}", comparison_table(base, &metrics));
+    say!("{}", comparison_table(base, &metrics).trim_end_matches('\n'));
     if dropped.is_empty() {
-        eprintln!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
+        say!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
     }
     for r in &dropped {
-        eprintln!(
+        say!(
             "cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})",
-            r.metric, r.old, r.new, r.diff, cli.tolerance
+            r.metric,
+            r.old,
+            r.new,
+            r.diff,
+            cli.tolerance
         );
     }
     Ok(!dropped.is_empty())
@@ -306,7 +392,8 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
             }
             let (image, row) =
                 parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
-            let path = resolve(&cli.images.join(&image));
+            // Names are written escaped (walk::escape): back to the file's own bytes.
+            let path = resolve(&cli.images.join(walk::unescape(&image)));
             let row_in_truth = truth.row_of(&path);
             if let Some((f0, n0)) = seen.insert(path, (f, n)) {
                 bail!("--from-tags: {image} is tagged twice, in {} and in {}", place(f0, n0), place(f, n));
@@ -320,11 +407,11 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
             }
         }
     }
-    eprintln!("cls-infer: read {} tagged images from {} files", seen.len(), cli.from_tags.len());
+    say!("cls-infer: read {} tagged images from {} files", seen.len(), cli.from_tags.len());
     let present: HashSet<PathBuf> = seen.into_keys().collect();
     let orphans = truth.entries_without_image(&present);
     if !orphans.is_empty() {
-        eprintln!("cls-infer: {} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
+        say!("cls-infer: {} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
     }
     Ok(if score_and_compare(cli, &truth, baseline.as_ref(), info.classes.len(), threshold, scored)? {
         EXIT_REGRESSION

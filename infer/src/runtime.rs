@@ -98,6 +98,20 @@ pub fn choose_library(flag: Option<&Path>, env: Option<&str>, exe: Option<&Path>
     LibraryChoice::System("libonnxruntime.so")
 }
 
+/// Fail early, before any work, when the library was named (`--ort-lib`, `ORT_DYLIB_PATH`) but
+/// is not a file; whether it loads is found out while the first images decode.
+pub fn check_library(flag: Option<&Path>) -> Result<()> {
+    let env = std::env::var("ORT_DYLIB_PATH").ok();
+    if let LibraryChoice::Explicit(path, source) = choose_library(flag, env.as_deref(), None, None) {
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => bail!("{source} {}: not a file (the ONNX Runtime library, libonnxruntime.so)", path.display()),
+            Err(e) => bail!("{source} {}: {e} (the ONNX Runtime library, libonnxruntime.so)", path.display()),
+        }
+    }
+    Ok(())
+}
+
 /// Load ONNX Runtime and create the process's environment. Returns the library path used.
 pub fn init(flag: Option<&Path>) -> Result<(ort::environment::Environment, String)> {
     let env = std::env::var("ORT_DYLIB_PATH").ok();
@@ -165,7 +179,7 @@ pub fn session(
         match (attempt, device) {
             (Ok(()), _) => provider = "CUDAExecutionProvider",
             (Err(reason), Device::Cuda) => bail!("--device cuda: CUDA is not usable: {reason}"),
-            (Err(reason), _) => eprintln!("cls-infer: CUDA not used ({reason})"),
+            (Err(reason), _) => crate::say!("cls-infer: CUDA not used ({reason})"),
         }
     }
     let session =

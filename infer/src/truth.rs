@@ -1,9 +1,11 @@
 //! Ground truth for `--ground-truth`: read with `cls_core::readers::open` (a JSONL manifest, a
 //! COCO instances JSON whose file names are relative to `--images`, or a VOC devkit folder,
 //! split `test`, else `val`, else `trainval`), re-indexed to the model's classes by name, and
-//! matched to the tagged images by canonicalised absolute path.
+//! matched to the tagged images by canonicalised absolute path. Ground truth that cannot be
+//! scored against the model (none of its classes, an image listed twice under two spellings) is
+//! refused when loaded, before any tagging.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cls_core::labels::NEG;
 use cls_core::readers::{self, ReadOptions};
 use ndarray::Array2;
@@ -69,6 +71,15 @@ impl Truth {
                 None => missing.push(name.as_str()),
             }
         }
+        if missing.len() == model_classes.len() {
+            let names: Vec<&str> = data.classes.names().iter().map(|s| s.as_str()).collect();
+            bail!(
+                "--ground-truth {}: none of the model's classes ({}) is in it (its classes: {}): nothing to score",
+                spec.display(),
+                preview(&missing),
+                preview(&names)
+            );
+        }
         if !missing.is_empty() {
             notes.push(format!(
                 "{} model classes are not in the ground truth (counted as negative everywhere): {}",
@@ -88,8 +99,20 @@ impl Truth {
         let mut rows = HashMap::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
         for (i, s) in data.samples.iter().enumerate() {
-            rows.insert(resolve(&s.path), i);
-            ids.push(s.path.display().to_string());
+            let id = s.path.display().to_string();
+            let resolved = resolve(&s.path);
+            if let Some(first) = rows.insert(resolved, i) {
+                // One label set would silently replace the other.
+                bail!(
+                    "--ground-truth {}: one image is listed twice, as {} and as {} (entries {} and {})",
+                    spec.display(),
+                    ids[first],
+                    id,
+                    first + 1,
+                    i + 1
+                );
+            }
+            ids.push(id);
         }
         Ok(Truth { rows, ids, targets, notes })
     }
@@ -97,6 +120,11 @@ impl Truth {
     /// The row of the image at `path` (resolved), if the ground truth has one.
     pub fn row_of(&self, resolved: &Path) -> Option<usize> {
         self.rows.get(resolved).copied()
+    }
+
+    /// How many entries have their resolved path in `present`.
+    pub fn entries_in(&self, present: &std::collections::HashSet<PathBuf>) -> usize {
+        self.rows.keys().filter(|p| present.contains(*p)).count()
     }
 
     /// The entries whose resolved path is not in `present`, as given in the ground truth.
@@ -144,5 +172,24 @@ mod tests {
         let without = t.entries_without_image(&present);
         assert_eq!(without.len(), 1);
         assert!(without[0].ends_with("gone.jpg"));
+        assert_eq!(t.entries_in(&present), 1);
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_scored() {
+        let dir = tempfile::tempdir().unwrap();
+        let imgs = dir.path().join("imgs");
+        fs::create_dir_all(&imgs).unwrap();
+        fs::write(imgs.join("a.jpg"), b"").unwrap();
+        let manifest = dir.path().join("gt.jsonl");
+        let model = ["cat".to_string(), "dog".to_string()];
+        // The same image under two spellings.
+        fs::write(&manifest, "{\"image\": \"imgs/./a.jpg\", \"labels\": [\"dog\"]}\n{\"image\": \"imgs/a.jpg\", \"labels\": [\"cat\"]}\n").unwrap();
+        let err = Truth::load(&manifest, &imgs, &model).err().unwrap().to_string();
+        assert!(err.contains("listed twice") && err.contains("entries 1 and 2"), "{err}");
+        // None of the model's classes.
+        fs::write(&manifest, "{\"image\": \"imgs/a.jpg\", \"labels\": [\"sun\"]}\n").unwrap();
+        let err = Truth::load(&manifest, &imgs, &model).err().unwrap().to_string();
+        assert!(err.contains("none of the model's classes"), "{err}");
     }
 }
