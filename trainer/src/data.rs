@@ -51,6 +51,7 @@ fn read_options(cfg: &TrainConfig, images: Option<&PathBuf>, split: &str) -> Rea
         classes: cfg.classes.clone(),
         keep_empty: cfg.keep_empty,
         check_images: true,
+        ..ReadOptions::default()
     }
 }
 
