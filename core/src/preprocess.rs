@@ -99,6 +99,10 @@ pub fn image_extensions() -> &'static [&'static str] {
 }
 
 /// A share of memory that the holders of a [`MemoryBudget`] may use together.
+///
+/// A holder must not wait, while it holds a reservation, for work that may itself reserve (such
+/// as a rayon join inside a decoder, which could run another decode on the same thread): that
+/// work could wait for this very reservation. Nothing in the decoders used here does.
 #[derive(Debug)]
 pub struct MemoryBudget {
     total: u64,
