@@ -30,6 +30,36 @@ pub struct BenchResult {
     pub amp: bool,
 }
 
+/// bench-step's sizes and counts, checked before anything is allocated.
+pub struct Limits {
+    pub batch_size: usize,
+    pub size: (u32, u32),
+    pub classes: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub threads: Option<usize>,
+}
+
+impl Limits {
+    pub fn check(&self) -> Result<()> {
+        use crate::config::{check_batch_values, MAX_BATCH, MAX_THREADS};
+        let count = |flag: &str, v: usize, lo: usize, hi: usize| -> Result<()> {
+            if v < lo || v > hi {
+                bail!("--{flag} {v}: must be between {lo} and {hi}");
+            }
+            Ok(())
+        };
+        count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        count("classes", self.classes, 1, 100_000)?;
+        count("steps", self.steps, 1, 1_000_000)?;
+        count("warmup", self.warmup, 0, 1_000_000)?;
+        if let Some(n) = self.threads {
+            count("threads", n, 1, MAX_THREADS)?;
+        }
+        check_batch_values("--batch-size with --size", self.batch_size, self.size)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn bench_step(
     arch: &Arch,
@@ -50,12 +80,12 @@ pub fn bench_step(
         .map(|k| {
             tch::manual_seed(k as i64);
             let vs = nn::VarStore::new(device);
-            let net = Net::new(&vs.root(), arch, classes, Some(0.01));
+            let net = Net::try_new(&vs.root(), arch, classes, Some(0.01)).map_err(|e| anyhow::anyhow!("{e}"))?;
             let params =
                 vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t, 1.0)).collect();
-            Peer { adam: Adam::new(params, 1e-4), vs, net }
+            Ok(Peer { adam: Adam::new(params, 1e-4), vs, net })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let amp = amp && device.is_cuda();
     if amp {
         cls_models::use_bf16_autocast();
@@ -64,8 +94,12 @@ pub fn bench_step(
         }
     }
     tch::manual_seed(42);
-    let x = Tensor::randn([batch, 3, size.0, size.1], (Kind::Float, device));
-    let y = Tensor::rand([batch, classes], (Kind::Float, device)).lt(0.05).to_kind(Kind::Float);
+    let x = Tensor::f_randn([batch, 3, size.0, size.1], (Kind::Float, device))
+        .map_err(|e| anyhow::anyhow!("allocating a batch of {batch} images of {}x{}: {e}", size.0, size.1))?;
+    let y = Tensor::f_rand([batch, classes], (Kind::Float, device))
+        .map_err(|e| anyhow::anyhow!("allocating the labels: {e}"))?
+        .lt(0.05)
+        .to_kind(Kind::Float);
     let idx = Tensor::arange(batch, (Kind::Int64, device));
     let devices = vec![device; peers.len()];
     // Epoch 20: the full selection rates apply (R_h, R_l < 1), the realistic steady state.

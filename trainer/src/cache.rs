@@ -7,14 +7,17 @@ use anyhow::{bail, Context, Result};
 use cls_core::preprocess::{decode_file, squish, Preprocess};
 use cls_core::Sample;
 use indicatif::{ProgressBar, ProgressStyle};
-use memmap2::{Mmap, MmapMut};
+use memmap2::Mmap;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Bump when the cache layout or the resize filter changes.
 const CACHE_VERSION: &str = "images-v1";
+/// The largest image cache file.
+const MAX_CACHE_BYTES: u64 = 1 << 44;
 
 pub struct ImageCache {
     map: Mmap,
@@ -37,7 +40,10 @@ impl ImageCache {
         std::fs::create_dir_all(dir).with_context(|| format!("creating cache folder {}", dir.display()))?;
         let path = dir.join(format!("{key}.u8"));
         let (h, w) = (height as usize, width as usize);
-        let bytes = samples.len() * h * w * 3;
+        let bytes =
+            samples.len().checked_mul(h * w * 3).filter(|&b| b as u64 <= MAX_CACHE_BYTES).with_context(|| {
+                format!("{} {label} images at {height}x{width} would make an image cache over 16 TiB", samples.len())
+            })?;
         if !path.exists() {
             // Runs started side by side with a cold cache would all decode the same images: the
             // first takes the lock and builds, the others wait and then find the file.
@@ -85,23 +91,28 @@ fn fill(samples: &[Sample], height: u32, width: u32, tmp: &Path, bytes: usize, l
         .truncate(true)
         .open(tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    file.set_len(bytes as u64)?;
-    // SAFETY: the temporary file is ours alone until renamed.
-    let mut map = unsafe { MmapMut::map_mut(&file) }?;
+    // Written with positioned writes, not through a memory map: a full disk is then an error
+    // of the write, where a mapped page would kill the process with SIGBUS.
+    file.set_len(bytes as u64).with_context(|| format!("writing {}", tmp.display()))?;
     let sz = (height * width * 3) as usize;
     let max_pixels = Preprocess::imagenet(height, width).max_pixels;
     let bar = progress(samples.len(), &format!("decoding {label}"));
     let t0 = std::time::Instant::now();
     eprintln!("decoding {} {label} images into the cache at {height}x{width}", samples.len());
-    let errors: Vec<String> = map
-        .par_chunks_mut(sz.max(1))
-        .zip(samples.par_iter())
-        .filter_map(|(slot, s)| {
+    let write_error = std::sync::Mutex::new(None::<std::io::Error>);
+    let errors: Vec<String> = samples
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
             let r = decode_file(&s.path, max_pixels).map(|img| squish(&img, width, height));
             bar.inc(1);
             match r {
                 Ok(img) => {
-                    slot.copy_from_slice(img.as_raw());
+                    if let Err(e) = file.write_all_at(img.as_raw(), (i * sz) as u64) {
+                        if let Ok(mut slot) = write_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                    }
                     None
                 }
                 Err(e) => Some(format!("{}: {e}", s.path.display())),
@@ -109,12 +120,13 @@ fn fill(samples: &[Sample], height: u32, width: u32, tmp: &Path, bytes: usize, l
         })
         .collect();
     bar.finish_and_clear();
+    if let Some(e) = write_error.into_inner().ok().flatten() {
+        return Err(e).with_context(|| format!("writing the image cache {}", tmp.display()));
+    }
     if !errors.is_empty() {
         let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
         bail!("{} image(s) of {label} could not be read:\n  {}", errors.len(), shown.join("\n  "));
     }
-    map.flush()?;
-    drop(map);
     eprintln!("decoded {} {label} images in {:.1} s", samples.len(), t0.elapsed().as_secs_f64());
     Ok(())
 }

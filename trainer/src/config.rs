@@ -12,6 +12,15 @@ use std::path::{Path, PathBuf};
 
 use crate::methods::{MethodConfig, Reduction};
 
+/// `auto`, `cpu`, `cuda` or `cuda:N` (whether the device exists is checked when it is opened).
+fn check_device_name(flag: &str, s: &str) -> Result<()> {
+    let ok = matches!(s, "auto" | "cpu" | "cuda") || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<u16>().is_ok());
+    if !ok {
+        bail!("--{flag} {s}: expected auto, cpu, cuda or cuda:N");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -203,7 +212,24 @@ impl Default for TrainConfig {
     }
 }
 
-/// Parse "HxW" or a single "S" (square).
+/// The largest image side (`--resize`, `--crop`, `--eval-size`, bench-step's `--size`).
+pub const MAX_SIDE: u32 = 4096;
+/// The largest `--batch-size`.
+pub const MAX_BATCH: usize = 1 << 16;
+/// The most input values (f32) one batch may hold: 4 GiB.
+pub const MAX_BATCH_VALUES: u64 = 1 << 30;
+/// Samples per evaluation batch.
+pub const EVAL_BATCH: usize = 128;
+/// The largest `--epochs` (and `--stop-after`).
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// The most `--threads`.
+pub const MAX_THREADS: usize = 4096;
+/// The widest `--mlp-hidden`.
+pub const MAX_MLP_HIDDEN: i64 = 1 << 16;
+/// The most `--label-columns`.
+pub const MAX_LABEL_COLUMNS: usize = 100_000;
+
+/// Parse "HxW" or a single "S" (square); each side in 1..=[`MAX_SIDE`].
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     let parse =
         |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad size '{s}': expected HxW, e.g. 224x224"));
@@ -217,7 +243,66 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     if h == 0 || w == 0 {
         bail!("bad size '{s}': zero");
     }
+    if h > MAX_SIDE || w > MAX_SIDE {
+        bail!("bad size '{s}': a side may be at most {MAX_SIDE} pixels");
+    }
     Ok((h, w))
+}
+
+/// (height, width) of the training squish, the training crop and the evaluation squish.
+pub type ImageSizes = ((u32, u32), (u32, u32), (u32, u32));
+
+/// The (height, width) sizes: training squish, training crop, evaluation squish.
+pub fn image_sizes(cfg: &TrainConfig) -> Result<ImageSizes> {
+    let flag = |name: &str, r: Result<(u32, u32)>| r.with_context(|| format!("--{name}"));
+    let crop = flag("crop", parse_size(cfg.crop.as_deref().unwrap_or("224x224")))?;
+    let resize = match &cfg.resize {
+        Some(r) => flag("resize", parse_size(r))?,
+        None if cfg.crop.is_some() => crop,
+        None => (256, 256),
+    };
+    if crop.0 > resize.0 || crop.1 > resize.1 {
+        bail!("--crop {}x{} is larger than --resize {}x{}", crop.0, crop.1, resize.0, resize.1);
+    }
+    let eval = match &cfg.eval_size {
+        Some(e) => flag("eval-size", parse_size(e))?,
+        None => crop,
+    };
+    Ok((resize, crop, eval))
+}
+
+/// Refuse a batch of `batch` images of `size` whose input would not fit [`MAX_BATCH_VALUES`].
+pub fn check_batch_values(what: &str, batch: usize, size: (u32, u32)) -> Result<()> {
+    let values = batch as u64 * 3 * size.0 as u64 * size.1 as u64;
+    if values > MAX_BATCH_VALUES {
+        bail!(
+            "{what}: a batch of {batch} images of {}x{} holds {} GiB of input (at most {} GiB): lower the batch size or the image size",
+            size.0,
+            size.1,
+            (values * 4) >> 30,
+            (MAX_BATCH_VALUES * 4) >> 30
+        );
+    }
+    Ok(())
+}
+
+/// Refuse `v` unless it is a finite number within `lo..=hi` (`lo_open`: `v > lo`).
+fn check_range(flag: &str, v: f64, lo: f64, lo_open: bool, hi: f64) -> Result<()> {
+    let ok = v.is_finite() && if lo_open { v > lo } else { v >= lo } && v <= hi;
+    if !ok {
+        let lower = if lo_open { format!("> {lo}") } else { format!(">= {lo}") };
+        let upper = if hi.is_finite() { format!(" and <= {hi}") } else { String::new() };
+        bail!("--{flag} {v}: must be a finite number {lower}{upper}");
+    }
+    Ok(())
+}
+
+/// Refuse `v` unless it lies within `lo..=hi`.
+fn check_count(flag: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
+    if v < lo || v > hi {
+        bail!("--{flag} {v}: must be between {lo} and {hi}");
+    }
+    Ok(())
 }
 
 impl TrainConfig {
@@ -232,7 +317,7 @@ impl TrainConfig {
     pub fn with_toml(self, text: &str, origin: &str, explicit: &[String]) -> Result<Self> {
         let from_file: toml::Table = toml::from_str(text).with_context(|| format!("parsing config {origin}"))?;
         let mut merged = serde_json::to_value(&self)?;
-        let fields = merged.as_object_mut().expect("a struct serialises to an object");
+        let fields = merged.as_object_mut().context("the configuration does not serialise to a table")?;
         for (k, v) in serde_json::to_value(from_file)?.as_object().into_iter().flatten() {
             let key = k.replace('-', "_");
             if !fields.contains_key(&key) {
@@ -243,6 +328,127 @@ impl TrainConfig {
             }
         }
         serde_json::from_value(merged).with_context(|| format!("config {origin}"))
+    }
+
+    /// Check every value before anything is created or loaded: ranges and bounds of numbers and
+    /// counts, names (method, protocol, reduction, export kind, backbone, device), sizes, files
+    /// that must exist. Data-dependent checks follow in `setup`.
+    pub fn validate(&self) -> Result<()> {
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        if let Some(n) = self.stop_after {
+            check_count("stop-after", n, 1, MAX_EPOCHS)?;
+        }
+        check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        if let Some(n) = self.threads {
+            check_count("threads", n, 1, MAX_THREADS)?;
+        }
+        if let Some(n) = self.label_columns {
+            check_count("label-columns", n, 1, MAX_LABEL_COLUMNS)?;
+        }
+        if !(0..=MAX_MLP_HIDDEN).contains(&self.mlp_hidden) {
+            bail!("--mlp-hidden {}: must be between 0 (no hidden layer) and {MAX_MLP_HIDDEN}", self.mlp_hidden);
+        }
+        check_range("lr", self.lr, 0.0, true, f64::INFINITY)?;
+        check_range("weight-decay", self.weight_decay, 0.0, false, f64::INFINITY)?;
+        check_range("head-lr-mult", self.head_lr_mult, 0.0, true, f64::INFINITY)?;
+        check_range("val-fraction", self.val_fraction, 0.0, true, 1.0)?;
+        if self.val_fraction >= 1.0 {
+            bail!("--val-fraction {}: must be below 1", self.val_fraction);
+        }
+        if let Some(p) = self.bias_prior {
+            check_range("bias-prior", p, 0.0, true, 1.0)?;
+            if p >= 1.0 {
+                bail!("--bias-prior {p}: must be a probability in (0, 1)");
+            }
+        }
+        if !crate::methods::METHODS.contains(&self.method.as_str()) {
+            bail!("unknown method {:?}; known methods: {}", self.method, crate::methods::METHODS.join(", "));
+        }
+        self.reduction()?;
+        self.partial.parse::<cls_core::protocol::Partial>().map_err(|e| anyhow::anyhow!("--partial: {e}"))?;
+        let tau_h = match self.tau_h.as_deref() {
+            None | Some("auto") => 0.0,
+            Some(v) => {
+                let t = v.trim().parse::<f64>().with_context(|| format!("--tau-h {v}: expected a number or `auto`"))?;
+                check_range("tau-h", t, 0.0, false, 1.0)?;
+                t
+            }
+        };
+        if let Some(t) = self.tau_l {
+            check_range("tau-l", t, 0.0, false, 1.0)?;
+        }
+        if let Some(k) = self.expected_positives {
+            check_range("expected-positives", k, 0.0, false, f64::INFINITY)?;
+        }
+        let mcfg = self.method_config(tau_h, self.tau_l.unwrap_or(0.0), self.expected_positives.unwrap_or(0.0))?;
+        mcfg.validate()?;
+        let networks = self.networks()?;
+        match self.export.as_str() {
+            "better" => {}
+            "ensemble" if networks >= 2 => {}
+            "ensemble" => bail!("--export ensemble needs a two-network method; {} trains one", self.method),
+            other => bail!("--export {other}: expected better or ensemble"),
+        }
+        check_device_name("device", &self.device)?;
+        if let Some(list) = &self.devices {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            for n in &names {
+                check_device_name("devices", n)?;
+            }
+            if names.len() != networks {
+                bail!("--devices lists {} device(s) but {} trains {networks} network(s)", names.len(), self.method);
+            }
+        }
+        let backbone = match &self.backbone {
+            Some(b) => Some(b.parse::<cls_models::Arch>().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?),
+            None => None,
+        };
+        if let Some(arch) = &backbone {
+            if self.freeze_backbone && !arch.is_image() {
+                bail!("--freeze-backbone applies to image backbones; the MLP of a feature table always trains whole");
+            }
+            if self.pretrained.as_deref() == Some("imagenet") && !matches!(arch, cls_models::Arch::EfficientNetLite0) {
+                bail!(
+                    "--pretrained imagenet is available offline for efficientnet-lite0 only; for {} give a .safetensors file \
+                     (convert torchvision weights with scripts/convert-torchvision)",
+                    arch.name()
+                );
+            }
+        }
+        if let Some(p) = self.pretrained.as_deref().filter(|p| *p != "imagenet") {
+            if !Path::new(p).is_file() {
+                bail!("--pretrained {p}: no such file (give a .safetensors state dict, or `imagenet` for efficientnet-lite0)");
+            }
+        }
+        let (_, crop, eval) = image_sizes(self)?;
+        if backbone.as_ref().is_none_or(|a| a.is_image()) {
+            check_batch_values("--batch-size", self.batch_size, crop)?;
+            check_batch_values("evaluation", EVAL_BATCH, eval)?;
+        }
+        let files = [
+            ("data", &self.data),
+            ("images", &self.images),
+            ("val", &self.val),
+            ("val-images", &self.val_images),
+            ("test", &self.test),
+            ("test-images", &self.test_images),
+            ("classes", &self.classes),
+            ("observed", &self.observed),
+        ];
+        for (flag, path) in files {
+            if let Some(p) = path {
+                if !p.exists() {
+                    bail!("--{flag} {}: no such file or folder", p.display());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many networks the method trains (1 or 2).
+    pub fn networks(&self) -> Result<usize> {
+        let m = crate::methods::build(&self.method, &MethodConfig::default(), 1, 1, tch::Device::Cpu)?;
+        Ok(m.num_networks())
     }
 
     pub fn reduction(&self) -> Result<Reduction> {

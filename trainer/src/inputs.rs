@@ -28,18 +28,18 @@ pub enum Inputs {
 impl Inputs {
     pub fn len(&self) -> usize {
         match self {
-            Inputs::Rows(t) => t.size()[0] as usize,
+            Inputs::Rows(t) => t.size().first().map_or(0, |&n| n as usize),
             Inputs::Images { cache, .. } => cache.n,
         }
     }
 
     /// The inputs of samples `idx`. With `rng`, images get a random crop and flip (training);
     /// without, the centre crop of the cache (equal to the whole image at evaluation).
-    pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>, device: Device) -> Tensor {
+    pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>, device: Device) -> Result<Tensor> {
         match self {
             Inputs::Rows(t) => {
                 let i = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(t.device());
-                t.index_select(0, &i).to_device(device)
+                Ok(t.index_select(0, &i).to_device(device))
             }
             Inputs::Images { cache, crop, flip } => {
                 let (ch, cw) = *crop;
@@ -56,7 +56,16 @@ impl Inputs {
                     None => idx.iter().map(|_| ((h - ch) / 2, (w - cw) / 2, false)).collect(),
                 };
                 let per = 3 * ch * cw;
-                let mut buf = vec![0f32; idx.len() * per];
+                let len = idx.len().checked_mul(per).context("a batch of images too large to address")?;
+                let mut buf: Vec<f32> = Vec::new();
+                buf.try_reserve_exact(len).map_err(|_| {
+                    anyhow::anyhow!(
+                        "not enough memory for a batch of {} images of {ch}x{cw} ({} MiB): lower --batch-size or the image size",
+                        idx.len(),
+                        (len * 4) >> 20
+                    )
+                })?;
+                buf.resize(len, 0.0);
                 buf.par_chunks_mut(per).zip(idx.par_iter().zip(params.par_iter())).for_each(
                     |(out, (&i, &(top, left, fl)))| {
                         crop_flip_normalize(
@@ -74,7 +83,7 @@ impl Inputs {
                         );
                     },
                 );
-                Tensor::from_slice(&buf).view([idx.len() as i64, 3, ch as i64, cw as i64]).to_device(device)
+                Ok(Tensor::from_slice(&buf).view([idx.len() as i64, 3, ch as i64, cw as i64]).to_device(device))
             }
         }
     }
@@ -96,9 +105,11 @@ pub fn features(
     let key = hex::encode(&h.finalize()[..12]);
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{key}.safetensors"));
+    // A file of another shape (damaged, or from an older version) is computed again.
+    let width = net.arch().feature_dim();
     let cached = || -> Option<Tensor> {
         let (_, t) = Tensor::read_safetensors(&path).ok()?.pop()?;
-        (t.size()[0] as usize == cache.n).then_some(t)
+        (t.size() == [cache.n as i64, width] && t.kind() == Kind::Float).then_some(t)
     };
     if let Some(t) = cached() {
         return Ok(t.to_device(device));
@@ -113,14 +124,15 @@ pub fn features(
     eprintln!("computing backbone features of {} {label} images (cached for later runs)", cache.n);
     let mut parts = Vec::new();
     let bs = 64;
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for start in (0..cache.n).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(cache.n)).collect();
-            let x = images.batch(&idx, None, device);
+            let x = images.batch(&idx, None, device)?;
             parts.push(net.features_t(&x, false).to_kind(Kind::Float).to_device(Device::Cpu));
             bar.inc(idx.len() as u64);
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
     eprintln!("features of {} {label} images in {:.1} s", cache.n, t0.elapsed().as_secs_f64());
     let all = Tensor::cat(&parts, 0);

@@ -3,9 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use cls_trainer::checkpoint;
 use cls_trainer::config::TrainConfig;
-use cls_trainer::sweep;
+use cls_trainer::{launch, sweep};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -59,12 +58,12 @@ enum Command {
         #[arg(long, default_value = "cls")]
         method: String,
         #[arg(long, default_value_t = 32)]
-        batch_size: i64,
+        batch_size: usize,
         /// Input size HxW.
         #[arg(long, default_value = "224x224")]
         size: String,
         #[arg(long, default_value_t = 80)]
-        classes: i64,
+        classes: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
@@ -72,7 +71,7 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
         #[arg(long)]
-        threads: Option<i32>,
+        threads: Option<usize>,
         /// On CUDA: fp32 instead of bf16 autocast + channels-last.
         #[arg(long)]
         no_amp: bool,
@@ -120,20 +119,31 @@ fn main() -> ExitCode {
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
         eprintln!("warning: {e:#}");
     }
-    match Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A bug is one line, not a backtrace (a panic of a rayon worker reaches this thread too).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("cls-train: internal error (please report): {info}");
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches))
+    }));
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+        Err(_) => ExitCode::from(1),
     }
 }
 
-/// Field names of the options given explicitly on the command line.
-fn explicit_keys(m: &ArgMatches) -> Vec<String> {
-    m.ids()
-        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-        .map(|id| id.as_str().to_string())
+/// Names of the options given explicitly on the command line, as field names (`stop_after`).
+/// Only arguments count: clap also reports the group of a flattened struct (`TrainConfig`) as
+/// present, which is no option anyone gave.
+fn explicit_keys(m: &ArgMatches, cmd: &clap::Command) -> Vec<String> {
+    cmd.get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(str::to_string)
         .collect()
 }
 
@@ -149,18 +159,30 @@ lr = 0.003
 "#;
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
-    let explicit = explicit_keys(matches);
+    let cmd = Cli::command();
+    let explicit = explicit_keys(matches, &cmd);
     match cli.command {
         Some(Command::Export { run_dir, out, export, checkpoint }) => {
             let which = checkpoint.parse().map_err(|e| anyhow::anyhow!("--checkpoint {e}"))?;
             return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref(), &which);
         }
         Some(Command::Sweep { out, tau_h_grid, tau_l_grid, ll_delta_grid, train }) => {
-            let sub = matches.subcommand_matches("sweep").expect("sweep matches");
-            let cfg = resolve(*train, cli.config.as_deref(), &explicit_keys(sub))?;
-            let grid =
-                |g: Option<String>| g.as_deref().map(sweep::parse_grid).transpose().map(Option::unwrap_or_default);
-            sweep::run(&cfg, &out, &grid(tau_h_grid)?, &grid(tau_l_grid)?, &grid(ll_delta_grid)?)?;
+            let sub = matches.subcommand_matches("sweep").context("parsing the sweep's options")?;
+            let sub_cmd = cmd.find_subcommand("sweep").context("parsing the sweep's options")?;
+            let cfg = resolve(*train, cli.config.as_deref(), &explicit_keys(sub, sub_cmd))?;
+            let grid = |flag: &str, g: Option<String>| -> Result<Vec<f64>> {
+                g.as_deref()
+                    .map(|g| sweep::parse_grid(g).with_context(|| format!("--{flag}")))
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            };
+            sweep::run(
+                &cfg,
+                &out,
+                &grid("tau-h-grid", tau_h_grid)?,
+                &grid("tau-l-grid", tau_l_grid)?,
+                &grid("ll-delta-grid", ll_delta_grid)?,
+            )?;
             return Ok(());
         }
         Some(Command::BenchStep {
@@ -175,18 +197,20 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             threads,
             no_amp,
         }) => {
-            if let Some(n) = threads {
-                tch::set_num_threads(n);
-            }
             let arch: cls_models::Arch = backbone.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
-            let (h, w) = cls_trainer::config::parse_size(&size)?;
+            let (h, w) = cls_trainer::config::parse_size(&size).context("--size")?;
+            let limits = cls_trainer::bench::Limits { batch_size, size: (h, w), classes, steps, warmup, threads };
+            limits.check()?;
+            if let Some(n) = threads {
+                tch::set_num_threads(n as i32);
+            }
             let device = cls_trainer::setup::parse_device(&device)?;
             let r = cls_trainer::bench::bench_step(
                 &arch,
                 &method,
-                batch_size,
+                batch_size as i64,
                 (h as i64, w as i64),
-                classes,
+                classes as i64,
                 steps,
                 warmup,
                 device,
@@ -211,51 +235,25 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         None => {}
     }
     if let Some(run_dir) = cli.resume {
-        let saved = run_dir.join("config.toml");
-        let mut cfg = TrainConfig::default()
-            .with_file(&saved, &[])
-            .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
-        for key in &explicit {
-            match key.as_str() {
-                "epochs" => cfg.epochs = cli.train.epochs,
-                "stop_after" => cfg.stop_after = cli.train.stop_after,
-                "device" => cfg.device = cli.train.device.clone(),
-                "threads" => cfg.threads = cli.train.threads,
-                "resume" => {}
-                other => {
-                    bail!("--{} cannot change on --resume (the run's config.toml holds it)", other.replace('_', "-"))
-                }
-            }
-        }
-        if checkpoint::latest(&run_dir).is_none() {
+        let allowed = launch::RESUME_OVERRIDES;
+        if let Some(other) = explicit.iter().find(|k| *k != "resume" && !allowed.contains(&k.as_str())) {
             bail!(
-                "{}: no checkpoint yet (the run stopped before its first epoch ended); start it again",
-                run_dir.display()
+                "--{} cannot be given with --resume: the run's config.toml holds the configuration \
+                 (only --epochs, --stop-after, --device and --threads may be given again)",
+                other.replace('_', "-")
             );
         }
-        checkpoint::save_config(&cfg, &run_dir)?;
-        cls_trainer::train::run(cfg, &run_dir, true)?;
-        return Ok(());
+        let given = |k: &str| explicit.iter().any(|e| e == k);
+        let overrides = launch::Overrides {
+            epochs: given("epochs").then_some(cli.train.epochs),
+            stop_after: if given("stop_after") { cli.train.stop_after } else { None },
+            device: given("device").then(|| cli.train.device.clone()),
+            threads: if given("threads") { cli.train.threads } else { None },
+        };
+        return launch::resume(&run_dir, &overrides);
     }
-
     let cfg = resolve(cli.train, cli.config.as_deref(), &explicit)?;
-    if !cls_trainer::methods::METHODS.contains(&cfg.method.as_str()) {
-        bail!("unknown method {:?}; known methods: {}", cfg.method, cls_trainer::methods::METHODS.join(", "));
-    }
-    let run_dir = match &cfg.run_dir {
-        Some(d) => d.clone(),
-        None => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            PathBuf::from("runs").join(format!("{}-{}-s{}-{t}", cfg.method, cfg.partial.replace(':', ""), cfg.seed))
-        }
-    };
-    if checkpoint::latest(&run_dir).is_some() {
-        bail!("{} already holds a run: continue it with --resume {0}, or choose another --run-dir", run_dir.display());
-    }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    checkpoint::save_config(&cfg, &run_dir)?;
-    eprintln!("run folder: {}", run_dir.display());
-    cls_trainer::train::run(cfg, &run_dir, false)?;
+    launch::start(cfg)?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! named tensors, so a checkpoint holds the complete optimizer state and `--resume` continues
 //! bit-for-bit (tch's built-in optimizer cannot save its state).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tch::Tensor;
 
@@ -46,7 +46,7 @@ impl Adam {
     /// One Adam update with base learning rate `lr`; tensors without a gradient are skipped.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
-        let t = self.step as i32;
+        let t = self.step.min(i32::MAX as i64) as i32;
         let (b1, b2) = (self.beta1, self.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
@@ -79,12 +79,36 @@ impl Adam {
     pub fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
         let map: HashMap<&str, &Tensor> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let Some(step) = map.get("step") else { bail!("optimizer state has no 'step'") };
-        self.step = step.int64_value(&[0]);
+        if step.numel() != 1 {
+            bail!("optimizer state: 'step' has shape {:?}, expected one number", step.size());
+        }
+        let step = step.f_int64_value(&[0]).context("optimizer state: reading 'step'")?;
+        if step < 0 {
+            bail!("optimizer state: 'step' is {step}");
+        }
+        if map.len() != 1 + 2 * self.params.len() {
+            bail!(
+                "optimizer state holds {} tensors; this network's optimizer has {}",
+                map.len(),
+                1 + 2 * self.params.len()
+            );
+        }
+        // Every tensor checked before any is copied.
+        for p in &self.params {
+            for key in [format!("m.{}", p.name), format!("v.{}", p.name)] {
+                let Some(src) = map.get(key.as_str()) else { bail!("optimizer state lacks '{key}'") };
+                if src.size() != p.tensor.size() {
+                    bail!("optimizer state: '{key}' has shape {:?}, the parameter {:?}", src.size(), p.tensor.size());
+                }
+            }
+        }
+        self.step = step;
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
                 for (key, dst) in [(format!("m.{}", p.name), &mut p.m), (format!("v.{}", p.name), &mut p.v)] {
                     let Some(src) = map.get(key.as_str()) else { bail!("optimizer state lacks '{key}'") };
-                    dst.copy_(&src.to_device(dst.device()).to_kind(dst.kind()));
+                    dst.f_copy_(&src.to_device(dst.device()).to_kind(dst.kind()))
+                        .with_context(|| format!("optimizer state: restoring '{key}'"))?;
                 }
             }
             Ok(())

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::Path;
 
-use crate::train::read_log;
+use crate::runlog::{read as read_log, EpochLog};
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -15,6 +15,26 @@ fn register_font() {
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
+}
+
+/// Draw a `width`×`height` picture with `draw` and write it to `path` as a PNG, atomically (a
+/// run killed while plotting leaves the previous picture, never half of one).
+pub fn save_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    register_font();
+    let mut buf = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    let img = image::RgbImage::from_raw(width, height, buf).context("a picture of the wrong size")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).with_context(|| format!("encoding {}", path.display()))?;
+    crate::checkpoint::write_atomic(path, png.get_ref())
 }
 
 /// One named curve of (x, y) points.
@@ -35,74 +55,89 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((y1 - y0) * 0.08).max(0.5);
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart
-            .draw_series(s.points.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
+    save_png(path, (900, 540), |root| {
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 24))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart
+                .draw_series(s.points.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })
+}
+
+/// Validation mAP (%) per epoch, one series per peer: each point is (a line's epoch, that line's
+/// mAP of the peer); lines without the peer are left out.
+pub fn val_map_series(log: &[EpochLog]) -> Vec<Series> {
+    let n_peers = log.iter().map(|l| l.val.len()).max().unwrap_or(0);
+    (0..n_peers)
+        .map(|k| Series {
+            name: format!("peer {k}"),
+            points: log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect(),
+        })
+        .collect()
+}
+
+/// The selection's precision and recall (%) per epoch, two series per network that selected
+/// anything. Each value is plotted at the epoch of its own line: epochs without a selection (the
+/// first, where the removal rates are still 0) have no point, and shift nothing.
+pub fn selection_series(log: &[EpochLog]) -> Vec<Series> {
+    let n_sel = log.iter().map(|l| l.selection.len()).max().unwrap_or(0);
+    let mut series = Vec::new();
+    for k in 0..n_sel {
+        for (what, precision) in [("precision", true), ("recall", false)] {
+            series.push(Series {
+                name: format!("{what}, net {k}"),
+                points: log
+                    .iter()
+                    .filter_map(|l| {
+                        let s = l.selection.get(k)?;
+                        let v = if precision { s.precision } else { s.recall }?;
+                        Some((l.epoch as f64, 100.0 * v))
+                    })
+                    .collect(),
+            });
+        }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    series
 }
 
 /// `plots/val_map.png` and (for methods that select labels) `plots/selection.png`.
 pub fn write_run_plots(run_dir: &Path) -> Result<()> {
     let log = read_log(run_dir)?;
     let dir = run_dir.join("plots");
-    std::fs::create_dir_all(&dir)?;
-    let n_peers = log.first().map_or(0, |l| l.val.len());
-    let maps: Vec<Series> = (0..n_peers)
-        .map(|k| Series {
-            name: format!("peer {k}"),
-            points: log.iter().map(|l| (l.epoch as f64, 100.0 * l.val[k].map)).collect(),
-        })
-        .collect();
-    line_chart(&dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &maps)?;
-    let n_sel = log.iter().map(|l| l.selection.len()).max().unwrap_or(0);
-    if n_sel > 0 {
-        let mut series = Vec::new();
-        for k in 0..n_sel {
-            for (what, f) in [("precision", true), ("recall", false)] {
-                series.push(Series {
-                    name: format!("{what}, net {k}"),
-                    points: log
-                        .iter()
-                        .filter_map(|l| l.selection.get(k))
-                        .zip(log.iter().map(|l| l.epoch))
-                        .filter_map(|(s, e)| if f { s.precision } else { s.recall }.map(|v| (e as f64, 100.0 * v)))
-                        .collect(),
-                });
-            }
-        }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    line_chart(&dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &val_map_series(&log))?;
+    let series = selection_series(&log);
+    if !series.is_empty() {
         line_chart(
             &dir.join("selection.png"),
             "Flagged unannotated entries that are hidden positives",
@@ -112,4 +147,54 @@ pub fn write_run_plots(run_dir: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runlog::{SelectionStats, ValSummary};
+
+    fn line(epoch: usize, sel: Option<(f64, f64)>) -> EpochLog {
+        EpochLog {
+            epoch,
+            loss: vec![1.0, 1.0],
+            val: vec![ValSummary { map: 0.1 * epoch as f64, cf1: 0.0, of1: 0.0 }; 2],
+            r_h: 1.0,
+            r_l: 1.0,
+            selection: sel.map_or(vec![], |(p, r)| {
+                vec![SelectionStats { precision: Some(p), recall: Some(r), ..Default::default() }; 2]
+            }),
+            lr: 0.1,
+            images_per_s: 1.0,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn every_plotted_value_sits_at_the_epoch_of_its_line() {
+        // Epoch 1 selects nothing (R = 1), so its line has no selection.
+        let log = vec![line(1, None), line(2, Some((0.5, 0.25))), line(3, Some((0.75, 0.5))), line(4, None)];
+        let sel = selection_series(&log);
+        assert_eq!(sel.len(), 4, "precision and recall for each of two networks");
+        assert_eq!(sel[0].points, vec![(2.0, 50.0), (3.0, 75.0)], "precision, net 0");
+        assert_eq!(sel[1].points, vec![(2.0, 25.0), (3.0, 50.0)], "recall, net 0");
+        for s in &sel {
+            for &(x, y) in &s.points {
+                let l = &log[x as usize - 1];
+                let st = &l.selection[0];
+                assert!(y == 100.0 * st.precision.unwrap() || y == 100.0 * st.recall.unwrap());
+            }
+        }
+        let maps = val_map_series(&log);
+        assert_eq!(maps.len(), 2);
+        for (i, &(x, y)) in maps[1].points.iter().enumerate() {
+            assert_eq!(x, (i + 1) as f64);
+            assert!((y - 100.0 * log[i].val[1].map).abs() < 1e-12);
+        }
+        // A line missing a peer's result is left out of that peer's curve, not a panic.
+        let mut short = line(5, None);
+        short.val.pop();
+        let maps = val_map_series(&[log[0].clone(), short]);
+        assert_eq!(maps[1].points.len(), 1);
+    }
 }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::plots::{line_chart, Series};
+use crate::runlog::{read as read_log, EpochLog};
 use crate::summary::Summary;
-use crate::train::{read_log, EpochLog};
 
 struct Run {
     dir: PathBuf,
@@ -25,6 +25,8 @@ fn load(dir: &Path) -> Result<Run> {
         .ok()
         .map(|b| serde_json::from_slice(&b).with_context(|| format!("{}/summary.json", dir.display())))
         .transpose()?;
+    // Only a finished run's summary counts (older versions wrote one on an export of an unfinished run).
+    let summary = summary.filter(Summary::finished);
     let label = match &summary {
         Some(s) => {
             format!("{} ({})", s.method, dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
@@ -42,11 +44,18 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     if runs.is_empty() {
         bail!("report: give at least one run folder");
     }
-    let runs: Vec<Run> = runs.iter().map(|d| load(d)).collect::<Result<_>>()?;
     let stem = out.file_stem().map_or("report".into(), |s| s.to_string_lossy().into_owned());
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let plot_dir = parent.join(format!("{stem}_plots"));
-    std::fs::create_dir_all(&plot_dir)?;
+    // The outputs are checked before anything is read or drawn: writable, and never a file of a
+    // run being reported on.
+    cls_core::fsio::check_output("--out", out)?;
+    for r in runs {
+        cls_core::fsio::refuse_inside("--out", out, "the run folder", r)?;
+        cls_core::fsio::refuse_inside("--out", &plot_dir, "the run folder", r)?;
+    }
+    let runs: Vec<Run> = runs.iter().map(|d| load(d)).collect::<Result<_>>()?;
+    std::fs::create_dir_all(&plot_dir).with_context(|| format!("creating {}", plot_dir.display()))?;
 
     let mut md = format!("# {title}\n\n");
     md += "| run | method | partial | best peer | best epoch | val mAP | val CF1 | val OF1 | test mAP | test CF1 | test OF1 |\n";
@@ -126,7 +135,7 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
         per_class_plot(&plot_dir.join("per_class_ap.png"), &with_ap)?;
         let _ = writeln!(md, "## Per-class AP\n\nTest AP (validation when no test split) of every evaluated class, classes sorted by the first run's AP.\n\n![per-class AP]({stem}_plots/per_class_ap.png)\n");
     }
-    std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))?;
+    crate::checkpoint::write_atomic(out, md.as_bytes())?;
     eprintln!("wrote {} and {}", out.display(), plot_dir.display());
     Ok(())
 }
@@ -137,45 +146,45 @@ fn per_class_plot(path: &Path, runs: &[(&Run, Vec<Option<f64>>)]) -> Result<()> 
     let mut order: Vec<usize> = (0..first.len()).filter(|&c| first[c].is_some()).collect();
     order.sort_by(|&a, &b| first[b].unwrap_or(0.0).total_cmp(&first[a].unwrap_or(0.0)));
     let width = (900 + order.len() as u32 * 2).min(4000);
-    let root = BitMapBackend::new(path, (width, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let n = order.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Per-class AP", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..n, 0.0..100.0)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("class (sorted)")
-        .y_desc("AP (%)")
-        .disable_x_mesh()
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let k = runs.len() as f64;
-    for (ri, (run, ap)) in runs.iter().enumerate() {
-        let color = Palette99::pick(ri).to_rgba();
+    crate::plots::save_png(path, (width, 500), |root| {
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let n = order.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption("Per-class AP", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..n, 0.0..100.0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
-            .draw_series(order.iter().enumerate().map(|(x, &c)| {
-                let x0 = x as f64 + ri as f64 / k;
-                Rectangle::new(
-                    [(x0, 0.0), (x0 + 1.0 / k, 100.0 * ap.get(c).copied().flatten().unwrap_or(0.0))],
-                    color.filled(),
-                )
-            }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(run.label.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+            .configure_mesh()
+            .x_desc("class (sorted)")
+            .y_desc("AP (%)")
+            .disable_x_mesh()
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let k = runs.len() as f64;
+        for (ri, (run, ap)) in runs.iter().enumerate() {
+            let color = Palette99::pick(ri).to_rgba();
+            chart
+                .draw_series(order.iter().enumerate().map(|(x, &c)| {
+                    let x0 = x as f64 + ri as f64 / k;
+                    Rectangle::new(
+                        [(x0, 0.0), (x0 + 1.0 / k, 100.0 * ap.get(c).copied().flatten().unwrap_or(0.0))],
+                        color.filled(),
+                    )
+                }))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(run.label.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })
 }

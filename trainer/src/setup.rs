@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device};
 
 use crate::cache::ImageCache;
-use crate::config::{parse_size, TrainConfig};
+pub use crate::config::image_sizes;
+use crate::config::TrainConfig;
 use crate::data::{self, RunData};
 use crate::inputs::{self, Inputs};
 use crate::methods::{self, Method, MethodConfig};
@@ -69,7 +70,7 @@ pub fn arch_for(cfg: &TrainConfig, data: &RunData) -> Result<Arch> {
     });
     let arch: Arch = name.parse().map_err(|e| anyhow::anyhow!("--backbone: {e}"))?;
     match (&data.train.features, arch.is_image()) {
-        (Some(f), false) => Ok(arch.with_in_dim(f.ncols() as i64)),
+        (Some(f), false) => Ok(Arch::Mlp { in_dim: f.ncols() as i64, hidden: cfg.mlp_hidden }),
         (None, true) => Ok(arch),
         (Some(_), true) => bail!("--backbone {name} needs images, but the data is a feature table: use --backbone mlp"),
         (None, false) => bail!("--backbone {name} needs a feature table (CSV), but the data are images"),
@@ -129,6 +130,7 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
 }
 
 pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
+    cfg.validate()?;
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -137,6 +139,12 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     let data = data::load(cfg)?;
     let arch = arch_for(cfg, &data)?;
     let (n_train, n_classes) = (data.train.len(), data.train.num_classes());
+    if !data.observed.labels.iter().any(|&v| v == 1) {
+        eprintln!(
+            "warning: the training labels hold no positive at all ({n_train} images, {n_classes} classes): \
+             every method then learns to say no to everything; check --data, --partial and --observed"
+        );
+    }
 
     // k: given, else the training set's true mean number of positives (known in simulation).
     let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
@@ -177,7 +185,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     for (k, &dev) in devices.iter().enumerate() {
         tch::manual_seed((cfg.seed as i64).wrapping_mul(7919).wrapping_add(k as i64));
         let mut vs = nn::VarStore::new(dev);
-        let net = Net::new(&vs.root(), &arch, n_classes as i64, Some(prior));
+        let net = Net::try_new(&vs.root(), &arch, n_classes as i64, Some(prior)).map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(file) = &pretrained {
             load_pretrained(&mut vs, file, false).with_context(|| format!("loading {}", file.display()))?;
         }
@@ -251,24 +259,6 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         head_only,
         amp,
     })
-}
-
-/// The (height, width) sizes: training squish, training crop, evaluation squish.
-pub fn image_sizes(cfg: &TrainConfig) -> Result<((u32, u32), (u32, u32), (u32, u32))> {
-    let crop = parse_size(cfg.crop.as_deref().unwrap_or("224x224"))?;
-    let resize = match &cfg.resize {
-        Some(r) => parse_size(r)?,
-        None if cfg.crop.is_some() => crop,
-        None => (256, 256),
-    };
-    if crop.0 > resize.0 || crop.1 > resize.1 {
-        bail!("--crop {}x{} is larger than --resize {}x{}", crop.0, crop.1, resize.0, resize.1);
-    }
-    let eval = match &cfg.eval_size {
-        Some(e) => parse_size(e)?,
-        None => crop,
-    };
-    Ok((resize, crop, eval))
 }
 
 fn build_inputs(

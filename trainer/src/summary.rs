@@ -14,6 +14,7 @@ use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::data::RunData;
 use crate::inputs::{Inputs, IMAGENET_MEAN, IMAGENET_STD};
+use crate::rundir::RunLock;
 use crate::setup::{self, image_sizes};
 use crate::train::{evaluate, Peer};
 
@@ -29,6 +30,23 @@ pub struct Summary {
     pub partial: String,
     pub realised_fraction: f64,
     pub model: PathBuf,
+    /// Epochs the exported weights' run had completed, of `epochs` configured (absent in
+    /// summaries of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs_done: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+}
+
+impl Summary {
+    /// Whether the summary is of a run that completed all its epochs (older summaries, which do not
+    /// say, are taken as finished: only finished runs wrote one then).
+    pub fn finished(&self) -> bool {
+        match (self.epochs_done, self.epochs) {
+            (Some(done), Some(all)) => done >= all,
+            _ => true,
+        }
+    }
 }
 
 /// Which saved weights to export: each peer's best epoch (the default), the last checkpoint, or
@@ -54,7 +72,7 @@ impl std::str::FromStr for Weights {
 impl Weights {
     fn file(&self, run_dir: &Path, peer: usize) -> Result<PathBuf> {
         let f = match self {
-            Weights::Best => run_dir.join(format!("best-peer{peer}.safetensors")),
+            Weights::Best => checkpoint::best_file(run_dir, peer),
             Weights::Last => {
                 checkpoint::latest(run_dir).context("no checkpoint")?.join(format!("peer{peer}.safetensors"))
             }
@@ -154,13 +172,10 @@ pub fn finish(
         partial: cfg.partial.clone(),
         realised_fraction: data.observed.realised_fraction,
         model: model.to_path_buf(),
+        epochs_done: Some(state.epochs_done),
+        epochs: Some(cfg.epochs),
     };
-    // A re-export elsewhere gets its own summary beside the model; the run's stays as it is.
-    let summary_path = if model == run_dir.join("model.onnx") {
-        run_dir.join("summary.json")
-    } else {
-        model.with_extension("summary.json")
-    };
+    let summary_path = summary_path(run_dir, model);
     checkpoint::write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("best: peer {best_peer} at epoch {best_epoch}");
     eprintln!("validation:\n{}", summary.val.table());
@@ -208,26 +223,96 @@ pub fn export_meta(
     })
 }
 
+/// Where the summary of an export to `model` goes: the run's `summary.json` for the run's own
+/// `model.onnx`; a re-export elsewhere gets its own summary beside the model, and the run's stays
+/// as it is.
+pub fn summary_path(run_dir: &Path, model: &Path) -> PathBuf {
+    if is_runs_model(run_dir, model) {
+        run_dir.join("summary.json")
+    } else {
+        model.with_extension("summary.json")
+    }
+}
+
+/// Whether `model` is `RUN_DIR/model.onnx`, however spelled.
+fn is_runs_model(run_dir: &Path, model: &Path) -> bool {
+    let own = run_dir.join("model.onnx");
+    if model == own {
+        return true;
+    }
+    let canon = |p: &Path| -> Option<PathBuf> {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((canon(model), canon(&own)), (Some(a), Some(b)) if a == b)
+}
+
+/// Every file of a run folder that an export reads or must leave alone.
+fn run_files(run_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for sub in ["", "checkpoint", "checkpoint.old", "epochs", "plots"] {
+        let dir = if sub.is_empty() { run_dir.to_path_buf() } else { run_dir.join(sub) };
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+    }
+    files
+}
+
 /// `cls-train export RUN_DIR`: rebuild the run's networks, load each peer's best weights and
 /// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind.
+///
+/// Everything is checked before the networks are built: the export kind, the weights asked for,
+/// the output (writable, not a file of the run). An unfinished run can be exported only with
+/// `--out` elsewhere: the run's own `model.onnx` and `summary.json` mean a finished run.
 pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which: &Weights) -> Result<()> {
+    if let Some(e) = export.filter(|e| !matches!(*e, "better" | "ensemble")) {
+        bail!("--export {e}: expected better or ensemble");
+    }
     let saved = run_dir.join("config.toml");
+    if !saved.is_file() {
+        bail!("{} is not a run folder (it has no config.toml)", run_dir.display());
+    }
+    let _lock = RunLock::open(run_dir)?;
     let mut cfg = TrainConfig::default()
         .with_file(&saved, &[])
         .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
         cfg.export = e.to_string();
     }
-    let ck = checkpoint::load(run_dir, 0)?;
-    let mut s = setup::prepare(&cfg)?;
+    cfg.validate().with_context(|| format!("{}", saved.display()))?;
+    let ck_dir = checkpoint::latest(run_dir)
+        .with_context(|| format!("{}: no checkpoint (the run has not completed an epoch)", run_dir.display()))?;
+    let state = checkpoint::read_state(&ck_dir)?;
     let model = out.map_or_else(|| run_dir.join("model.onnx"), Path::to_path_buf);
+    if state.epochs_done < cfg.epochs && is_runs_model(run_dir, &model) {
+        bail!(
+            "{} is unfinished (epoch {} of {}): its model.onnx and summary.json are written when it finishes \
+             (cls-train --resume {0}); to export it as it is now, give --out FILE outside the run folder's own names",
+            run_dir.display(),
+            state.epochs_done,
+            cfg.epochs
+        );
+    }
+    if let Weights::Epoch(e) = which {
+        if *e == 0 || *e > state.epochs_done {
+            bail!("--checkpoint {e}: the run has completed {} epoch(s)", state.epochs_done);
+        }
+    }
+    let summary = summary_path(run_dir, &model);
+    cls_core::fsio::check_output("--out", &model)?;
+    let own = [run_dir.join("model.onnx"), run_dir.join("summary.json")];
+    let inputs: Vec<PathBuf> =
+        run_files(run_dir).into_iter().filter(|p| !(is_runs_model(run_dir, &model) && own.contains(p))).collect();
+    let inputs: Vec<(&str, &Path)> = inputs.iter().map(|p| ("a file of the run", p.as_path())).collect();
+    cls_core::fsio::refuse_overlap(&[("--out", &model), ("the summary of --out", &summary)], &inputs)?;
+    let mut s = setup::prepare(&cfg)?;
     finish(
         &cfg,
         run_dir,
         &s.arch,
         &s.data,
         &mut s.peers,
-        &ck.state,
+        &state,
         &s.val_inputs,
         s.test_inputs.as_ref(),
         s.head_only,

@@ -7,7 +7,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::config::TrainConfig;
+use crate::launch::{self, Overrides};
 use crate::plots::{line_chart, Series};
 use crate::summary::Summary;
 
@@ -33,12 +36,57 @@ pub fn parse_grid(s: &str) -> Result<Vec<f64>> {
     s.split(',').map(|v| v.trim().parse::<f64>().with_context(|| format!("bad grid value '{v}' in '{s}'"))).collect()
 }
 
+/// The fields that do not change what a run computes: left out of a point's key.
+const NOT_IN_KEY: &[&str] = &["run_dir", "stop_after", "device", "devices", "threads", "cache_dir"];
+
+/// A short hash of everything in `cfg` that decides a run's result: two configurations with the
+/// same key train the same run.
+pub fn config_key(cfg: &TrainConfig) -> Result<String> {
+    let mut v = serde_json::to_value(cfg)?;
+    if let Some(fields) = v.as_object_mut() {
+        for k in NOT_IN_KEY {
+            fields.remove(*k);
+        }
+    }
+    Ok(hex::encode(&Sha256::digest(serde_json::to_vec(&v)?)[..5]))
+}
+
+/// The summary of the finished run of `cfg` in `dir`, if there is one. A folder holding a run of
+/// another configuration is an error (its name carries the configuration's key, so only an edited
+/// folder can).
+fn finished_summary(dir: &Path, cfg: &TrainConfig) -> Result<Option<Summary>> {
+    let summary_path = dir.join("summary.json");
+    if !summary_path.is_file() {
+        return Ok(None);
+    }
+    let saved = TrainConfig::default()
+        .with_file(&dir.join("config.toml"), &[])
+        .with_context(|| format!("{}: a summary without a readable config.toml", dir.display()))?;
+    if config_key(&saved)? != config_key(cfg)? {
+        bail!("{} holds a run of another configuration than this sweep point's: move it away", dir.display());
+    }
+    let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)
+        .with_context(|| format!("{}", summary_path.display()))?;
+    Ok(s.finished().then_some(s))
+}
+
 /// Run the grid; `out` holds one run folder per point plus `sweep.json` and the plots.
+///
+/// A point's folder is named by its grid values and the key of its whole configuration
+/// ([`config_key`]): a finished run is reused only for exactly its configuration, an interrupted
+/// one is resumed, and a sweep with other options (epochs, learning rate, seed, data, ...) trains
+/// its own runs beside the earlier ones. Every point's configuration is checked before the first
+/// one trains.
 pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delta: &[f64]) -> Result<SweepResult> {
     if tau_h.is_empty() && tau_l.is_empty() && ll_delta.is_empty() {
         bail!("sweep: give at least one of --tau-h-grid, --tau-l-grid, --ll-delta-grid");
     }
-    std::fs::create_dir_all(out)?;
+    if base.stop_after.is_some() {
+        bail!("sweep: --stop-after does not apply (every point trains to the end; an interrupted sweep continues when run again)");
+    }
+    if base.run_dir.is_some() {
+        bail!("sweep: --run-dir does not apply (the points' folders are made under --out)");
+    }
     let opt = |v: &[f64]| -> Vec<Option<f64>> {
         if v.is_empty() {
             vec![None]
@@ -46,7 +94,7 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
             v.iter().copied().map(Some).collect()
         }
     };
-    let mut points = Vec::new();
+    let mut plan = Vec::new();
     for th in opt(tau_h) {
         for tl in opt(tau_l) {
             for d in opt(ll_delta) {
@@ -64,39 +112,55 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
                     cfg.ll_delta = Some(v);
                     name.push(format!("delta{v}"));
                 }
+                cfg.validate().with_context(|| format!("sweep point {}", name.join(" ")))?;
+                name.push(config_key(&cfg)?);
                 let dir = out.join(name.join("-"));
                 cfg.run_dir = Some(dir.clone());
-                let summary_path = dir.join("summary.json");
-                if !summary_path.exists() {
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)?;
-                    }
-                    std::fs::create_dir_all(&dir)?;
-                    crate::checkpoint::save_config(&cfg, &dir)?;
-                    eprintln!("sweep point {}", dir.display());
-                    crate::train::run(cfg, &dir, false)?;
-                }
-                let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)
-                    .with_context(|| format!("{}", summary_path.display()))?;
-                points.push(Point {
-                    tau_h: th,
-                    tau_l: tl,
-                    ll_delta: d,
-                    run_dir: dir,
-                    val_map: s.val.map,
-                    test_map: s.test.map(|t| t.map),
-                });
+                plan.push((th, tl, d, cfg, dir));
             }
         }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("sweep: cannot create --out {}", out.display()))?;
+    let sweep_json = out.join("sweep.json");
+    cls_core::fsio::check_output("--out", &sweep_json)?;
+
+    let mut points = Vec::new();
+    for (th, tl, d, cfg, dir) in plan {
+        let summary = match finished_summary(&dir, &cfg)? {
+            Some(s) => {
+                eprintln!("sweep point {}: finished earlier, reused", dir.display());
+                s
+            }
+            None => {
+                if crate::checkpoint::latest(&dir).is_some() {
+                    eprintln!("sweep point {}: resuming", dir.display());
+                    let o = Overrides { device: Some(cfg.device.clone()), threads: cfg.threads, ..Default::default() };
+                    launch::resume(&dir, &o)?;
+                } else {
+                    eprintln!("sweep point {}", dir.display());
+                    launch::start(cfg.clone())?;
+                }
+                finished_summary(&dir, &cfg)?
+                    .with_context(|| format!("{}: the run ended without a summary", dir.display()))?
+            }
+        };
+        points.push(Point {
+            tau_h: th,
+            tau_l: tl,
+            ll_delta: d,
+            run_dir: dir,
+            val_map: summary.val.map,
+            test_map: summary.test.map(|t| t.map),
+        });
     }
     let best = points
         .iter()
         .enumerate()
         .max_by(|a, b| a.1.val_map.total_cmp(&b.1.val_map))
         .map(|(i, _)| i)
-        .expect("at least one point");
+        .context("sweep: no point")?;
     let result = SweepResult { method: base.method.clone(), points, best };
-    std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&result)?)?;
+    crate::checkpoint::write_atomic(&sweep_json, serde_json::to_string_pretty(&result)?.as_bytes())?;
     plot(&result, out)?;
     let b = &result.points[best];
     eprintln!(

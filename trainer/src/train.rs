@@ -11,61 +11,26 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, RunState};
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, EVAL_BATCH};
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
 use crate::optim::Adam;
-use crate::setup::{self, Setup};
-use crate::{plots, summary};
+pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
+use crate::setup::Setup;
+use crate::{plots, runlog, summary};
 
 /// One network with its parameters and optimizer.
 pub struct Peer {
     pub vs: nn::VarStore,
     pub net: Net,
     pub adam: Adam,
-}
-
-/// The per-epoch line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub loss: Vec<f64>,
-    pub val: Vec<ValSummary>,
-    pub r_h: f64,
-    pub r_l: f64,
-    /// Per network: precision and recall of the entries the selection flagged as likely missing
-    /// positives, against the hidden true labels (method.md, "Partial-label protocols").
-    pub selection: Vec<SelectionStats>,
-    pub lr: f64,
-    pub images_per_s: f64,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ValSummary {
-    #[serde(rename = "mAP")]
-    pub map: f64,
-    #[serde(rename = "CF1")]
-    pub cf1: f64,
-    #[serde(rename = "OF1")]
-    pub of1: f64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct SelectionStats {
-    pub flagged: u64,
-    pub hidden_positives_flagged: u64,
-    pub hidden_positives: u64,
-    pub precision: Option<f64>,
-    pub recall: Option<f64>,
 }
 
 /// Cosine decay from `lr` to 0 over `total` steps.
@@ -81,9 +46,9 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
     r
 }
 
-/// Train (or resume) the run in `run_dir`; returns the run folder.
-pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
-    let s = setup::prepare(&cfg)?;
+/// Train the run in `run_dir` from `state`: a new run's empty state, or the state of the
+/// checkpoint that `s` was restored from (see `launch`). The caller holds the folder's lock.
+pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> Result<()> {
     let Setup {
         device,
         devices,
@@ -103,19 +68,16 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
     let bs = cfg.batch_size.min(n_train).max(1);
     let steps_per_epoch = n_train.div_ceil(bs);
     let total_steps = steps_per_epoch * cfg.epochs;
-
-    let mut state = RunState { best: vec![None; n_nets], ..Default::default() };
-    if resume {
-        let ck = checkpoint::load(run_dir, n_nets)?;
-        for (k, p) in peers.iter_mut().enumerate() {
-            checkpoint::restore_vars(&p.vs, &ck.peers[k])?;
-            p.adam.load_state(&ck.optimizers[k])?;
-        }
-        method.load_state(&ck.method)?;
-        state = ck.state;
-        eprintln!("resuming {} after epoch {}", run_dir.display(), state.epochs_done);
-        truncate_log(run_dir, state.epochs_done)?;
+    if state.best.len() != n_nets {
+        state.best = vec![None; n_nets];
     }
+    let shape = checkpoint::RunShape {
+        method: cfg.method.clone(),
+        networks: n_nets,
+        backbone: arch.name(),
+        classes: data.train.num_classes(),
+        train_samples: n_train,
+    };
 
     // Observed labels and the hidden truth, on the device.
     let y_all = i8_tensor(&data.observed.labels).to_kind(Kind::Float).to_device(device);
@@ -137,7 +99,7 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             lr = cosine_lr(cfg.lr, state.steps_done, total_steps);
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let y = y_all.index_select(0, &idx_t);
-            let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0]);
+            let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0])?;
             let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
             let out = match train_step(&mut peers, method.as_mut(), &x, &ctx, head_only, &devices, amp) {
                 Ok(out) => out,
@@ -173,17 +135,15 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
         bar.finish_and_clear();
         let train_secs = t0.elapsed().as_secs_f64();
 
-        // Validation of every peer; keep each peer's best weights.
+        // Validation of every peer; the checkpoint keeps each peer's best weights.
         let mut val = Vec::new();
+        let mut improved = Vec::new();
         for (k, p) in peers.iter().enumerate() {
             let m = evaluate(p, &val_inputs, &data.val.targets, head_only, devices[k])?;
             let better = state.best[k].is_none_or(|(_, b)| m.map > b);
             if better {
                 state.best[k] = Some((epoch + 1, m.map));
-                checkpoint::save_tensors(
-                    &run_dir.join(format!("best-peer{k}.safetensors")),
-                    &checkpoint::named_vars(&p.vs),
-                )?;
+                improved.push(k);
             }
             val.push(ValSummary { map: m.map, cf1: m.cf1, of1: m.of1 });
         }
@@ -203,7 +163,20 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             images_per_s: n_train as f64 / train_secs,
             seconds: t0.elapsed().as_secs_f64(),
         };
+        if cfg.keep_epochs {
+            // Before the checkpoint: a run killed in between trains this epoch again and writes
+            // the same file again.
+            let dir = run_dir.join("epochs");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (k, p) in peers.iter().enumerate() {
+                checkpoint::save_tensors(&summary::epoch_file(run_dir, epoch + 1, k), &checkpoint::named_vars(&p.vs))?;
+            }
+        }
+        // The epoch's line is part of the checkpoint; metrics.jsonl and the best weights outside
+        // it are written from it once it is in place.
         state.epochs_done = epoch + 1;
+        state.shape = Some(shape.clone());
+        state.log.push(log.clone());
         checkpoint::save(
             run_dir,
             &Checkpoint {
@@ -213,13 +186,8 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
                 method: method.state(),
             },
         )?;
-        if cfg.keep_epochs {
-            std::fs::create_dir_all(run_dir.join("epochs"))?;
-            for (k, p) in peers.iter().enumerate() {
-                checkpoint::save_tensors(&summary::epoch_file(run_dir, epoch + 1, k), &checkpoint::named_vars(&p.vs))?;
-            }
-        }
-        append_log(run_dir, &log)?;
+        runlog::write(run_dir, &state.log)?;
+        checkpoint::publish_best(run_dir, improved)?;
         print_epoch(&log, cfg.epochs);
         plots::write_run_plots(run_dir).context("writing plots")?;
     }
@@ -231,11 +199,11 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
             cfg.epochs,
             run_dir.display()
         );
-        return Ok(run_dir.to_path_buf());
+        return Ok(());
     }
     let model = run_dir.join("model.onnx");
     summary::finish(
-        &cfg,
+        cfg,
         run_dir,
         &arch,
         &data,
@@ -248,7 +216,7 @@ pub fn run(cfg: TrainConfig, run_dir: &Path, resume: bool) -> Result<PathBuf> {
         &model,
         &summary::Weights::Best,
     )?;
-    Ok(run_dir.to_path_buf())
+    Ok(())
 }
 
 /// One optimisation step of every peer on the batch `x` (Algorithm 1, steps 1–6): forward
@@ -300,27 +268,27 @@ pub fn forward(p: &Peer, x: &Tensor, train: bool, head_only: bool, amp: bool) ->
 }
 
 /// Probabilities of `peer` on every sample of `inputs`, in order.
-pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) -> Array2<f32> {
+pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) -> Result<Array2<f32>> {
     let n = inputs.len();
     let c = peer.net.num_classes() as usize;
     let mut out = Array2::<f32>::zeros((n, c));
-    let bs = 128;
-    tch::no_grad(|| {
-        for start in (0..n).step_by(bs) {
-            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
-            let x = inputs.batch(&idx, None, device);
+    tch::no_grad(|| -> Result<()> {
+        for start in (0..n).step_by(EVAL_BATCH) {
+            let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
+            let x = inputs.batch(&idx, None, device)?;
             let logits = forward(peer, &x, false, head_only, true);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
-            let v: Vec<f32> = Vec::try_from(p.view([-1])).expect("probabilities are f32");
-            out.slice_mut(ndarray::s![start..start + idx.len(), ..])
-                .assign(&ndarray::ArrayView2::from_shape((idx.len(), c), &v).expect("shape"));
+            let v: Vec<f32> = Vec::try_from(p.view([-1])).context("reading the probabilities")?;
+            let rows = ndarray::ArrayView2::from_shape((idx.len(), c), &v).context("the network's output shape")?;
+            out.slice_mut(ndarray::s![start..start + idx.len(), ..]).assign(&rows);
         }
-    });
-    out
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 pub fn evaluate(peer: &Peer, inputs: &Inputs, truth: &Array2<i8>, head_only: bool, device: Device) -> Result<Metrics> {
-    let probs = predict(peer, inputs, head_only, device);
+    let probs = predict(peer, inputs, head_only, device)?;
     metrics::evaluate(probs.view(), truth.view(), 0.5).map_err(|e| anyhow::anyhow!("evaluation: {e}"))
 }
 
@@ -365,26 +333,4 @@ fn print_epoch(log: &EpochLog, epochs: usize) {
         log.images_per_s,
         log.seconds
     );
-}
-
-fn append_log(run_dir: &Path, log: &EpochLog) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?;
-    writeln!(f, "{}", serde_json::to_string(log)?)?;
-    Ok(())
-}
-
-/// On resume, drop log lines of epochs after the checkpoint (a run killed after logging but
-/// before its next checkpoint would otherwise log an epoch twice).
-fn truncate_log(run_dir: &Path, epochs_done: usize) -> Result<()> {
-    let p = run_dir.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-    let keep: Vec<&str> =
-        text.lines().filter(|l| serde_json::from_str::<EpochLog>(l).is_ok_and(|e| e.epoch <= epochs_done)).collect();
-    checkpoint::write_atomic(&p, (keep.join("\n") + if keep.is_empty() { "" } else { "\n" }).as_bytes())
-}
-
-pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("{}: no metrics.jsonl", run_dir.display()))?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).context("metrics.jsonl")).collect()
 }
