@@ -2,13 +2,15 @@
 //! generated data and writes a valid run folder; image backbones train from an image cache;
 //! `--resume` after a stop or a kill ends with the same weights as an uninterrupted run.
 
-use cls_tests::{bin, write_csv, write_images};
+use cls_tests::{bin, fails_cleanly, leftover_temps, output_within, snapshot, write_csv, write_images, RUN_LIMIT};
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn train(args: &[&str]) -> Output {
-    let out = Command::new(bin("cls-train")).args(args).output().expect("running cls-train");
+    let out = output_within(Command::new(bin("cls-train")).args(args), RUN_LIMIT);
     if !out.status.success() {
         panic!("cls-train {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -18,17 +20,15 @@ fn train(args: &[&str]) -> Output {
 /// cls-train with `args` (run folder `tmp/<run>`, cache `tmp/cache`) fails with status 1, a
 /// message and no panic, and finishes no run. Returns its stderr.
 fn train_fails(args: &[&str], tmp: &Path, run: &str) -> String {
-    let out = Command::new(bin("cls-train"))
-        .args(args)
-        .arg("--run-dir")
-        .arg(tmp.join(run))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train"))
+            .args(args)
+            .arg("--run-dir")
+            .arg(tmp.join(run))
+            .arg("--cache-dir")
+            .arg(tmp.join("cache")),
+        1,
+    );
     assert!(!tmp.join(run).join("summary.json").exists());
     err
 }
@@ -317,12 +317,15 @@ fn resume_after_a_kill_reproduces_the_uninterrupted_run() {
     train(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
 
     let killed = tmp.path().join("killed");
-    let mut child =
-        Command::new(bin("cls-train")).args(args(&killed)).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let t0 = std::time::Instant::now();
+    let mut child = Command::new(bin("cls-train")).args(args(&killed)).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
     while !killed.join("checkpoint/state.json").exists() {
-        assert!(t0.elapsed().as_secs() < 300, "no checkpoint after 300 s");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        if t0.elapsed().as_secs() > 300 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no checkpoint after 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(150)); // die somewhere inside epoch 2
     child.kill().unwrap();
@@ -338,28 +341,24 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"image\": \"nope.png\", \"labels\": [\"a\"]}\n").unwrap();
-    let out = Command::new(bin("cls-train"))
-        .args(["--data", bad.to_str().unwrap(), "--run-dir"])
-        .arg(tmp.path().join("r"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.jsonl") && !err.contains("panicked"), "{err}");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train")).args(["--data", bad.to_str().unwrap(), "--run-dir"]).arg(tmp.path().join("r")),
+        1,
+    );
+    assert!(err.contains("bad.jsonl"), "{err}");
+    assert!(!tmp.path().join("r").exists(), "no run folder for data that cannot be read");
 
-    let out = Command::new(bin("cls-train"))
-        .args(["--method", "nope", "--data", bad.to_str().unwrap(), "--run-dir"])
-        .arg(tmp.path().join("r2"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method"));
+    let err = fails_cleanly(
+        Command::new(bin("cls-train"))
+            .args(["--method", "nope", "--data", bad.to_str().unwrap(), "--run-dir"])
+            .arg(tmp.path().join("r2")),
+        1,
+    );
+    assert!(err.contains("unknown method"), "{err}");
     assert!(!tmp.path().join("r2").exists(), "no run folder for a bad method name");
 
-    let out = Command::new(bin("cls-train")).args(["--resume"]).arg(tmp.path().join("missing")).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("missing") && !err.contains("panicked"), "{err}");
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume"]).arg(tmp.path().join("missing")), 1);
+    assert!(err.contains("missing"), "{err}");
 
     // A validation set without a single positive label cannot pick an epoch: refused before
     // training, by name, with no run folder left behind.
@@ -427,16 +426,16 @@ fn runs_started_side_by_side_build_each_cache_once() {
             .arg(tmp.path().join(format!("run{k}")))
             .arg("--cache-dir")
             .arg(&cache)
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(tmp.path().join(format!("stderr{k}"))).unwrap())
             .spawn()
             .unwrap()
     };
     let (a, b) = (spawn(0), spawn(1));
     let mut stderr = String::new();
-    for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{text}");
+    for (k, mut child) in [a, b].into_iter().enumerate() {
+        let status = cls_tests::wait_or_kill(&mut child, RUN_LIMIT, "cls-train");
+        let text = std::fs::read_to_string(tmp.path().join(format!("stderr{k}"))).unwrap();
+        assert!(status.success(), "{text}");
         stderr += &text;
     }
     let count = |what: &str| stderr.lines().filter(|l| l.starts_with(what)).count();
@@ -483,4 +482,518 @@ fn methods_that_need_k_say_where_it_came_from_on_unsimulated_labels() {
     assert!(run(&["--partial", "full"], "a").contains("pass --expected-positives"));
     assert!(!run(&["--partial", "full", "--expected-positives", "2"], "b").contains("pass --expected-positives"));
     assert!(!run(&["--partial", "single"], "c").contains("pass --expected-positives"));
+}
+
+/// Arguments of a tiny feature-table run in `run` (data `tr`, 4 classes, one thread).
+fn csv_run(tr: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["--data", tr.to_str().unwrap(), "--label-columns", "4", "--batch-size", "32"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(["--lr", "0.01", "--threads", "1", "--mlp-hidden", "16", "--run-dir"].map(String::from));
+    a.push(run.to_str().unwrap().to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The epochs of `metrics.jsonl`'s lines, in order (every line must parse).
+fn logged_epochs(run: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("metrics.jsonl line {l:?}: {e}")))
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+/// `snapshot` without the lock file (a refused process may rewrite who holds it).
+fn run_files(run: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut s = snapshot(run);
+    s.remove(Path::new(".cls-train.lock"));
+    s
+}
+
+#[test]
+fn resume_takes_each_documented_override_and_refuses_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 4);
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    train(&strs(&csv_run(&tr, &run, &["--epochs", "2", "--stop-after", "1"])));
+    assert_eq!(logged_epochs(&run), [1]);
+
+    // Refused, by name, before anything in the folder changes.
+    let before = run_files(&run);
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "lr = 0.5\n").unwrap();
+    for (extra, flag) in [
+        (vec!["--seed", "9"], "--seed"),
+        (vec!["--lr", "0.5"], "--lr"),
+        (vec!["--method", "an"], "--method"),
+        (vec!["--config", cfg.to_str().unwrap()], "--config"),
+    ] {
+        let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume", r]).args(&extra), 1);
+        assert!(err.contains(&format!("{flag} cannot be given with --resume")), "{extra:?}: {err}");
+    }
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume", r, "--epochs", "0"]), 1);
+    assert!(err.contains("--epochs 0"), "{err}");
+    assert!(run_files(&run) == before, "a refused --resume changed the run folder");
+
+    // Each documented override alone, one epoch at a time.
+    for (extra, done) in [
+        (vec!["--epochs", "5", "--stop-after", "1"], 2),
+        (vec!["--stop-after", "1"], 3),
+        (vec!["--device", "cpu", "--stop-after", "1"], 4),
+        (vec!["--threads", "1"], 5),
+    ] {
+        train(&[&["--resume", r][..], &extra].concat());
+        assert_eq!(logged_epochs(&run), (1..=done).collect::<Vec<_>>(), "after --resume {extra:?}");
+    }
+    assert!(run.join("summary.json").is_file());
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("epochs = 5") && saved.contains("device = \"cpu\""), "{saved}");
+    assert!(!saved.contains("stop_after"), "--stop-after is for one invocation, not saved:\n{saved}");
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume", r, "--epochs", "3"]), 1);
+    assert!(err.contains("already completed 5 epochs"), "{err}");
+}
+
+#[test]
+fn one_process_at_a_time_per_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 6);
+    // Two runs started together on one folder: one trains, the other is refused.
+    let run = tmp.path().join("run");
+    let spawn = |seed: &str, k: usize| {
+        Command::new(bin("cls-train"))
+            .args(csv_run(&tr, &run, &["--epochs", "30", "--seed", seed]))
+            .stderr(std::fs::File::create(tmp.path().join(format!("err{k}"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = [spawn("1", 0), spawn("2", 1)];
+    let status: Vec<_> = children.iter_mut().map(|c| cls_tests::wait_or_kill(c, RUN_LIMIT, "cls-train")).collect();
+    let err: Vec<String> =
+        (0..2).map(|k| std::fs::read_to_string(tmp.path().join(format!("err{k}"))).unwrap()).collect();
+    let winners: Vec<usize> = (0..2).filter(|&k| status[k].success()).collect();
+    assert_eq!(winners.len(), 1, "exactly one run may train: {status:?}\n{}\n{}", err[0], err[1]);
+    let (w, l) = (winners[0], 1 - winners[0]);
+    assert_eq!(status[l].code(), Some(1), "{}", err[l]);
+    assert!(
+        err[l].contains("in use by another cls-train") || err[l].contains("already holds a run"),
+        "the loser says why: {}",
+        err[l]
+    );
+    assert!(!err[l].contains("panicked"), "{}", err[l]);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains(&format!("seed = {}", w + 1)), "config.toml is the winner's (seed {}):\n{saved}", w + 1);
+    assert_eq!(logged_epochs(&run), (1..=30).collect::<Vec<_>>());
+
+    // While a run trains, --resume and export of its folder are refused; a kill frees it.
+    let long = tmp.path().join("long");
+    let mut child = Command::new(bin("cls-train"))
+        .args(csv_run(&tr, &long, &["--epochs", "2000"]))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !long.join("checkpoint/state.json").exists() {
+        if t0.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no checkpoint within {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let l = long.to_str().unwrap();
+    let busy = [
+        fails_cleanly(Command::new(bin("cls-train")).args(["--resume", l]), 1),
+        fails_cleanly(Command::new(bin("cls-train")).args(["export", l, "--out"]).arg(tmp.path().join("x.onnx")), 1),
+        fails_cleanly(Command::new(bin("cls-train")).args(csv_run(&tr, &long, &["--epochs", "3"])), 1),
+    ];
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_running, "the long run ended before the checks: make it longer");
+    for e in &busy[..2] {
+        assert!(e.contains("in use by another cls-train"), "{e}");
+    }
+    assert!(busy[2].contains("in use by another cls-train") || busy[2].contains("already holds a run"), "{}", busy[2]);
+    assert!(!tmp.path().join("x.onnx").exists());
+    let done = check_agreement(&long);
+    train(&["--resume", l, "--stop-after", "1"]);
+    assert_eq!(logged_epochs(&long), (1..=done + 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn resume_refuses_a_config_that_does_not_match_the_checkpoint_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 8);
+    let run = tmp.path().join("run");
+    train(&strs(&csv_run(&tr, &run, &["--epochs", "3", "--stop-after", "1"])));
+    let original = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let edits = [
+        // A one-network method on a two-peer checkpoint.
+        ("method = \"cls\"", "method = \"an\""),
+        // Another two-network method.
+        ("method = \"cls\"", "method = \"co-teaching\""),
+        // Another class count (3 label columns: the fourth becomes a feature).
+        ("label_columns = 4", "label_columns = 3"),
+        // Another network width.
+        ("mlp_hidden = 16", "mlp_hidden = 8"),
+    ];
+    for (from, to) in edits {
+        assert!(original.contains(from), "{original}");
+        std::fs::write(run.join("config.toml"), original.replace(from, to)).unwrap();
+        let before = run_files(&run);
+        let err = fails_cleanly(Command::new(bin("cls-train")).arg("--resume").arg(&run), 1);
+        assert!(err.contains("does not match the checkpoint"), "{to}: {err}");
+        assert!(run_files(&run) == before, "{to}: the refused --resume changed the run folder");
+    }
+    std::fs::write(run.join("config.toml"), &original).unwrap();
+    train(&["--resume", run.to_str().unwrap()]);
+    assert_eq!(logged_epochs(&run), [1, 2, 3]);
+}
+
+/// The checkpoint of `run` (the latest complete one) as JSON, if any.
+fn checkpoint_state(run: &Path) -> Option<Value> {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .map(|d| run.join(d).join("state.json"))
+        .find(|p| p.is_file())
+        .map(|p| read_json(&p))
+}
+
+/// After any kill: `metrics.jsonl` is the log of the last checkpoint, or of the one before it
+/// (killed after the checkpoint was swapped in, before the log was rewritten), line for line.
+/// Returns the checkpoint's epochs.
+fn check_agreement(run: &Path) -> u64 {
+    let logged = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    let lines: Vec<Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn metrics.jsonl line {l:?}: {e}")))
+        .collect();
+    let Some(state) = checkpoint_state(run) else {
+        assert!(lines.is_empty(), "metrics.jsonl without a checkpoint: {logged}");
+        return 0;
+    };
+    let done = state["epochs_done"].as_u64().unwrap();
+    let log = state["log"].as_array().unwrap();
+    assert_eq!(log.len() as u64, done, "the checkpoint holds one line per epoch");
+    let n = lines.len() as u64;
+    assert!(n == done || n + 1 == done, "metrics.jsonl has {n} lines, the checkpoint {done} epochs");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["epoch"], i as u64 + 1, "each epoch once, in order");
+        assert_eq!(l, &log[i], "metrics.jsonl line {} differs from the checkpoint's", i + 1);
+    }
+    done
+}
+
+#[test]
+fn kills_at_random_moments_leave_the_log_and_the_checkpoint_in_agreement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 96, 10);
+    let epochs = "150";
+    let args = |run: &Path| csv_run(&tr, run, &["--epochs", epochs, "--seed", "4", "--tau-h", "0.1", "--e-k", "2"]);
+    let whole = tmp.path().join("whole");
+    train(&strs(&args(&whole)));
+
+    let run = tmp.path().join("killed");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill moments drawn with seed {seed}");
+    let mut rng = cls_tests::Lcg(seed);
+    let mut kills = 0;
+    for round in 0..24 {
+        let mut cmd = Command::new(bin("cls-train"));
+        if checkpoint_state(&run).is_some() {
+            cmd.arg("--resume").arg(&run);
+        } else {
+            cmd.args(args(&run));
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        if round % 2 == 0 {
+            // Anywhere: starting up, training, checkpointing, logging, plotting, exporting.
+            let deadline = Instant::now() + Duration::from_micros((rng.next() * 900_000.0) as u64);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            // Within a few milliseconds after a new checkpoint appears: where the checkpoint is
+            // in place and what is written from it may not be yet.
+            let ino = |p: &Path| std::fs::metadata(p.join("checkpoint/state.json")).map(|m| m.ino()).ok();
+            let before = ino(&run);
+            let t0 = Instant::now();
+            while ino(&run) == before && child.try_wait().unwrap().is_none() && t0.elapsed() < RUN_LIMIT {
+                std::hint::spin_loop();
+            }
+            let jitter = Instant::now() + Duration::from_micros((rng.next() * 3000.0) as u64);
+            while Instant::now() < jitter {
+                std::hint::spin_loop();
+            }
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        assert!(status.code().is_none_or(|c| c == 0), "a run that was not killed failed: {status:?}");
+        check_agreement(&run);
+    }
+    assert!(kills >= 12, "only {kills} of 24 runs were killed: lengthen the run");
+    train(&["--resume", run.to_str().unwrap()]);
+    assert_eq!(check_agreement(&run), 150);
+    assert_eq!(logged_epochs(&run), (1..=150).collect::<Vec<_>>(), "each epoch exactly once, in order");
+    assert!(leftover_temps(&run).is_empty(), "temporary files left: {:?}", leftover_temps(&run));
+    // The same numbers as the run that was never killed.
+    let read = |r: &Path| -> Vec<Value> {
+        std::fs::read_to_string(r.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for (a, b) in read(&whole).iter().zip(read(&run)) {
+        for k in ["epoch", "loss", "val", "r_h", "r_l", "selection", "lr"] {
+            assert_eq!(a[k], b[k], "epoch {}: {k} differs from the uninterrupted run", a["epoch"]);
+        }
+    }
+    assert_eq!(read_json(&whole.join("summary.json"))["val"], read_json(&run.join("summary.json"))["val"]);
+}
+
+#[test]
+fn resume_completes_a_log_that_lags_the_checkpoint_and_drops_what_runs_ahead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 12);
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    train(&strs(&csv_run(&tr, &run, &["--epochs", "4", "--stop-after", "2"])));
+    let full = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    // What a kill between the checkpoint's swap and the log's write leaves: the log one epoch
+    // behind. It used to stay one epoch short for good.
+    std::fs::write(run.join("metrics.jsonl"), format!("{}\n", lines[0])).unwrap();
+    train(&["--resume", r, "--stop-after", "1"]);
+    assert_eq!(logged_epochs(&run), [1, 2, 3]);
+    let now = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(now.starts_with(&full), "epochs 1 and 2 come back as they were logged");
+    // A log ahead of the checkpoint, with a repeated and a torn line: cut back to the checkpoint.
+    std::fs::write(run.join("metrics.jsonl"), format!("{now}{}\n{{\"epoch\": 4, \"lo", now.lines().last().unwrap()))
+        .unwrap();
+    train(&["--resume", r]);
+    assert_eq!(logged_epochs(&run), [1, 2, 3, 4]);
+    assert!(run.join("summary.json").is_file());
+}
+
+#[test]
+fn sweep_reuses_a_point_only_for_its_whole_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 14);
+    let out = tmp.path().join("sweep");
+    let sweep = |extra: &[&str]| -> (Value, String) {
+        let mut a = vec!["sweep", "--out", out.to_str().unwrap(), "--tau-h-grid", "0,0.05"];
+        a.extend(["--data", tr.to_str().unwrap(), "--label-columns", "4", "--batch-size", "32", "--threads", "1"]);
+        a.extend(["--mlp-hidden", "16", "--lr", "0.01"]);
+        a.extend(extra);
+        let o = train(&a);
+        (read_json(&out.join("sweep.json")), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let dirs = |v: &Value| -> Vec<String> {
+        v["points"].as_array().unwrap().iter().map(|p| p["run_dir"].as_str().unwrap().to_string()).collect()
+    };
+    let (first, _) = sweep(&["--epochs", "1"]);
+    assert_eq!(first["points"].as_array().unwrap().len(), 2);
+    let (again, err) = sweep(&["--epochs", "1"]);
+    assert_eq!(err.matches("reused").count(), 2, "the same configuration is reused:\n{err}");
+    assert!(!err.contains("epoch   1/"), "nothing trained again:\n{err}");
+    assert_eq!(dirs(&first), dirs(&again));
+    assert_eq!(first["points"], again["points"]);
+    for (extra, epochs) in [(vec!["--epochs", "2"], 2), (vec!["--epochs", "1", "--seed", "5"], 1)] {
+        let (other, err) = sweep(&extra);
+        assert!(!err.contains("reused"), "{extra:?} is another configuration:\n{err}");
+        for (d, old) in dirs(&other).iter().zip(dirs(&first)) {
+            assert_ne!(d, &old, "{extra:?}: trained into a folder of its own");
+            assert_eq!(read_json(&Path::new(d).join("summary.json"))["epochs"], epochs);
+        }
+    }
+    assert!(Path::new(&dirs(&first)[0]).join("summary.json").is_file(), "earlier points stay");
+}
+
+#[test]
+fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Data that would fail to load: every refusal below must come before the data are read.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"image\": \"nope.png\", \"labels\": [\"a\"]}\n").unwrap();
+    let threads0 = tmp.path().join("threads0.toml");
+    std::fs::write(&threads0, "threads = 0\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--threads", "0"], "--threads 0"),
+        (&["--config", threads0.to_str().unwrap()], "--threads 0"),
+        (&["--bias-prior", "NaN"], "--bias-prior NaN"),
+        (&["--bias-prior", "1"], "--bias-prior 1"),
+        (&["--batch-size", "0"], "--batch-size 0"),
+        (&["--lr", "0"], "--lr 0"),
+        (&["--lr=-1"], "--lr -1"),
+        (&["--lr", "inf"], "--lr inf"),
+        (&["--lr", "NaN"], "--lr NaN"),
+        (&["--weight-decay", "NaN"], "--weight-decay NaN"),
+        (&["--head-lr-mult", "0"], "--head-lr-mult 0"),
+        (&["--export", "nope"], "--export nope"),
+        (&["--export", "ensemble", "--method", "an"], "--export ensemble needs a two-network method"),
+        (&["--resize", "16384x16384"], "at most 4096"),
+        (&["--crop", "100000"], "at most 4096"),
+        (&["--batch-size", "1000", "--resize", "2048", "--crop", "2048"], "GiB"),
+        (&["--epochs", "0"], "--epochs 0"),
+        (&["--stop-after", "0"], "--stop-after 0"),
+        (&["--mlp-hidden=-1"], "--mlp-hidden -1"),
+        (&["--val-fraction", "1"], "--val-fraction 1"),
+        (&["--tau-h", "2"], "--tau-h 2"),
+        (&["--tau-h", "x"], "--tau-h x"),
+        (&["--tau-l", "NaN"], "--tau-l NaN"),
+        (&["--e-k", "NaN"], "e_k"),
+        (&["--devices", "cpu"], "--devices lists 1"),
+        (&["--device", "gpu"], "--device gpu"),
+        (&["--partial", "0"], "--partial"),
+        (&["--reduction", "max"], "reduction"),
+        (&["--label-columns", "0"], "--label-columns 0"),
+        (&["--backbone", "resnet18", "--pretrained", "imagenet"], "efficientnet-lite0 only"),
+        (&["--pretrained", "nope.safetensors"], "nope.safetensors"),
+        (&["--backbone", "mlp", "--freeze-backbone"], "--freeze-backbone"),
+        (&["--test", "missing.jsonl"], "missing.jsonl"),
+    ];
+    for (i, (extra, says)) in cases.iter().enumerate() {
+        let run = format!("r{i}");
+        let t0 = Instant::now();
+        let err = train_fails(&[&["--data", bad.to_str().unwrap()][..], extra].concat(), tmp.path(), &run);
+        assert!(err.contains(says), "{extra:?} should say {says:?}: {err}");
+        assert!(!err.contains("nope.png"), "{extra:?} was checked only after reading the data: {err}");
+        assert!(!tmp.path().join(&run).exists(), "{extra:?} left a run folder");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{extra:?} took {:?} to be refused", t0.elapsed());
+    }
+    // An output that cannot be written: refused before anything is loaded.
+    std::fs::write(tmp.path().join("file"), "").unwrap();
+    let err = fails_cleanly(
+        Command::new(bin("cls-train"))
+            .args(["--data", bad.to_str().unwrap(), "--run-dir"])
+            .arg(tmp.path().join("file/run")),
+        1,
+    );
+    assert!(err.contains("cannot create the run folder") && !err.contains("nope.png"), "{err}");
+    // bench-step's sizes are bounded too (it used to abort on an allocation failure).
+    for (extra, says) in [(["--size", "16384x16384"], "at most 4096"), (["--batch-size", "0"], "--batch-size 0")] {
+        let err = fails_cleanly(Command::new(bin("cls-train")).arg("bench-step").args(extra), 1);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn training_labels_without_a_positive_train_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tr, val) = (tmp.path().join("train.csv"), tmp.path().join("val.csv"));
+    write_csv(&val, 40, 15);
+    let mut zeros = String::from("f0,f1,f2,f3,f4,f5,f6,f7,a,b,c,d\n");
+    for i in 0..40 {
+        zeros += &format!("{},0.5,0.5,0.5,0.5,0.5,0.5,0.5,0,0,0,0\n", i as f64 / 40.0);
+    }
+    std::fs::write(&tr, zeros).unwrap();
+    let run = tmp.path().join("run");
+    let out = train(&strs(&csv_run(
+        &tr,
+        &run,
+        &["--val", val.to_str().unwrap(), "--epochs", "1", "--method", "an", "--partial", "full"],
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: the training labels hold no positive at all"), "{err}");
+}
+
+/// A tmpfs of `size` mounted on `dir` for the life of the value (root only).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fill the file system of `dir` with `file` until it refuses more.
+fn fill_disk(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).unwrap();
+    let chunk = vec![7u8; 4096];
+    while f.write_all(&chunk).and_then(|_| f.sync_all()).is_ok() {}
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_resume_continues_once_there_is_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(&tmp.path().join("disk"), "2m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot mount a small tmpfs to fill ({why}); run the tests as root to check a full disk"
+            );
+            return;
+        }
+    };
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 16);
+    let run = disk.0.join("run");
+    let r = run.to_str().unwrap();
+    let mut args = csv_run(&tr, &run, &["--epochs", "4", "--stop-after", "1", "--cache-dir"]);
+    args.push(tmp.path().join("cache").to_str().unwrap().to_string());
+    train(&strs(&args));
+    let config = std::fs::read(run.join("config.toml")).unwrap();
+
+    // No room at all: the resumed epoch cannot be saved. A clean error, the run as it was.
+    fill_disk(&disk.0.join("filler"));
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume", r]), 1);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("config.toml"), "an unchanged config.toml is not rewritten: {err}");
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
+    assert!(leftover_temps(&run).is_empty(), "temporary files left on the full disk: {:?}", leftover_temps(&run));
+    assert_eq!(check_agreement(&run), 1);
+    assert_eq!(logged_epochs(&run), [1]);
+
+    // Room again, but what an earlier process killed on the full disk left behind takes most of
+    // it: --resume removes those leftovers first.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    std::fs::create_dir_all(run.join("checkpoint.tmp")).unwrap();
+    for stale in [
+        run.join(".metrics.jsonl.a1b2c3.tmp"),
+        run.join("checkpoint.tmp/peer0.safetensors"),
+        run.join("best-peer0.tmp123"),
+    ] {
+        std::fs::write(&stale, vec![1u8; 300_000]).unwrap();
+    }
+    fill_disk(&disk.0.join("filler"));
+    let filler = std::fs::OpenOptions::new().write(true).open(disk.0.join("filler")).unwrap();
+    filler.set_len(filler.metadata().unwrap().len().saturating_sub(40_000)).unwrap(); // too little room for an epoch
+    train(&["--resume", r]);
+    assert_eq!(logged_epochs(&run), [1, 2, 3, 4]);
+    assert_eq!(check_agreement(&run), 4);
+    assert!(leftover_temps(&run).is_empty(), "{:?}", leftover_temps(&run));
+    assert!(run.join("summary.json").is_file());
 }
