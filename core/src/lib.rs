@@ -5,6 +5,7 @@
 //! [`preprocess`] turns image files into normalised NCHW tensors for both trainer and infer.
 //! [`synthetic`] writes the built-in demo dataset (coloured shapes, JSONL manifests).
 
+pub mod calibrate;
 pub mod dataset;
 pub mod fsio;
 pub mod labels;

@@ -34,6 +34,8 @@ pub enum MetricsError {
     BadTruth { image: usize, class: usize, value: i8 },
     #[error("threshold {0} is not a number")]
     BadThreshold(f64),
+    #[error("{thresholds} per-class thresholds for {classes} classes")]
+    ThresholdCount { thresholds: usize, classes: usize },
     #[error("no class has a positive label among {n_images} images and {n_classes} classes: mAP is undefined")]
     NoPositives { n_images: usize, n_classes: usize },
 }
@@ -78,8 +80,17 @@ pub struct Metrics {
     /// AP of each class; `None` (JSON `null`) for a class without positives.
     #[serde(rename = "per_class_AP")]
     pub per_class_ap: Vec<Option<f64>>,
+    /// The decision threshold (with per-class thresholds: the global one, for classes without
+    /// their own).
     pub threshold: f64,
+    /// Per-class thresholds, when the metrics were computed with them (calibrated models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Vec<f64>>,
     pub n_images: usize,
+    /// Ground-truth entries that are unknown (neither positive nor negative): left out of every
+    /// count of their class, as Open Images' own evaluation does.
+    #[serde(default)]
+    pub n_unknown: usize,
     /// Classes with at least one positive: those averaged in mAP, CP and CR.
     pub n_classes_evaluated: usize,
     /// Classes without a positive in the evaluated set.
@@ -167,8 +178,39 @@ pub fn average_precision(scores: &[f32], truth: &[i8]) -> Option<f64> {
 /// assert!((macro_f1 - 2.0 / 3.0).abs() < 1e-12 && m.cf1 > macro_f1);
 /// ```
 pub fn evaluate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) -> Result<Metrics, MetricsError> {
+    evaluate_with(scores, truth, threshold, None)
+}
+
+/// [`evaluate`] with one threshold per class (`thresholds[c]` for class `c`), e.g. thresholds
+/// calibrated on validation data; `threshold` is recorded as the global one.
+///
+/// ```
+/// use cls_core::metrics::evaluate_with;
+/// use ndarray::array;
+/// let scores = array![[0.9f32, 0.3], [0.6, 0.35], [0.1, 0.25]];
+/// let truth = array![[1i8, 1], [-1, 1], [-1, -1]];
+/// // Class 1's scores sit low: at 0.5 it predicts nothing, at its own 0.28 both positives.
+/// let m = evaluate_with(scores.view(), truth.view(), 0.5, Some(&[0.7, 0.28])).unwrap();
+/// assert_eq!((m.cp, m.cr, m.op, m.or), (1.0, 1.0, 1.0, 1.0));
+/// assert_eq!(m.thresholds, Some(vec![0.7, 0.28]));
+/// ```
+pub fn evaluate_with(
+    scores: ArrayView2<f32>,
+    truth: ArrayView2<i8>,
+    threshold: f64,
+    thresholds: Option<&[f64]>,
+) -> Result<Metrics, MetricsError> {
     validate(scores, truth, threshold)?;
     let (n_images, n_classes) = scores.dim();
+    if let Some(t) = thresholds {
+        if t.len() != n_classes {
+            return Err(MetricsError::ThresholdCount { thresholds: t.len(), classes: n_classes });
+        }
+        if let Some(&bad) = t.iter().find(|t| t.is_nan()) {
+            return Err(MetricsError::BadThreshold(bad));
+        }
+    }
+    let threshold_of = |c: usize| thresholds.map_or(threshold, |t| t[c]);
     let in_top = top_k_mask(scores, TOP_K);
 
     let per_class: Vec<ClassResult> = (0..n_classes)
@@ -179,7 +221,7 @@ pub fn evaluate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) 
             let mut all = Counts::default();
             let mut top = Counts::default();
             for (i, (&s, &t)) in column.iter().zip(&truth_c).enumerate() {
-                let predicted = f64::from(s) >= threshold;
+                let predicted = f64::from(s) >= threshold_of(c);
                 all.add(predicted, t);
                 top.add(predicted && in_top[i * n_classes + c], t);
             }
@@ -205,7 +247,9 @@ pub fn evaluate(scores: ArrayView2<f32>, truth: ArrayView2<i8>, threshold: f64) 
         top3,
         per_class_ap: per_class.iter().map(|r| r.ap).collect(),
         threshold,
+        thresholds: thresholds.map(<[f64]>::to_vec),
         n_images,
+        n_unknown: truth.iter().filter(|&&t| t == UNK).count(),
         n_classes_evaluated: n_evaluated,
         n_classes_excluded: n_classes - n_evaluated,
     })
@@ -334,7 +378,11 @@ impl Metrics {
         let mut out = String::new();
         let header: String = ["mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"].map(|h| format!("{h:>7}")).concat();
         let rows = [
-            (format!("t={}", self.threshold), pct(self.map), self.threshold_metrics()),
+            (
+                if self.thresholds.is_some() { "t=class".to_string() } else { format!("t={}", self.threshold) },
+                pct(self.map),
+                self.threshold_metrics(),
+            ),
             (format!("top-{TOP_K}"), "-".to_string(), self.top3),
         ];
         let _ = writeln!(out, "{:<8}{header}", "");
@@ -347,6 +395,9 @@ impl Metrics {
             "{} images, {} classes evaluated, {} classes excluded (no positives)",
             self.n_images, self.n_classes_evaluated, self.n_classes_excluded
         );
+        if self.n_unknown > 0 {
+            let _ = writeln!(out, "{} unknown ground-truth entries left out of their class's counts", self.n_unknown);
+        }
         out
     }
 

@@ -329,3 +329,49 @@ fn golden_metrics_do_not_depend_on_image_order() {
     same_threshold_metrics(&b.threshold_metrics(), &a.threshold_metrics(), "reversed");
     same_threshold_metrics(&b.top3, &a.top3, "reversed top-3");
 }
+
+/// Ground truth with unknown entries (Open Images validation): AP and the threshold counts of a
+/// class use only its observed entries. The reference is written out here from the definitions:
+/// AP = the mean, over observed positives p, of the precision among observed entries scoring at
+/// least p's score (scikit-learn's AP with ties grouped).
+#[test]
+fn three_state_truth_matches_an_independent_reference() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for trial in 0..40 {
+        let (n, c) = (rng.random_range(8..50), rng.random_range(2..8));
+        let scores = Array2::from_shape_fn((n, c), |_| (rng.random_range(0..30) as f32) / 30.0);
+        let truth = Array2::from_shape_fn((n, c), |_| [1i8, -1, -1, 0][rng.random_range(0..4)]);
+        let Ok(m) = evaluate(scores.view(), truth.view(), 0.5) else { continue };
+        assert_eq!(m.n_unknown, truth.iter().filter(|&&t| t == 0).count());
+        let mut aps = Vec::new();
+        let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
+        for k in 0..c {
+            let obs: Vec<(f32, bool)> =
+                (0..n).filter(|&i| truth[[i, k]] != 0).map(|i| (scores[[i, k]], truth[[i, k]] == 1)).collect();
+            let pos: Vec<f32> = obs.iter().filter(|o| o.1).map(|o| o.0).collect();
+            for &(s, y) in &obs {
+                match (f64::from(s) >= 0.5, y) {
+                    (true, true) => tp += 1,
+                    (true, false) => fp += 1,
+                    (false, true) => fn_ += 1,
+                    _ => {}
+                }
+            }
+            let ap = (!pos.is_empty()).then(|| {
+                pos.iter()
+                    .map(|&p| {
+                        let above: Vec<&(f32, bool)> = obs.iter().filter(|o| o.0 >= p).collect();
+                        above.iter().filter(|o| o.1).count() as f64 / above.len() as f64
+                    })
+                    .sum::<f64>()
+                    / pos.len() as f64
+            });
+            close(m.per_class_ap[k].unwrap_or(-1.0), ap.unwrap_or(-1.0), &format!("trial {trial} AP of class {k}"));
+            aps.extend(ap);
+        }
+        close(m.map, aps.iter().sum::<f64>() / aps.len() as f64, "mAP");
+        close(m.op, if tp + fp == 0 { 0.0 } else { tp as f64 / (tp + fp) as f64 }, "OP");
+        close(m.or, tp as f64 / (tp + fn_).max(1) as f64, "OR");
+    }
+}

@@ -1,0 +1,119 @@
+//! Decision thresholds chosen on validation data, so that a model trained on partial labels tags
+//! images (its scores sit low: with every missing label taken as negative, a fixed 0.5 leaves
+//! many images with no tag at all).
+//!
+//! * Per class: the threshold that maximises that class's F1 on the validation entries whose
+//!   label is observed (positive or negative; unknown entries are left out).
+//! * Global: the threshold that maximises OF1 (F1 of the counts pooled over all classes).
+//! * A class with fewer than `min_positives` observed positives uses the global threshold: its
+//!   own optimum would fit a handful of images.
+//!
+//! A label is predicted when `score >= threshold` (as in [`crate::metrics`]). The search runs
+//! over the distinct scores; the chosen threshold is the midpoint between the lowest score that
+//! is predicted and the next lower observed score (the score itself when none is lower), so
+//! that a test image scoring a little below the validation cut is still tagged. Among cuts with
+//! the same F1 the highest wins (fewer, surer tags). A class or pool without positives gets 0.5.
+
+use crate::labels::{POS, UNK};
+use crate::metrics::MetricsError;
+use ndarray::ArrayView2;
+use serde::{Deserialize, Serialize};
+
+/// Fewer validation positives than this and a class uses the global threshold.
+pub const DEFAULT_MIN_POSITIVES: usize = 5;
+
+/// The threshold when nothing can be learnt (no positive observed).
+const NO_INFORMATION: f64 = 0.5;
+
+/// Thresholds chosen on validation data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// One threshold per class (the global one for rare classes).
+    pub per_class: Vec<f64>,
+    /// The threshold that maximises OF1.
+    pub global: f64,
+    /// Per class: whether it fell back to the global threshold (fewer than `min_positives`).
+    pub fallback: Vec<bool>,
+    /// The `min_positives` used.
+    pub min_positives: usize,
+}
+
+/// The best cut of one list of `(score, is_positive)` entries: `(threshold, F1)`.
+fn best_cut(mut entries: Vec<(f32, bool)>) -> (f64, f64) {
+    let n_pos = entries.iter().filter(|e| e.1).count();
+    if n_pos == 0 {
+        return (NO_INFORMATION, 0.0);
+    }
+    entries.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let (mut best_f1, mut best_at) = (-1.0f64, 0usize);
+    let mut i = 0;
+    while i < entries.len() {
+        // Take the whole group of equal scores: they are predicted together.
+        let score = entries[i].0;
+        while i < entries.len() && entries[i].0 == score {
+            if entries[i].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        let f1 = 2.0 * tp as f64 / (2 * tp + fp + (n_pos - tp)) as f64;
+        if f1 > best_f1 {
+            best_f1 = f1;
+            best_at = i; // entries[..i] are predicted
+        }
+    }
+    let cut = f64::from(entries[best_at - 1].0);
+    let threshold = match entries.get(best_at) {
+        Some(next) => (cut + f64::from(next.0)) / 2.0,
+        None => cut,
+    };
+    (threshold, best_f1)
+}
+
+/// Choose per-class and global thresholds from validation `scores` (images × classes) and
+/// `truth` (1 positive, -1 negative, 0 unknown: left out). To calibrate on labels that are
+/// positives only, pass the unknown entries as negatives (the result is then conservative).
+///
+/// ```
+/// use cls_core::calibrate::calibrate;
+/// use ndarray::array;
+/// let scores = array![[0.9f32, 0.30], [0.8, 0.20], [0.4, 0.10], [0.1, 0.05]];
+/// let truth = array![[1i8, 1], [1, 1], [-1, -1], [-1, -1]];
+/// let c = calibrate(scores.view(), truth.view(), 1).unwrap();
+/// // Class 0: predicting the top two is perfect; midway between 0.8 and the next score 0.4.
+/// assert!((c.per_class[0] - 0.6).abs() < 1e-6);
+/// // Class 1: its positives score 0.30 and 0.20; midway between 0.20 and 0.10.
+/// assert!((c.per_class[1] - 0.15).abs() < 1e-6);
+/// ```
+pub fn calibrate(
+    scores: ArrayView2<f32>,
+    truth: ArrayView2<i8>,
+    min_positives: usize,
+) -> Result<Calibration, MetricsError> {
+    if scores.dim() != truth.dim() {
+        return Err(MetricsError::ShapeMismatch { scores: scores.dim(), truth: truth.dim() });
+    }
+    if let Some(((image, class), _)) = scores.indexed_iter().find(|(_, s)| s.is_nan()) {
+        return Err(MetricsError::NanScore { image, class });
+    }
+    let observed = |s: &f32, t: &i8| (*t != UNK).then_some((*s, *t == POS));
+    let pooled: Vec<(f32, bool)> = scores.iter().zip(truth.iter()).filter_map(|(s, t)| observed(s, t)).collect();
+    let (global, _) = best_cut(pooled);
+    let mut per_class = Vec::with_capacity(scores.ncols());
+    let mut fallback = Vec::with_capacity(scores.ncols());
+    for (s, t) in scores.columns().into_iter().zip(truth.columns()) {
+        let entries: Vec<(f32, bool)> = s.iter().zip(t.iter()).filter_map(|(s, t)| observed(s, t)).collect();
+        let positives = entries.iter().filter(|e| e.1).count();
+        if positives < min_positives.max(1) {
+            per_class.push(global);
+            fallback.push(true);
+        } else {
+            per_class.push(best_cut(entries).0);
+            fallback.push(false);
+        }
+    }
+    Ok(Calibration { per_class, global, fallback, min_positives })
+}
