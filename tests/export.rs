@@ -3,13 +3,13 @@
 //! accepts the files and Python onnxruntime runs them, and that `cls-train export` re-exports
 //! (ensemble, a kept epoch) from a run folder.
 
-use cls_tests::{bin, venv_python, write_images};
+use cls_tests::{bin, fails_cleanly, output_within, snapshot, venv_python, write_csv, write_images, RUN_LIMIT};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().expect("spawn");
+    let out = output_within(cmd, RUN_LIMIT);
     assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -127,16 +127,15 @@ fn trainer_and_infer_agree_on_the_test_metrics() {
     let e1 = tmp.path().join("e1.onnx");
     run(Command::new(bin("cls-train")).arg("export").arg(&rd).args(["--checkpoint", "1", "--out"]).arg(&e1));
     assert_eq!(json(&e1.with_extension("summary.json"))["best_epoch"], 1);
-    let out = Command::new(bin("cls-train"))
-        .arg("export")
-        .arg(&rd)
-        .args(["--checkpoint", "7", "--out"])
-        .arg(tmp.path().join("x.onnx"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("epoch-001-peer0") && !err.contains("panicked"), "{err}");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train"))
+            .arg("export")
+            .arg(&rd)
+            .args(["--checkpoint", "7", "--out"])
+            .arg(tmp.path().join("x.onnx")),
+        1,
+    );
+    assert!(err.contains("--checkpoint 7: the run has completed 2 epoch(s)"), "{err}");
 }
 
 #[test]
@@ -178,4 +177,94 @@ fn frozen_pretrained_efficientnet_export_matches_the_trainer() {
     let m = infer_map(&rd.join("model.onnx"), &tmp.path().join("test"), &te, &tmp.path().join("m.json"));
     let (a, b) = (summary["test"]["mAP"].as_f64().unwrap(), m["mAP"].as_f64().unwrap());
     assert!((a - b).abs() <= 0.0005, "frozen efficientnet: cls-train {a} vs cls-infer {b}");
+}
+
+#[test]
+fn an_unfinished_run_is_exported_only_beside_it_and_outputs_are_checked_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 51);
+    let rd = tmp.path().join("run");
+    let train = |extra: &[&str]| {
+        run(Command::new(bin("cls-train"))
+            .arg("--data")
+            .arg(&tr)
+            .args([
+                "--label-columns",
+                "4",
+                "--batch-size",
+                "32",
+                "--lr",
+                "0.01",
+                "--threads",
+                "1",
+                "--mlp-hidden",
+                "16",
+            ])
+            .arg("--run-dir")
+            .arg(&rd)
+            .args(extra))
+    };
+    train(&["--epochs", "3", "--stop-after", "1"]);
+    let export = |args: &[&str]| {
+        let mut c = Command::new(bin("cls-train"));
+        c.arg("export").arg(&rd).args(args);
+        c
+    };
+    let files = || {
+        let mut s = snapshot(&rd);
+        s.remove(Path::new(".cls-train.lock"));
+        s
+    };
+    let before = files();
+
+    // With data that cannot be read, every refusal below must come before they are loaded.
+    let hidden = tmp.path().join("hidden.csv");
+    std::fs::rename(&tr, &hidden).unwrap();
+    std::fs::write(&tr, "not,a\nfeature table\n").unwrap();
+    let err = fails_cleanly(&mut export(&[]), 1);
+    assert!(err.contains("unfinished (epoch 1 of 3)") && err.contains("--out"), "{err}");
+    for f in [
+        "checkpoint/peer0.safetensors",
+        "checkpoint/state.json",
+        "metrics.jsonl",
+        "config.toml",
+        "best-peer1.safetensors",
+    ] {
+        let out = rd.join(f);
+        let err = fails_cleanly(&mut export(&["--out", out.to_str().unwrap()]), 1);
+        assert!(err.contains("would overwrite") && !err.contains("train.csv"), "--out {f}: {err}");
+    }
+    let nowhere = tmp.path().join("no-such-folder/m.onnx");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--export", "nope", "--out", "x.onnx"], "--export nope"),
+        (&["--export", "ensemble", "--checkpoint", "x"], "--checkpoint 'x'"),
+        (&["--checkpoint", "2", "--out", "x.onnx"], "--checkpoint 2: the run has completed 1 epoch(s)"),
+        (&["--out", nowhere.to_str().unwrap()], "does not exist"),
+    ];
+    for (args, says) in cases {
+        let err = fails_cleanly(&mut export(args), 1);
+        assert!(err.contains(says) && !err.contains("train.csv"), "{args:?}: {err}");
+    }
+    let err =
+        fails_cleanly(Command::new(bin("cls-train")).arg("report").arg(&rd).arg("--out").arg(rd.join("report.md")), 1);
+    assert!(err.contains("inside the run folder"), "{err}");
+    assert!(files() == before, "a refused export or report changed the run folder");
+    std::fs::rename(&hidden, &tr).unwrap();
+
+    // Beside it: a model and its own summary saying how far the run got; the run stays unfinished.
+    let now = tmp.path().join("now.onnx");
+    run(&mut export(&["--out", now.to_str().unwrap()]));
+    let s = json(&now.with_extension("summary.json"));
+    assert_eq!((s["epochs_done"].as_u64(), s["epochs"].as_u64()), (Some(1), Some(3)));
+    assert!(!rd.join("summary.json").exists() && !rd.join("model.onnx").exists());
+    let report = tmp.path().join("report.md");
+    run(Command::new(bin("cls-train")).arg("report").arg(&rd).arg("--out").arg(&report));
+    assert!(std::fs::read_to_string(&report).unwrap().contains("unfinished: 1 epochs"));
+
+    // Finished: the run's own summary and model, and a re-export in place.
+    run(Command::new(bin("cls-train")).arg("--resume").arg(&rd));
+    assert_eq!(json(&rd.join("summary.json"))["epochs_done"], 3);
+    run(&mut export(&[]));
+    assert_eq!(json(&rd.join("summary.json"))["epochs_done"], 3);
 }
