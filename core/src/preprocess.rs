@@ -75,6 +75,29 @@ impl ImageError {
     }
 }
 
+/// Parse an image size written `HxW` (or `S` for S×S), each side in `1..=max_side`: the one
+/// spelling of `--size`, `--resize`, `--crop` and `--eval-size` in both binaries.
+///
+/// ```
+/// use cls_core::preprocess::parse_size;
+/// assert_eq!(parse_size("224x192", 4096).unwrap(), (224, 192));
+/// assert_eq!(parse_size(" 32X32 ", 4096).unwrap(), (32, 32));
+/// assert_eq!(parse_size("224", 4096).unwrap(), (224, 224));
+/// for bad in ["0x10", "10x", "x", "-1x2", "4097x1", "axb", ""] {
+///     assert!(parse_size(bad, 4096).is_err(), "{bad}");
+/// }
+/// ```
+pub fn parse_size(text: &str, max_side: u32) -> anyhow::Result<(u32, u32)> {
+    let side = |s: &str| match s.trim().parse::<u32>() {
+        Ok(v) if (1..=max_side).contains(&v) => Ok(v),
+        _ => Err(anyhow::anyhow!("{text:?}: expected HxW (or S for a square), each side 1 to {max_side}")),
+    };
+    match text.trim().split_once(['x', 'X']) {
+        Some((h, w)) => Ok((side(h)?, side(w)?)),
+        None => side(text).map(|s| (s, s)),
+    }
+}
+
 /// Decode an encoded image held in memory to RGB8, refusing more than `max_pixels` pixels
 /// before decoding them.
 pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {

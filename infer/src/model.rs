@@ -30,15 +30,7 @@ pub const MAX_SIDE: u32 = 8192;
 
 /// Parse `--size HxW`, for example `224x224`.
 pub fn parse_size(text: &str) -> Result<(u32, u32)> {
-    let (h, w) =
-        text.split_once(['x', 'X']).with_context(|| format!("--size {text:?}: expected HxW, for example 224x224"))?;
-    let dim = |s: &str| -> Result<u32> {
-        match s.trim().parse::<u32>() {
-            Ok(v) if (1..=MAX_SIDE).contains(&v) => Ok(v),
-            _ => bail!("--size {text:?}: {s:?} is not a size between 1 and {MAX_SIDE}"),
-        }
-    };
-    let (h, w) = (dim(h)?, dim(w)?);
+    let (h, w) = cls_core::preprocess::parse_size(text, MAX_SIDE).context("--size")?;
     check_tensor(h, w).with_context(|| format!("--size {text:?}"))?;
     Ok((h, w))
 }
@@ -303,7 +295,9 @@ mod tests {
         assert_eq!(parse_size("224x192").unwrap(), (224, 192));
         assert_eq!(parse_size("32X32").unwrap(), (32, 32));
         assert_eq!(parse_size("8192x4096").unwrap(), (8192, 4096));
-        for bad in ["224", "0x3", "ax3", "3x", "99999x1", "16384x16384", "8193x1", "8192x8192"] {
+        // One parser for both binaries: a single number is a square.
+        assert_eq!(parse_size("224").unwrap(), (224, 224));
+        for bad in ["0x3", "ax3", "3x", "99999x1", "16384x16384", "8193x1", "8192x8192"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         // From the metadata too.
