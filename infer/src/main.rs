@@ -28,13 +28,13 @@ mod shard;
 mod truth;
 mod walk;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// cls-infer: tag image folders with an exported CLS model (ONNX Runtime) and compute metrics.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(version = VERSION, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The exported model (ONNX, with cls-train's metadata).
     #[arg(long, value_name = "FILE")]
@@ -98,6 +98,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth",
           conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "follow_links", "device", "batch", "threads", "ort_lib"])]
     pub from_tags: Vec<PathBuf>,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) or the man page
+    /// (man) on standard output, and exit.
+    #[arg(long, value_name = "KIND", value_enum, exclusive = true)]
+    pub generate: Option<Generate>,
 }
 
 const AFTER_HELP: &str = "\
@@ -117,12 +121,81 @@ Exit status: 0 ok; 1 unreadable images with --strict; 2 bad usage, unreadable mo
   or none readable; 3 metric regression against --baseline; 141, quietly, when the output's
   reader went away (as in `cls-infer ... | head`).";
 
+/// What `--generate` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Generate {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+    Man,
+}
+
+/// The version and the commit it was built from (build/version.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CLS_GIT_COMMIT"), ")");
+
+/// `--version`: this program's version and commit, and the ONNX Runtime library it would load
+/// (loaded here, so a library that cannot be loaded says why).
+fn long_version() -> String {
+    let ort = match runtime::init(None) {
+        Ok((_, lib)) => {
+            // libonnxruntime.so.1.31.1: the version is in the resolved file name.
+            let real = std::fs::canonicalize(&lib).unwrap_or_else(|_| PathBuf::from(&lib));
+            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let version = name.split_once(".so.").map_or("of unknown version", |(_, v)| v).to_string();
+            format!("{version} ({lib})")
+        }
+        Err(e) => format!("not loadable: {e:#}"),
+    };
+    format!("{VERSION}\nONNX Runtime: {ort}\nort crate: 2.0.0-rc.15 (ONNX Runtime API 1.30 or newer)")
+}
+
+/// `--generate KIND`: a completion script or the man page, on standard output.
+fn generate(kind: Generate) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout();
+    let shell = match kind {
+        Generate::Man => return clap_mangen::Man::new(cmd).render(&mut out),
+        Generate::Bash => Shell::Bash,
+        Generate::Zsh => Shell::Zsh,
+        Generate::Fish => Shell::Fish,
+        Generate::Elvish => Shell::Elvish,
+        Generate::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut cmd, "cls-infer", &mut out);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("ORT_LOG").is_none() {
         // Read by ort when the environment is created; nothing else runs yet.
         std::env::set_var("ORT_LOG", "warning");
     }
-    let cli = Cli::parse();
+    // `--version` loads ONNX Runtime to report its version; nothing else needs it before a run.
+    let asks_version = std::env::args_os().skip(1).any(|a| a == "--version" || a == "-V");
+    let command = if asks_version {
+        Cli::command().long_version(&*Box::leak(long_version().into_boxed_str()))
+    } else {
+        Cli::command()
+    };
+    let matches = command.get_matches();
+    // `--generate` stands alone (exclusive), so the required flags are missing: before the rest.
+    if let Some(&kind) = matches.get_one::<Generate>("generate") {
+        return match generate(kind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_BROKEN_PIPE),
+            Err(e) => {
+                say!("cls-infer: error: cannot write: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // Temporary output files are removed if the run is interrupted (SIGINT, SIGTERM, SIGHUP).
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
         say!("cls-infer: warning: {e:#}");
