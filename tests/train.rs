@@ -646,6 +646,8 @@ fn resume_refuses_a_config_that_does_not_match_the_checkpoint_and_changes_nothin
         ("label_columns = 4", "label_columns = 3"),
         // Another network width.
         ("mlp_hidden = 16", "mlp_hidden = 8"),
+        // Another seed: other labels hidden, other shuffles; the tensors alone cannot tell.
+        ("seed = 0", "seed = 3"),
     ];
     for (from, to) in edits {
         assert!(original.contains(from), "{original}");
@@ -655,7 +657,10 @@ fn resume_refuses_a_config_that_does_not_match_the_checkpoint_and_changes_nothin
         assert!(err.contains("does not match the checkpoint"), "{to}: {err}");
         assert!(run_files(&run) == before, "{to}: the refused --resume changed the run folder");
     }
-    std::fs::write(run.join("config.toml"), &original).unwrap();
+    // The data moved: the same run goes on.
+    let moved = tmp.path().join("moved.csv");
+    std::fs::rename(&tr, &moved).unwrap();
+    std::fs::write(run.join("config.toml"), original.replace(tr.to_str().unwrap(), moved.to_str().unwrap())).unwrap();
     train(&["--resume", run.to_str().unwrap()]);
     assert_eq!(logged_epochs(&run), [1, 2, 3]);
 }

@@ -41,6 +41,51 @@ pub struct RunState {
     /// empty in checkpoints of older versions, whose log is then read back from `metrics.jsonl`).
     #[serde(default)]
     pub log: Vec<EpochLog>,
+    /// The configuration the checkpoint was trained with (as in `config.toml`; absent in older
+    /// checkpoints): `--resume` refuses a `config.toml` that changes what training does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// The configuration fields that may differ between a checkpoint and the `config.toml` it is
+/// resumed with: the documented overrides, where the data and caches are (a moved folder), and
+/// what happens after training.
+pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
+    "epochs",
+    "stop_after",
+    "device",
+    "devices",
+    "threads",
+    "run_dir",
+    "cache_dir",
+    "data",
+    "images",
+    "val",
+    "val_images",
+    "test",
+    "test_images",
+    "classes",
+    "observed",
+    "export",
+    "keep_epochs",
+];
+
+/// The fields of `now` that differ from `saved` (both configurations as JSON), other than
+/// [`MAY_CHANGE_ON_RESUME`], as `name = now (was saved)`.
+pub fn config_changes(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) else {
+        return vec!["the whole configuration".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !MAY_CHANGE_ON_RESUME.contains(&k.as_str()))
+        .filter_map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&serde_json::Value::Null), b.get(k).unwrap_or(&serde_json::Value::Null));
+            (x != y).then(|| format!("{k} = {y} (was {x})"))
+        })
+        .collect()
 }
 
 /// The facts of a run that its checkpoint's tensors depend on.

@@ -152,6 +152,16 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
             );
         }
     }
+    if let Some(saved) = &state.config {
+        let now = serde_json::to_value(&cfg).context("recording the configuration")?;
+        let changes = checkpoint::config_changes(saved, &now);
+        if !changes.is_empty() {
+            bail!(
+                "config.toml does not match the checkpoint: it changes what training does since the checkpoint: {}",
+                changes.join(", ")
+            );
+        }
+    }
     if state.best.len() != networks {
         bail!("{}: the run state records {} network(s), not {networks}", ck_dir.display(), state.best.len());
     }

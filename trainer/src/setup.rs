@@ -35,6 +35,9 @@ pub struct Setup {
     pub amp: bool,
 }
 
+/// The most entries (images × classes) of the training labels: 4 GiB as f32.
+pub const MAX_LABEL_ENTRIES: u64 = 1 << 30;
+
 /// `auto` | `cpu` | `cuda` | `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     cls_models::init_cuda();
@@ -139,6 +142,12 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     let data = data::load(cfg)?;
     let arch = arch_for(cfg, &data)?;
     let (n_train, n_classes) = (data.train.len(), data.train.num_classes());
+    // The label matrices go to the device as f32 (and ROLE keeps one more of that size).
+    if n_train as u64 * n_classes as u64 > MAX_LABEL_ENTRIES {
+        bail!(
+            "the training set's label matrix has {n_train} × {n_classes} entries, more than the {MAX_LABEL_ENTRIES} this trainer holds in memory"
+        );
+    }
     if !data.observed.labels.iter().any(|&v| v == 1) {
         eprintln!(
             "warning: the training labels hold no positive at all ({n_train} images, {n_classes} classes): \

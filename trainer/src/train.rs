@@ -71,6 +71,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> 
     if state.best.len() != n_nets {
         state.best = vec![None; n_nets];
     }
+    let config = serde_json::to_value(cfg).context("recording the configuration")?;
     let shape = checkpoint::RunShape {
         method: cfg.method.clone(),
         networks: n_nets,
@@ -176,6 +177,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> 
         // it are written from it once it is in place.
         state.epochs_done = epoch + 1;
         state.shape = Some(shape.clone());
+        state.config = Some(config.clone());
         state.log.push(log.clone());
         checkpoint::save(
             run_dir,
