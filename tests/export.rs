@@ -233,7 +233,15 @@ fn an_unfinished_run_is_exported_only_beside_it_and_outputs_are_checked_first() 
     ] {
         let out = rd.join(f);
         let err = fails_cleanly(&mut export(&["--out", out.to_str().unwrap()]), 1);
-        assert!(err.contains("would overwrite") && !err.contains("train.csv"), "--out {f}: {err}");
+        let refused = ["would overwrite", "keeps that name", "inside the run's folder"];
+        assert!(refused.iter().any(|r| err.contains(r)) && !err.contains("train.csv"), "--out {f}: {err}");
+    }
+    // Names the run keeps for files it has not written yet, however spelled.
+    let spelled = tmp.path().join(".").join("run").join("summary.json");
+    for out in [rd.join("summary.json"), spelled, rd.join("plots/new.onnx"), rd.join("checkpoint/x.onnx")] {
+        let err = fails_cleanly(&mut export(&["--out", out.to_str().unwrap()]), 1);
+        let refused = ["keeps that name", "inside the run's folder"];
+        assert!(refused.iter().any(|r| err.contains(r)) && !err.contains("train.csv"), "{err}");
     }
     let nowhere = tmp.path().join("no-such-folder/m.onnx");
     let cases: [(&[&str], &str); 4] = [

@@ -559,6 +559,14 @@ fn resume_takes_each_documented_override_and_refuses_the_rest() {
     assert!(!saved.contains("stop_after"), "--stop-after is for one invocation, not saved:\n{saved}");
     let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume", r, "--epochs", "3"]), 1);
     assert!(err.contains("already completed 5 epochs"), "{err}");
+    // Extended: unfinished again until its new end (its summary of the 5-epoch end goes).
+    train(&["--resume", r, "--epochs", "7", "--stop-after", "1"]);
+    assert!(!run.join("summary.json").exists(), "an extended run is not finished");
+    let report = tmp.path().join("report.md");
+    train(&["report", r, "--out", report.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&report).unwrap().contains("unfinished: 6 epochs"));
+    train(&["--resume", r]);
+    assert_eq!(read_json(&run.join("summary.json"))["epochs_done"], 7);
 }
 
 #[test]

@@ -218,8 +218,15 @@ pub const MAX_SIDE: u32 = 4096;
 pub const MAX_BATCH: usize = 1 << 16;
 /// The most input values (f32) one batch may hold: 4 GiB.
 pub const MAX_BATCH_VALUES: u64 = 1 << 30;
-/// Samples per evaluation batch.
+/// Samples per evaluation batch (fewer for large images, see [`eval_batch`]).
 pub const EVAL_BATCH: usize = 128;
+
+/// Images per evaluation batch at `height`×`width`: [`EVAL_BATCH`], or fewer so that a batch
+/// stays within [`MAX_BATCH_VALUES`].
+pub fn eval_batch(height: usize, width: usize) -> usize {
+    let per = (3 * height * width).max(1) as u64;
+    (MAX_BATCH_VALUES / per).clamp(1, EVAL_BATCH as u64) as usize
+}
 /// The largest `--epochs` (and `--stop-after`).
 pub const MAX_EPOCHS: usize = 1_000_000;
 /// The most `--threads`.
@@ -420,10 +427,9 @@ impl TrainConfig {
                 bail!("--pretrained {p}: no such file (give a .safetensors state dict, or `imagenet` for efficientnet-lite0)");
             }
         }
-        let (_, crop, eval) = image_sizes(self)?;
+        let (_, crop, _) = image_sizes(self)?;
         if backbone.as_ref().is_none_or(|a| a.is_image()) {
             check_batch_values("--batch-size", self.batch_size, crop)?;
-            check_batch_values("evaluation", EVAL_BATCH, eval)?;
         }
         let files = [
             ("data", &self.data),
@@ -483,6 +489,19 @@ mod tests {
     struct Wrap {
         #[command(flatten)]
         c: TrainConfig,
+    }
+
+    #[test]
+    fn sizes_and_batches_are_bounded() {
+        assert_eq!(parse_size("224").unwrap(), (224, 224));
+        for bad in ["0x5", "16384x16384", "4097", "x", "-3"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(eval_batch(224, 224), EVAL_BATCH);
+        let b = eval_batch(4096, 4096);
+        assert!(b >= 1 && b as u64 * 3 * 4096 * 4096 <= MAX_BATCH_VALUES, "{b}");
+        assert!(check_batch_values("b", 1000, (2048, 2048)).is_err());
+        assert!(check_batch_values("b", 120, (224, 224)).is_ok());
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn features(
     let t0 = std::time::Instant::now();
     eprintln!("computing backbone features of {} {label} images (cached for later runs)", cache.n);
     let mut parts = Vec::new();
-    let bs = 64;
+    let bs = crate::config::eval_batch(cache.height, cache.width).min(64);
     tch::no_grad(|| -> Result<()> {
         for start in (0..cache.n).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(cache.n)).collect();

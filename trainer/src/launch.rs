@@ -78,7 +78,10 @@ pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
         }
     }
     cfg.run_dir = Some(run_dir.clone());
-    checkpoint::save_config(&cfg, &run_dir)?;
+    if let Err(e) = checkpoint::save_config(&cfg, &run_dir) {
+        lock.abandon();
+        return Err(e);
+    }
     eprintln!("run folder: {}", run_dir.display());
     let r = train::run(&cfg, &run_dir, s, RunState::default());
     finish_process(&run_dir, r)?;
@@ -186,6 +189,12 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
     checkpoint::publish_best(run_dir, 0..networks)?;
     if !state.log.is_empty() && (log_changed || !run_dir.join("plots").join("val_map.png").is_file()) {
         plots::write_run_plots(run_dir).context("writing plots")?;
+    }
+    if state.epochs_done < cfg.epochs && run_dir.join("summary.json").exists() {
+        // Of an earlier end (now extended with --epochs) or an older version's export of the
+        // unfinished run: the run's summary means a finished run, written again at its end.
+        std::fs::remove_file(run_dir.join("summary.json")).context("removing the stale summary.json")?;
+        eprintln!("summary.json removed: the run is unfinished until epoch {}", cfg.epochs);
     }
     cfg.run_dir = Some(run_dir.to_path_buf());
     checkpoint::save_config(&cfg, run_dir)?;

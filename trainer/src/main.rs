@@ -121,7 +121,16 @@ fn main() -> ExitCode {
     }
     // A bug is one line, not a backtrace (a panic of a rayon worker reaches this thread too).
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("cls-train: internal error (please report): {info}");
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        // libtorch's messages carry a C++ backtrace on the following lines: the first says it.
+        let first = payload.lines().find(|l| !l.trim().is_empty()).unwrap_or("a panic").trim();
+        let at = info.location().map_or(String::new(), |l| format!(" (at {}:{})", l.file(), l.line()));
+        eprintln!("cls-train: internal error (please report): {first}{at}");
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Cli::from_arg_matches(&matches).map_err(anyhow::Error::from).and_then(|cli| run(cli, &matches))

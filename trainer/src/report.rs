@@ -21,12 +21,9 @@ struct Run {
 
 fn load(dir: &Path) -> Result<Run> {
     let log = read_log(dir)?;
-    let summary: Option<Summary> = std::fs::read(dir.join("summary.json"))
-        .ok()
-        .map(|b| serde_json::from_slice(&b).with_context(|| format!("{}/summary.json", dir.display())))
-        .transpose()?;
-    // Only a finished run's summary counts (older versions wrote one on an export of an unfinished run).
-    let summary = summary.filter(Summary::finished);
+    // Only a finished run's summary counts (older versions wrote one on an export of an
+    // unfinished run; a run extended with --resume --epochs is unfinished again).
+    let summary = crate::summary::finished_summary(dir)?;
     let label = match &summary {
         Some(s) => {
             format!("{} ({})", s.method, dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))

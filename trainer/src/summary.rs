@@ -49,6 +49,23 @@ impl Summary {
     }
 }
 
+/// The summary of the run in `run_dir` if the run is finished: `summary.json` says so and, when
+/// they can be read, its checkpoint has completed the epochs its `config.toml` asks for (a run
+/// extended with `--resume --epochs`, or a summary an older version wrote on exporting an
+/// unfinished run, is not finished). An unreadable `summary.json` is an error.
+pub fn finished_summary(run_dir: &Path) -> Result<Option<Summary>> {
+    let path = run_dir.join("summary.json");
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
+    let s: Summary = serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))?;
+    let epochs = TrainConfig::default().with_file(&run_dir.join("config.toml"), &[]).ok().map(|c| c.epochs);
+    let done = checkpoint::latest(run_dir).and_then(|d| checkpoint::read_state(&d).ok()).map(|st| st.epochs_done);
+    let complete = match (done, epochs) {
+        (Some(d), Some(e)) => d >= e,
+        _ => true,
+    };
+    Ok((s.finished() && complete).then_some(s))
+}
+
 /// Which saved weights to export: each peer's best epoch (the default), the last checkpoint, or
 /// one epoch kept by `--keep-epochs`.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +264,24 @@ fn is_runs_model(run_dir: &Path, model: &Path) -> bool {
     matches!((canon(model), canon(&own)), (Some(a), Some(b)) if a == b)
 }
 
+/// Refuse an output that would take a name the run folder keeps for its own files (existing or
+/// not yet written): its configuration, log, summary, lock, best weights, or anything in its
+/// checkpoint, epochs and plots folders.
+fn refuse_run_names(flag: &str, run_dir: &Path, out: &Path) -> Result<()> {
+    for sub in ["checkpoint", "checkpoint.old", "checkpoint.tmp", "epochs", "plots"] {
+        cls_core::fsio::refuse_inside(flag, out, "the run's folder", &run_dir.join(sub))?;
+    }
+    let canon = |p: &Path| p.canonicalize().ok();
+    let parent = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let in_run = canon(parent).is_some() && canon(parent) == canon(run_dir);
+    let kept = ["config.toml", "metrics.jsonl", "summary.json", crate::rundir::LOCK_NAME];
+    if in_run && (kept.contains(&name.as_str()) || name.starts_with("best-peer")) {
+        bail!("{flag} {}: the run folder keeps that name for its own file; choose another", out.display());
+    }
+    Ok(())
+}
+
 /// Every file of a run folder that an export reads or must leave alone.
 fn run_files(run_dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -300,6 +335,10 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which:
     }
     let summary = summary_path(run_dir, &model);
     cls_core::fsio::check_output("--out", &model)?;
+    if !is_runs_model(run_dir, &model) {
+        refuse_run_names("--out", run_dir, &model)?;
+        refuse_run_names("--out (its summary)", run_dir, &summary)?;
+    }
     let own = [run_dir.join("model.onnx"), run_dir.join("summary.json")];
     let inputs: Vec<PathBuf> =
         run_files(run_dir).into_iter().filter(|p| !(is_runs_model(run_dir, &model) && own.contains(p))).collect();

@@ -65,9 +65,7 @@ fn finished_summary(dir: &Path, cfg: &TrainConfig) -> Result<Option<Summary>> {
     if config_key(&saved)? != config_key(cfg)? {
         bail!("{} holds a run of another configuration than this sweep point's: move it away", dir.display());
     }
-    let s: Summary = serde_json::from_slice(&std::fs::read(&summary_path)?)
-        .with_context(|| format!("{}", summary_path.display()))?;
-    Ok(s.finished().then_some(s))
+    crate::summary::finished_summary(dir)
 }
 
 /// Run the grid; `out` holds one run folder per point plus `sweep.json` and the plots.

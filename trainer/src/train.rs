@@ -17,7 +17,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, RunState};
-use crate::config::{TrainConfig, EVAL_BATCH};
+use crate::config::{eval_batch, TrainConfig, EVAL_BATCH};
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
@@ -275,8 +275,12 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
     let c = peer.net.num_classes() as usize;
     let mut out = Array2::<f32>::zeros((n, c));
     tch::no_grad(|| -> Result<()> {
-        for start in (0..n).step_by(EVAL_BATCH) {
-            let idx: Vec<usize> = (start..(start + EVAL_BATCH).min(n)).collect();
+        let bs = match inputs {
+            Inputs::Images { cache, .. } => eval_batch(cache.height, cache.width),
+            Inputs::Rows(_) => EVAL_BATCH,
+        };
+        for start in (0..n).step_by(bs) {
+            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
             let x = inputs.batch(&idx, None, device)?;
             let logits = forward(peer, &x, false, head_only, true);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
