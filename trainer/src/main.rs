@@ -14,7 +14,7 @@ use std::process::ExitCode;
 /// Without --data, the built-in synthetic dataset is generated and a fast demo configuration is
 /// used (frozen ImageNet EfficientNet-Lite0 features, 15 epochs).
 #[derive(Parser, Debug)]
-#[command(name = "cls-train", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "cls-train", version, about, long_about = None, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
