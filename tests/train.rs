@@ -861,8 +861,8 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
         (&["--head-lr-mult", "0"], "--head-lr-mult 0"),
         (&["--export", "nope"], "--export nope"),
         (&["--export", "ensemble", "--method", "an"], "--export ensemble needs a two-network method"),
-        (&["--resize", "16384x16384"], "at most 4096"),
-        (&["--crop", "100000"], "at most 4096"),
+        (&["--resize", "16384x16384"], "each side 1 to 4096"),
+        (&["--crop", "100000"], "each side 1 to 4096"),
         (&["--batch-size", "1000", "--resize", "2048", "--crop", "2048"], "GiB"),
         (&["--epochs", "0"], "--epochs 0"),
         (&["--stop-after", "0"], "--stop-after 0"),
@@ -901,7 +901,8 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
     );
     assert!(err.contains("cannot create the run folder") && !err.contains("nope.png"), "{err}");
     // bench-step's sizes are bounded too (it used to abort on an allocation failure).
-    for (extra, says) in [(["--size", "16384x16384"], "at most 4096"), (["--batch-size", "0"], "--batch-size 0")] {
+    for (extra, says) in [(["--size", "16384x16384"], "each side 1 to 4096"), (["--batch-size", "0"], "--batch-size 0")]
+    {
         let err = fails_cleanly(Command::new(bin("cls-train")).arg("bench-step").args(extra), 1);
         assert!(err.contains(says), "{err}");
     }

@@ -236,24 +236,10 @@ pub const MAX_MLP_HIDDEN: i64 = 1 << 16;
 /// The most `--label-columns`.
 pub const MAX_LABEL_COLUMNS: usize = 100_000;
 
-/// Parse "HxW" or a single "S" (square); each side in 1..=[`MAX_SIDE`].
+/// Parse "HxW" or a single "S" (square); each side in 1..=[`MAX_SIDE`] (the one parser of both
+/// binaries, `cls_core::preprocess::parse_size`).
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let parse =
-        |v: &str| v.trim().parse::<u32>().with_context(|| format!("bad size '{s}': expected HxW, e.g. 224x224"));
-    let (h, w) = match s.split_once(['x', 'X']) {
-        Some((h, w)) => (parse(h)?, parse(w)?),
-        None => {
-            let v = parse(s)?;
-            (v, v)
-        }
-    };
-    if h == 0 || w == 0 {
-        bail!("bad size '{s}': zero");
-    }
-    if h > MAX_SIDE || w > MAX_SIDE {
-        bail!("bad size '{s}': a side may be at most {MAX_SIDE} pixels");
-    }
-    Ok((h, w))
+    cls_core::preprocess::parse_size(s, MAX_SIDE)
 }
 
 /// (height, width) of the training squish, the training crop and the evaluation squish.
