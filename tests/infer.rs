@@ -929,3 +929,243 @@ fn sizes_from_the_model_and_flags_are_bounded() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.lines().count(), 1);
 }
+
+/// The test model with per-class `thresholds` metadata (text as given, to test bad values too).
+fn model_with_thresholds(dir: &Path, thresholds: &str) -> PathBuf {
+    let p = dir.join("calibrated.onnx");
+    let bytes = model_bytes_ending(true, Dim::Named("N".into()), |g, logits, batch| {
+        g.node("Sigmoid", &[logits], &["probs"], &[]);
+        g.output_f32("probs", &[batch, Dim::Fixed(4)]);
+        g.metadata("thresholds", thresholds);
+    });
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Scores and targets of `out`'s rows that `gt` (a JSONL manifest under `imgs/`) labels.
+fn scores_and_targets(out: &Path, gt: &Path) -> (Array2<f32>, Array2<i8>) {
+    let truth: BTreeMap<String, Vec<String>> = fs::read_to_string(gt)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            let image = v["image"].as_str().unwrap().trim_start_matches("imgs/").to_string();
+            (image, serde_json::from_value(v["labels"].clone()).unwrap())
+        })
+        .collect();
+    let rows: Vec<Value> =
+        read_jsonl(out).into_iter().filter(|v| truth.contains_key(v["image"].as_str().unwrap())).collect();
+    let mut scores = Array2::<f32>::zeros((rows.len(), CLASSES.len()));
+    let mut targets = Array2::<i8>::from_elem((rows.len(), CLASSES.len()), -1);
+    for (i, v) in rows.iter().enumerate() {
+        for (c, name) in CLASSES.iter().enumerate() {
+            scores[[i, c]] = v["scores"][name].as_f64().unwrap() as f32;
+            if truth[v["image"].as_str().unwrap()].iter().any(|l| l == name) {
+                targets[[i, c]] = 1;
+            }
+        }
+    }
+    (scores, targets)
+}
+
+/// The labels `row` should have at `thresholds`: best first, ties by class order.
+fn labels_at(row: &Value, thresholds: &[f64]) -> Vec<String> {
+    let p = |c: usize| row["scores"][CLASSES[c]].as_f64().unwrap() as f32;
+    let mut chosen: Vec<usize> = (0..CLASSES.len()).filter(|&c| f64::from(p(c)) >= thresholds[c]).collect();
+    chosen.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
+    chosen.into_iter().map(|c| CLASSES[c].to_string()).collect()
+}
+
+#[test]
+fn per_class_thresholds_from_the_model_tag_and_score() {
+    use cls_core::metrics::evaluate_with;
+    let dir = tempfile::tempdir().unwrap();
+    let gt = make_labelled(dir.path());
+    let imgs = dir.path().join("imgs");
+    let per = [0.3, 0.6, 0.9, 0.95];
+    let model = model_with_thresholds(dir.path(), "[0.3, 0.6, 0.9, 0.95]");
+    let (out, mfile) = (dir.path().join("out.jsonl"), dir.path().join("metrics.json"));
+    let base = ["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&gt)];
+    let r = cls_infer(&[&base[..], &["--out", s(&out), "--metrics-out", s(&mfile)]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("thresholds: the model's per-class thresholds (0.3 to 0.95"), "{}", r.stderr);
+    let rows = read_jsonl(&out);
+    for row in &rows {
+        assert_eq!(row["labels"], serde_json::json!(labels_at(row, &per)), "{row}");
+    }
+    // The metrics at the per-class thresholds, as cls-core computes them from the written scores.
+    let json: Value = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    let got: Metrics = serde_json::from_value(json.clone()).unwrap();
+    let (scores, targets) = scores_and_targets(&out, &gt);
+    let want = evaluate_with(scores.view(), targets.view(), 0.5, Some(&per)).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.thresholds.as_deref(), Some(&per[..]));
+    assert!(json["thresholds_source"].as_str().unwrap().contains("per-class"), "{json}");
+    // Per class, keyed by name in class order: AP, precision, recall, F1, support, threshold.
+    let per_class = json["per_class"].as_object().unwrap();
+    assert_eq!(per_class.keys().collect::<Vec<_>>().len(), 4);
+    let mut evaluated = 0;
+    let (mut precision, mut recall) = (0.0, 0.0);
+    for (c, name) in CLASSES.iter().enumerate() {
+        let m = &per_class[*name];
+        assert_eq!(m["threshold"].as_f64().unwrap(), per[c], "{name}: {m}");
+        assert_eq!(m["AP"].as_f64(), got.per_class_ap[c], "{name}");
+        let support = targets.column(c).iter().filter(|&&t| t == 1).count();
+        assert_eq!(m["support"].as_u64().unwrap() as usize, support, "{name}");
+        let (p, rc, f1) = (m["precision"].as_f64().unwrap(), m["recall"].as_f64().unwrap(), m["F1"].as_f64().unwrap());
+        let hm = if p + rc == 0.0 { 0.0 } else { 2.0 * p * rc / (p + rc) };
+        assert!((f1 - hm).abs() < 1e-12, "{name}: {m}");
+        if support > 0 {
+            evaluated += 1;
+            precision += p;
+            recall += rc;
+        }
+    }
+    // CP and CR are the means over the evaluated classes; CF1 is their harmonic mean.
+    assert!((precision / evaluated as f64 - got.cp).abs() < 1e-12);
+    assert!((recall / evaluated as f64 - got.cr).abs() < 1e-12);
+
+    // --threshold: one global threshold instead; the metrics carry no per-class thresholds.
+    let r =
+        cls_infer(&[&base[..], &["--out", s(&out), "--metrics-out", s(&mfile), "--threshold", "0.5"]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("thresholds: one global threshold 0.5 (--threshold)"), "{}", r.stderr);
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    assert_eq!(got, metrics_of(&out, &gt));
+    assert_eq!(got.thresholds, None);
+    for row in read_jsonl(&out) {
+        assert_eq!(row["labels"], serde_json::json!(labels_at(&row, &[0.5; 4])), "{row}");
+    }
+
+    // --thresholds FILE overrides the classes it names; the rest keep the model's.
+    let tfile = dir.path().join("t.json");
+    fs::write(&tfile, r#"{"blue": 0.2, "bright": 0.05}"#).unwrap();
+    let r = cls_infer(
+        &[&base[..], &["--out", s(&out), "--metrics-out", s(&mfile), "--thresholds", s(&tfile)]].concat(),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let over = [0.3, 0.6, 0.2, 0.05];
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    assert_eq!(got.thresholds.as_deref(), Some(&over[..]));
+    for row in read_jsonl(&out) {
+        assert_eq!(row["labels"], serde_json::json!(labels_at(&row, &over)), "{row}");
+    }
+    fs::write(&tfile, r#"{"cat": 0.2}"#).unwrap();
+    exits_2_saying(&[&base[..], &["--thresholds", s(&tfile)]].concat(), "\"cat\" is not a class of the model");
+
+    // --min-labels and --top-k bound the count, best first.
+    let r = cls_infer(&[&base[..], &["--out", s(&out), "--threshold", "1", "--min-labels", "2"]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for row in read_jsonl(&out) {
+        let mut best: Vec<usize> = (0..4).collect();
+        let p = |c: usize| row["scores"][CLASSES[c]].as_f64().unwrap() as f32;
+        best.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
+        let want: Vec<&str> = best[..2].iter().map(|&c| CLASSES[c]).collect();
+        assert_eq!(row["labels"], serde_json::json!(want), "{row}");
+    }
+    let r = cls_infer(&[&base[..], &["--out", s(&out), "--threshold", "0", "--top-k", "3"]].concat(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(read_jsonl(&out).iter().all(|row| row["labels"].as_array().unwrap().len() == 3));
+    exits_2_saying(
+        &[&base[..], &["--min-labels", "3", "--top-k", "2"]].concat(),
+        "--min-labels 3 is more than --top-k 2",
+    );
+    exits_2_saying(&[&base[..], &["--threshold", "1.5"]].concat(), "--threshold 1.5");
+
+    // Thresholds that do not fit the model are refused before any work.
+    for (bad, needle) in [("[0.5, 0.5]", "2 values for 4 classes"), ("[0.5, 0.5, 0.5, 7]", "class 3 is 7")] {
+        let m = model_with_thresholds(dir.path(), bad);
+        exits_2_saying(&["--model", s(&m), "--images", s(&imgs), "--device", "cpu"], needle);
+    }
+}
+
+#[test]
+fn open_images_and_tag_table_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    fs::create_dir_all(imgs.join("sub")).unwrap();
+    // Images named by ImageID; one in a subfolder (matched by stem all the same).
+    let colours =
+        [("0a1b", [250, 10, 10]), ("0c2d", [10, 250, 10]), ("sub/0e3f", [10, 10, 250]), ("1f40", [250, 250, 10])];
+    for (id, c) in colours {
+        solid(c, 8, 8).save(imgs.join(format!("{id}.jpg"))).unwrap();
+    }
+    // The model is trained on display names (its classes); the labels file speaks MIDs.
+    let desc = dir.path().join("oidv6-class-descriptions.csv");
+    fs::write(&desc, "LabelName,DisplayName\n/m/r,red\n/m/g,green\n/m/b,blue\n/m/x,Cat\n").unwrap();
+    let labels = dir.path().join("labels.csv");
+    fs::write(
+        &labels,
+        "ImageID,Source,LabelName,Confidence\n\
+         0a1b,verification,/m/r,1\n0a1b,verification,/m/g,0\n\
+         0c2d,verification,/m/g,1\n0c2d,verification,/m/r,0\n\
+         0e3f,verification,/m/b,1\n\
+         1f40,verification,/m/r,1\n1f40,verification,/m/g,1\n1f40,verification,/m/b,0\n\
+         9999,verification,/m/x,1\n",
+    )
+    .unwrap();
+    let model = write_model(dir.path(), true);
+    let (out, mfile) = (dir.path().join("out.jsonl"), dir.path().join("m.json"));
+    let base = ["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&labels)];
+    exits_2_saying(&base, "--gt-classes");
+    let r = cls_infer(
+        &[&base[..], &["--gt-classes", s(&desc), "--out", s(&out), "--metrics-out", s(&mfile)]].concat(),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("ImageID = file stem"), "{}", r.stderr);
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    // The expected targets: rows as listed, classes not verified for an image unknown (0), the
+    // model's "bright" not in the ground truth (negative); the image 9999 has no file.
+    let order: Vec<String> = images_of(&read_jsonl(&out));
+    assert_eq!(order, ["0a1b.jpg", "0c2d.jpg", "1f40.jpg", "sub/0e3f.jpg"]);
+    let rows: BTreeMap<&str, [i8; 4]> = [
+        ("0a1b.jpg", [1, -1, 0, -1]),
+        ("0c2d.jpg", [-1, 1, 0, -1]),
+        ("1f40.jpg", [1, 1, -1, -1]),
+        ("sub/0e3f.jpg", [0, 0, 1, -1]),
+    ]
+    .into();
+    let tags = read_jsonl(&out);
+    let mut scores = Array2::<f32>::zeros((4, 4));
+    let mut targets = Array2::<i8>::zeros((4, 4));
+    for (i, v) in tags.iter().enumerate() {
+        for (c, name) in CLASSES.iter().enumerate() {
+            scores[[i, c]] = v["scores"][name].as_f64().unwrap() as f32;
+            targets[[i, c]] = rows[v["image"].as_str().unwrap()][c];
+        }
+    }
+    assert_eq!(got, evaluate(scores.view(), targets.view(), 0.5).unwrap());
+    assert_eq!(got.n_unknown, 4);
+    assert!(r.stderr.contains("1 ground-truth entries have no image"), "{}", r.stderr);
+
+    // A tag table (Kaggle layout), image names relative to --images: every positive listed.
+    let table = dir.path().join("tags.csv");
+    fs::write(&table, "image_name,tags\n0a1b.jpg,red\n0c2d.jpg,green\nsub/0e3f.jpg,blue\n1f40.jpg,red green\n")
+        .unwrap();
+    let r = cls_infer(
+        &[
+            "--model",
+            s(&model),
+            "--images",
+            s(&imgs),
+            "--device",
+            "cpu",
+            "--ground-truth",
+            s(&table),
+            "--metrics-out",
+            s(&mfile),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got: Metrics = serde_json::from_str(&fs::read_to_string(&mfile).unwrap()).unwrap();
+    for (i, v) in tags.iter().enumerate() {
+        for c in 0..4 {
+            targets[[i, c]] = if rows[v["image"].as_str().unwrap()][c] == 1 { 1 } else { -1 };
+        }
+    }
+    assert_eq!(got, evaluate(scores.view(), targets.view(), 0.5).unwrap());
+    assert_eq!(got.n_unknown, 0);
+}

@@ -19,12 +19,15 @@ macro_rules! say {
     }};
 }
 
+mod logging;
 mod model;
 mod output;
 mod pipeline;
 mod run;
 mod runtime;
+mod scoring;
 mod shard;
+mod thresholds;
 mod truth;
 mod walk;
 
@@ -42,18 +45,32 @@ pub struct Cli {
     /// The folder of images (searched recursively).
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
-    /// Decision threshold on probabilities [default: the model's, else 0.5].
-    #[arg(long)]
+    /// One global decision threshold for every class, instead of the model's (per-class)
+    /// thresholds [default: the model's per-class thresholds, else its threshold, else 0.5].
+    #[arg(long, value_name = "T")]
     pub threshold: Option<f64>,
+    /// Per-class thresholds overriding the others for the classes it names: a JSON object
+    /// {"class name": threshold, ...}.
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<PathBuf>,
+    /// Give every image at least its K best labels, whatever their scores.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub min_labels: u32,
     /// Report at most K labels per image.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
     /// Where to write the tags (JSON Lines) [default: standard output].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Ground truth: a JSONL manifest, a COCO instances JSON (file names relative to --images) or a VOC devkit.
+    /// Ground truth, in any format cls-train reads: a JSONL manifest, a COCO instances JSON or a
+    /// tag table CSV (image names relative to --images), a VOC devkit, Open Images image-level
+    /// labels (matched by ImageID = file stem; needs --gt-classes).
     #[arg(long, value_name = "FILE")]
     pub ground_truth: Option<PathBuf>,
+    /// The ground truth's classes: Open Images class descriptions (LabelName,DisplayName) or
+    /// trainable-classes list; for a JSONL manifest or tag table, a class list (one a line).
+    #[arg(long, value_name = "FILE", requires = "ground_truth")]
+    pub gt_classes: Option<PathBuf>,
     /// Where to write the metrics (JSON); needs --ground-truth.
     #[arg(long, value_name = "FILE", requires = "ground_truth")]
     pub metrics_out: Option<PathBuf>,
@@ -98,6 +115,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth",
           conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "follow_links", "device", "batch", "threads", "ort_lib"])]
     pub from_tags: Vec<PathBuf>,
+    /// Without a terminal on stderr, a progress line every this many seconds (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub log_every: f64,
+    #[command(flatten)]
+    pub verbosity: clap_verbosity_flag::Verbosity<clap_verbosity_flag::InfoLevel>,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) or the man page
     /// (man) on standard output, and exit.
     #[arg(long, value_name = "KIND", value_enum, exclusive = true)]
@@ -196,9 +218,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    logging::init(cli.verbosity.tracing_level_filter());
     // Temporary output files are removed if the run is interrupted (SIGINT, SIGTERM, SIGHUP).
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
-        say!("cls-infer: warning: {e:#}");
+        tracing::warn!("{e:#}");
     }
     // One line, no backtrace, for a bug; decoder panics are caught and reported per file.
     std::panic::set_hook(Box::new(|info| {
@@ -212,7 +235,7 @@ fn main() -> ExitCode {
         // as a Unix tool the signal would have ended (the outputs' temporary files are gone by now).
         Ok(Err(e)) if broken_pipe(&e) => ExitCode::from(EXIT_BROKEN_PIPE),
         Ok(Err(e)) => {
-            say!("cls-infer: error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(2),

@@ -1,6 +1,7 @@
 //! What cls-infer needs to know about a model: its class names, input size, normalisation and
-//! default threshold (from the ONNX metadata that `cls-train` exports: `classes`, `height`,
-//! `width`, `mean`, `std`, `threshold`), and the names and shapes of its input and output.
+//! decision thresholds (from the ONNX metadata that `cls-train` exports: `classes`, `height`,
+//! `width`, `mean`, `std`, `threshold` (the global one), `thresholds` (a JSON array, one per
+//! class, in class order)), and the names and shapes of its input and output.
 //! `--classes FILE` and `--size HxW` stand in for (and override) the metadata.
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,8 @@ pub struct ModelInfo {
     pub std: [f32; 3],
     /// The model's suggested decision threshold, if it has one.
     pub threshold: Option<f64>,
+    /// The model's per-class thresholds (one per class, each in [0, 1]), if it has them.
+    pub thresholds: Option<Vec<f64>>,
     /// Notes for stderr (defaults that were assumed).
     pub notes: Vec<String>,
 }
@@ -225,7 +228,33 @@ pub fn describe(
         ),
         None => None,
     };
-    Ok(ModelInfo { classes, height, width, mean, std, threshold, notes })
+    let thresholds = meta("thresholds").map(|text| per_class_thresholds(&text, classes.len())).transpose()?;
+    Ok(ModelInfo { classes, height, width, mean, std, threshold, thresholds, notes })
+}
+
+/// The `thresholds` metadata: a JSON array of `n_classes` numbers, each finite and in [0, 1].
+fn per_class_thresholds(text: &str, n_classes: usize) -> Result<Vec<f64>> {
+    let values: Vec<f64> = serde_json::from_str(text).with_context(|| {
+        format!("model metadata \"thresholds\" = {:?} is not a JSON array of numbers", preview(text))
+    })?;
+    if values.len() != n_classes {
+        bail!(
+            "model metadata \"thresholds\" has {} values for {n_classes} classes (one per class, in class order)",
+            values.len()
+        );
+    }
+    if let Some((c, t)) = values.iter().enumerate().find(|(_, t)| !(t.is_finite() && (0.0..=1.0).contains(*t))) {
+        bail!("model metadata \"thresholds\": the threshold of class {c} is {t}, not a number in [0, 1]");
+    }
+    Ok(values)
+}
+
+/// At most 80 characters of `text`, for messages.
+fn preview(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// The input and output the pipeline feeds and reads, checked against the model description.
@@ -326,6 +355,27 @@ mod tests {
         assert!(info.notes.is_empty());
         let over = describe(&m, Some(vec!["x".into()]), Some((4, 4))).unwrap();
         assert_eq!((over.classes.as_slice(), over.height), (&["x".to_string()][..], 4));
+        assert_eq!(info.thresholds, None);
+    }
+
+    #[test]
+    fn per_class_thresholds_from_metadata() {
+        let m = |t: &str| meta(&[("classes", r#"["a","b"]"#), ("height", "8"), ("width", "8"), ("thresholds", t)]);
+        assert_eq!(describe(m("[0.25, 1]"), None, None).unwrap().thresholds, Some(vec![0.25, 1.0]));
+        for (bad, needle) in [
+            ("[0.5]", "1 values for 2 classes"),
+            ("[0.5, 0.5, 0.5]", "3 values for 2 classes"),
+            ("[0.5, 1.5]", "class 1 is 1.5"),
+            ("[-0.1, 0.5]", "class 0 is -0.1"),
+            ("[0.5, null]", "not a JSON array of numbers"),
+            ("{\"a\": 0.5}", "not a JSON array of numbers"),
+        ] {
+            let err = format!("{:#}", describe(m(bad), None, None).unwrap_err());
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        // --classes with another count than the metadata's thresholds.
+        let err = format!("{:#}", describe(m("[0.5, 0.5]"), Some(vec!["x".into()]), None).unwrap_err());
+        assert!(err.contains("2 values for 1 classes"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! through `cls_core::fsio` (atomic for regular files, straight into devices, FIFOs and standard
 //! output, temporary files removed on an error or a signal).
 
+use crate::thresholds::Decision;
 use anyhow::Result;
 pub use cls_core::fsio::Output;
 use serde::Serialize;
@@ -15,17 +16,6 @@ pub fn open(dest: Option<&Path>) -> Result<Output> {
 /// Write a whole small file (JSON) atomically.
 pub fn write_file(dest: &Path, text: &str) -> Result<()> {
     cls_core::fsio::write_atomic(dest, format!("{text}\n").as_bytes())
-}
-
-/// The labels to report for one image: classes with `p >= threshold`, best first (ties by class
-/// order), at most `top_k`.
-pub fn chosen_labels(scores: &[f32], threshold: f64, top_k: Option<usize>) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).filter(|&c| f64::from(scores[c]) >= threshold).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    if let Some(k) = top_k {
-        idx.truncate(k);
-    }
-    idx
 }
 
 /// One output row: `{"image": rel, "labels": [best first], "scores": {class: p, ...}}`, the
@@ -100,8 +90,8 @@ impl Tagger {
     }
 
     /// The line for one image (without the newline).
-    pub fn line(&mut self, rel: &str, scores: &[f32], threshold: f64, top_k: Option<usize>) -> &str {
-        self.chosen = chosen_labels(scores, threshold, top_k);
+    pub fn line(&mut self, rel: &str, scores: &[f32], decision: &Decision) -> &str {
+        decision.choose(scores, &mut self.chosen);
         self.line.clear();
         let row = Row {
             image: rel,
@@ -124,19 +114,16 @@ pub fn error_line(path: &str, reason: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn labels_are_thresholded_sorted_and_capped() {
-        let s = [0.6, 0.2, 0.9, 0.6, 0.5];
-        assert_eq!(chosen_labels(&s, 0.5, None), vec![2, 0, 3, 4]);
-        assert_eq!(chosen_labels(&s, 0.5, Some(2)), vec![2, 0]);
-        assert_eq!(chosen_labels(&s, 0.95, None), Vec::<usize>::new());
+    fn rule(classes: usize, threshold: f64, top_k: Option<usize>) -> Decision {
+        let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+        Decision::resolve(&names, Some(threshold), None, None, None, 0, top_k).unwrap()
     }
 
     #[test]
     fn tag_lines_round_trip() {
         let classes = ["a \"q\"".to_string(), "b".to_string(), "ü\\".to_string()];
         let mut tagger = Tagger::new(&classes);
-        let line = tagger.line("x/\"y\".jpg", &[0.1, 0.7, 0.9], 0.5, None).to_string();
+        let line = tagger.line("x/\"y\".jpg", &[0.1, 0.7, 0.9], &rule(3, 0.5, None)).to_string();
         assert_eq!(
             line,
             r#"{"image": "x/\"y\".jpg", "labels": ["ü\\", "b"], "scores": {"a \"q\"": 0.1, "b": 0.7, "ü\\": 0.9}}"#
@@ -148,7 +135,7 @@ mod tests {
         assert_eq!(v["scores"]["b"].as_f64().unwrap() as f32, 0.7f32);
         assert_eq!(v["scores"]["ü\\"].as_f64().unwrap() as f32, 0.9f32);
         // The buffer is reused: a second line carries nothing of the first; NaN becomes null.
-        let second = tagger.line("z.png", &[f32::NAN, 0.2, 0.3], 0.5, Some(1)).to_string();
+        let second = tagger.line("z.png", &[f32::NAN, 0.2, 0.3], &rule(3, 0.5, Some(1))).to_string();
         let v: serde_json::Value = serde_json::from_str(&second).unwrap();
         assert_eq!(v["image"], "z.png");
         assert_eq!(v["labels"], serde_json::json!([]));
@@ -168,12 +155,13 @@ mod speed {
         let classes: Vec<String> = (0..374).map(|c| format!("class_{c}")).collect();
         let scores: Vec<f32> = (0..374).map(|c| ((c * 7919) % 1000) as f32 / 1000.0).collect();
         let mut tagger = Tagger::new(&classes);
+        let rule = Decision::resolve(&classes, Some(0.5), None, None, None, 0, None).unwrap();
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = std::time::Instant::now();
             let mut bytes = 0;
             for i in 0..499 {
-                bytes += tagger.line(&format!("test/{i}.jpeg"), &scores, 0.5, None).len();
+                bytes += tagger.line(&format!("test/{i}.jpeg"), &scores, &rule).len();
             }
             best = best.min(t.elapsed().as_secs_f64());
             assert!(bytes > 0);

@@ -4,41 +4,29 @@
 //! decode), then evaluate and compare. With `--from-tags`, the evaluation reads earlier outputs
 //! instead of tagging.
 
+use crate::logging::Progress;
 use crate::model::{self, ModelInfo};
-use crate::output::{self, error_line, write_file, Output, Tagger};
+use crate::output::{self, error_line, Output, Tagger};
 use crate::pipeline::{self, Outcome, Plan, Runner};
+use crate::scoring::{score_and_compare, Scored};
 use crate::shard::Shard;
-use crate::truth::{preview, resolve, Truth};
+use crate::thresholds::Decision;
+use crate::truth::{preview, Truth};
 use crate::walk;
 use crate::{runtime, Cli};
 use anyhow::{bail, Context, Result};
 use cls_core::fsio;
-use cls_core::metrics::{comparison_table, evaluate, regressions, Metrics};
+use cls_core::metrics::Metrics;
 use cls_core::preprocess::Preprocess;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use ndarray::Array2;
 use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Exit statuses other than the fatal one (2, from `main`).
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_UNREADABLE: u8 = 1;
 pub const EXIT_REGRESSION: u8 = 3;
-
-fn progress(len: usize) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {rate} images/s, ETA {eta}") {
-        bar.set_style(style.with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.1}", s.per_sec());
-        }));
-    }
-    bar
-}
 
 fn read_baseline(path: &std::path::Path) -> Result<Metrics> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--baseline {}", path.display()))?;
@@ -49,10 +37,8 @@ fn read_baseline(path: &std::path::Path) -> Result<Metrics> {
 
 /// Run with the parsed command line; returns the exit status, or an error (exit 2).
 pub fn run(cli: &Cli) -> Result<u8> {
-    if let Some(t) = cli.threshold {
-        if !t.is_finite() {
-            bail!("--threshold {t} is not a number");
-        }
+    if !(cli.log_every.is_finite() && cli.log_every >= 0.0) {
+        bail!("--log-every {} must be a non-negative number of seconds", cli.log_every);
     }
     if !(cli.tolerance.is_finite() && cli.tolerance >= 0.0) {
         bail!("--tolerance {} must be a non-negative number", cli.tolerance);
@@ -101,7 +87,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
             info.classes.len()
         );
     }
-    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
+    let decision = decision(cli, &info)?;
     let batch = batch_size(cli, &head, &info)?;
     // Loading ONNX Runtime (tens of ms) and building the session run while the first batches
     // decode.
@@ -115,8 +101,8 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 cli.model.display()
             );
         }
-        say!(
-            "cls-infer: {} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
+        tracing::info!(
+            "{} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
             files.len(),
             if shard.is_whole() {
                 String::new()
@@ -130,8 +116,10 @@ pub fn run(cli: &Cli) -> Result<u8> {
     // Ground truth and baseline, before any work; the ground truth must name some of the images.
     let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
     // Resolved once, for matching the ground truth before tagging and for its report after.
-    let all: HashSet<PathBuf> =
-        if truth.is_some() { listing.images.iter().map(|f| resolve(&f.path)).collect() } else { HashSet::new() };
+    let all: HashSet<OsString> = match &truth {
+        Some(t) => listing.images.iter().map(|f| t.key_of(&f.path)).collect(),
+        None => HashSet::new(),
+    };
     if let Some(t) = &truth {
         if t.entries_in(&all) == 0 {
             bail!(
@@ -146,19 +134,14 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let mut out = output::open(cli.out.as_deref())?;
     let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
     let mut n_errors = 0usize;
-    let mut report =
-        |path: &str, reason: &str, errors_out: &mut Option<Output>, bar: Option<&ProgressBar>| -> Result<()> {
-            n_errors += 1;
-            let msg = format!("cls-infer: skipped {path}: {reason}");
-            match bar {
-                Some(b) => b.suspend(|| say!("{msg}")),
-                None => say!("{msg}"),
-            }
-            errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
-        };
+    let mut report = |path: &str, reason: &str, errors_out: &mut Option<Output>| -> Result<()> {
+        n_errors += 1;
+        tracing::warn!("skipped {path}: {reason}");
+        errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
+    };
     if shard.index == 0 {
         for p in &listing.problems {
-            report(&p.path, &p.reason, &mut errors_out, None)?;
+            report(&p.path, &p.reason, &mut errors_out)?;
         }
     }
     let pre = Preprocess {
@@ -170,43 +153,42 @@ pub fn run(cli: &Cli) -> Result<u8> {
     };
     let plan =
         Plan { pre: &pre, batch, decode_threads: threads, num_classes: info.classes.len(), pad_to: head.fixed_batch };
-    let top_k = cli.top_k.map(|k| k as usize);
     let mut tagger = Tagger::new(&info.classes);
-    let (mut gt_rows, mut gt_scores, mut no_truth) = (Vec::new(), Vec::<f32>::new(), 0usize);
-    let bar = progress(files.len());
+    let mut scored = Scored::default();
+    let mut bar = Progress::start(Some(files.len() as u64), Duration::from_secs_f64(cli.log_every));
     let started = Instant::now();
     let mut tagged = 0usize;
     let timing = pipeline::run(files, &plan, open, |i, outcome| {
-        bar.inc(1);
+        bar.inc();
         match outcome {
             Outcome::Scores(scores) => {
                 tagged += 1;
-                out.line(tagger.line(&files[i].rel, scores, threshold, top_k))?;
+                out.line(tagger.line(&files[i].rel, scores, &decision))?;
                 if let Some(t) = &truth {
-                    match t.row_of(&resolve(&files[i].path)) {
+                    match t.row_of(&t.key_of(&files[i].path)) {
                         Some(row) => {
-                            gt_rows.push(row);
-                            gt_scores.extend_from_slice(scores);
+                            scored.rows.push(row);
+                            scored.scores.extend_from_slice(scores);
                         }
-                        None => no_truth += 1,
+                        None => scored.no_truth += 1,
                     }
                 }
                 Ok(())
             }
-            Outcome::Failed(reason) => report(&files[i].rel, reason, &mut errors_out, Some(&bar)),
+            Outcome::Failed(reason) => report(&files[i].rel, reason, &mut errors_out),
         }
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     out.finish()?;
     if let Some(e) = errors_out {
         e.finish()?;
     }
     let secs = started.elapsed().as_secs_f64();
-    say!(
-        "cls-infer: tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)\ncls-infer: {}",
-        tagged as f64 / secs.max(1e-9),
-        timing.summary()
+    tracing::info!(
+        "tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)",
+        tagged as f64 / secs.max(1e-9)
     );
+    tracing::info!("{}", timing.summary());
     if tagged == 0 && !files.is_empty() {
         bail!("none of the {} images could be read (the reasons are above)", files.len());
     }
@@ -216,21 +198,18 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if let Some(t) = &truth {
         let orphans = t.entries_without_image(&all);
         if !orphans.is_empty() {
-            say!(
-                "cls-infer: {} ground-truth entries have no image under {}: {}",
+            tracing::info!(
+                "{} ground-truth entries have no image under {}: {}",
                 orphans.len(),
                 cli.images.display(),
                 preview(&orphans)
             );
         }
-        if gt_rows.is_empty() && !shard.is_whole() {
+        if scored.rows.is_empty() && !shard.is_whole() {
             // Normal in an array job over a folder that is only partly labelled.
-            say!("cls-infer: none of this shard's images is in the ground truth: no metrics for it (all shards' outputs together: --from-tags)");
-        } else {
-            let scored = Scored { rows: gt_rows, scores: gt_scores, no_truth };
-            if score_and_compare(cli, t, baseline.as_ref(), info.classes.len(), threshold, scored)? {
-                status = EXIT_REGRESSION;
-            }
+            tracing::info!("none of this shard's images is in the ground truth: no metrics for it (all shards' outputs together: --from-tags)");
+        } else if score(cli, t, baseline.as_ref(), &info.classes, &decision, scored)? {
+            status = EXIT_REGRESSION;
         }
     }
     Ok(status)
@@ -248,6 +227,8 @@ fn check_outputs(cli: &Cli) -> Result<()> {
     inputs.extend(cli.ground_truth.as_deref().map(|p| ("--ground-truth", p)));
     inputs.extend(cli.baseline.as_deref().map(|p| ("--baseline", p)));
     inputs.extend(cli.classes.as_deref().map(|p| ("--classes", p)));
+    inputs.extend(cli.gt_classes.as_deref().map(|p| ("--gt-classes", p)));
+    inputs.extend(cli.thresholds.as_deref().map(|p| ("--thresholds", p)));
     inputs.extend(cli.from_tags.iter().map(|p| ("--from-tags", p.as_path())));
     fsio::refuse_overlap(&outputs, &inputs)?;
     for (flag, p) in &outputs {
@@ -274,13 +255,13 @@ fn batch_size(cli: &Cli, head: &model::Head, info: &ModelInfo) -> Result<usize> 
             );
         }
         if fixed != batch {
-            say!("cls-infer: note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
+            tracing::info!("note: the model's batch size is fixed at {fixed}; using it instead of --batch {batch}");
         }
         return Ok(fixed);
     }
     if batch > fit {
-        say!(
-            "cls-infer: note: a batch of {batch} images of {}x{} would take more than {} MiB; using batches of {fit}",
+        tracing::info!(
+            "note: a batch of {batch} images of {}x{} would take more than {} MiB; using batches of {fit}",
             info.height,
             info.width,
             pipeline::MAX_BATCH_BYTES >> 20
@@ -299,73 +280,51 @@ fn model_info(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>)
     let info = model::describe(|k| head.metadata.get(k).cloned(), classes, size)
         .with_context(|| format!("--model {}", cli.model.display()))?;
     for note in &info.notes {
-        say!("cls-infer: note: {note}");
+        tracing::info!("note: {note}");
     }
     Ok((head, info))
 }
 
-/// `--ground-truth` mapped onto the model's classes (notes printed) and `--baseline`, each if given.
-fn truth_and_baseline(cli: &Cli, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
-    let truth = cli.ground_truth.as_deref().map(|gt| Truth::load(gt, &cli.images, classes)).transpose()?;
-    for note in truth.iter().flat_map(|t| &t.notes) {
-        say!("cls-infer: note: {note}");
-    }
-    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
-    Ok((truth, baseline))
+/// The decision rule from the model and the flags, said on stderr.
+fn decision(cli: &Cli, info: &ModelInfo) -> Result<Decision> {
+    let d = Decision::resolve(
+        &info.classes,
+        info.threshold,
+        info.thresholds.as_deref(),
+        cli.threshold,
+        cli.thresholds.as_deref(),
+        cli.min_labels as usize,
+        cli.top_k.map(|k| k as usize),
+    )?;
+    tracing::info!("thresholds: {}", d.source);
+    Ok(d)
 }
 
-/// Scores of the tagged images that have ground truth: `rows` index the ground truth, `scores`
-/// holds one row of class probabilities per entry of `rows`.
-struct Scored {
-    rows: Vec<usize>,
-    scores: Vec<f32>,
-    /// Tagged images without ground truth.
-    no_truth: usize,
-}
-
-/// Compute the metrics (table on stderr, `--metrics-out`) and compare with `--baseline`.
-/// Returns whether a metric regressed.
-fn score_and_compare(
+/// [`score_and_compare`] with the run's flags.
+fn score(
     cli: &Cli,
     truth: &Truth,
     baseline: Option<&Metrics>,
-    n_classes: usize,
-    threshold: f64,
+    classes: &[String],
+    decision: &Decision,
     scored: Scored,
 ) -> Result<bool> {
-    if scored.no_truth > 0 {
-        say!("cls-infer: {} tagged images have no ground truth (left out of the metrics)", scored.no_truth);
+    let gt = cli.ground_truth.as_deref().unwrap_or(Path::new(""));
+    score_and_compare(gt, cli.metrics_out.as_deref(), truth, baseline, cli.tolerance, classes, decision, scored)
+}
+
+/// `--ground-truth` mapped onto the model's classes (notes printed) and `--baseline`, each if given.
+fn truth_and_baseline(cli: &Cli, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
+    let truth = cli
+        .ground_truth
+        .as_deref()
+        .map(|gt| Truth::load(gt, &cli.images, cli.gt_classes.as_deref(), classes))
+        .transpose()?;
+    for note in truth.iter().flat_map(|t| &t.notes) {
+        tracing::info!("note: {note}");
     }
-    if scored.rows.is_empty() {
-        bail!(
-            "none of the tagged images is in the ground truth {}: no metrics",
-            cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-        );
-    }
-    let scores = Array2::from_shape_vec((scored.rows.len(), n_classes), scored.scores)?;
-    let targets = truth.targets.select(ndarray::Axis(0), &scored.rows);
-    let metrics = evaluate(scores.view(), targets.view(), threshold).context("cannot compute the metrics")?;
-    say!("{}", metrics.table().trim_end_matches('\n'));
-    if let Some(path) = &cli.metrics_out {
-        write_file(path, &serde_json::to_string_pretty(&metrics)?)?;
-    }
-    let Some(base) = baseline else { return Ok(false) };
-    let dropped = regressions(base, &metrics, cli.tolerance);
-    say!("{}", comparison_table(base, &metrics).trim_end_matches('\n'));
-    if dropped.is_empty() {
-        say!("cls-infer: no metric dropped by more than {} against the baseline", cli.tolerance);
-    }
-    for r in &dropped {
-        say!(
-            "cls-infer: REGRESSION {}: {:.4} -> {:.4} ({:+.4}, tolerance {})",
-            r.metric,
-            r.old,
-            r.new,
-            r.diff,
-            cli.tolerance
-        );
-    }
-    Ok(!dropped.is_empty())
+    let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
+    Ok((truth, baseline))
 }
 
 /// `--from-tags`: the metrics of tag files cls-infer wrote earlier (one per shard of an array
@@ -373,12 +332,12 @@ fn score_and_compare(
 /// the model gives the class order and the default threshold.
 fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<u8> {
     let (_, info) = model_info(cli, classes, size)?;
-    let threshold = cli.threshold.or(info.threshold).unwrap_or(0.5);
+    let decision = decision(cli, &info)?;
     let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
     let truth = truth.context("--from-tags needs --ground-truth")?;
     let mut scored = Scored { rows: Vec::new(), scores: Vec::new(), no_truth: 0 };
     // Where each image was tagged, to refuse an image tagged twice (overlapping shards).
-    let mut seen: HashMap<PathBuf, (usize, usize)> = HashMap::new();
+    let mut seen: HashMap<OsString, (usize, usize)> = HashMap::new();
     let place = |f: usize, n: usize| format!("{} line {}", cli.from_tags[f].display(), n + 1);
     for (f, file) in cli.from_tags.iter().enumerate() {
         // Streamed: the tags of a huge folder need not fit in memory.
@@ -393,9 +352,9 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
             let (image, row) =
                 parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
             // Names are written escaped (walk::escape): back to the file's own bytes.
-            let path = resolve(&cli.images.join(walk::unescape(&image)));
-            let row_in_truth = truth.row_of(&path);
-            if let Some((f0, n0)) = seen.insert(path, (f, n)) {
+            let key = truth.key_of(&cli.images.join(walk::unescape(&image)));
+            let row_in_truth = truth.row_of(&key);
+            if let Some((f0, n0)) = seen.insert(key, (f, n)) {
                 bail!("--from-tags: {image} is tagged twice, in {} and in {}", place(f0, n0), place(f, n));
             }
             match row_in_truth {
@@ -407,17 +366,13 @@ fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32
             }
         }
     }
-    say!("cls-infer: read {} tagged images from {} files", seen.len(), cli.from_tags.len());
-    let present: HashSet<PathBuf> = seen.into_keys().collect();
+    tracing::info!("read {} tagged images from {} files", seen.len(), cli.from_tags.len());
+    let present: HashSet<OsString> = seen.into_keys().collect();
     let orphans = truth.entries_without_image(&present);
     if !orphans.is_empty() {
-        say!("cls-infer: {} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
+        tracing::info!("{} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
     }
-    Ok(if score_and_compare(cli, &truth, baseline.as_ref(), info.classes.len(), threshold, scored)? {
-        EXIT_REGRESSION
-    } else {
-        EXIT_OK
-    })
+    Ok(if score(cli, &truth, baseline.as_ref(), &info.classes, &decision, scored)? { EXIT_REGRESSION } else { EXIT_OK })
 }
 
 /// One line of cls-infer's output: the image's path and its scores in `classes` order.
