@@ -7,8 +7,13 @@
 //! Decisions:
 //! - Alpha is dropped, not composited (RGBA → RGB keeps the colour channels as stored, as PIL's
 //!   `convert("RGB")` does). 16-bit images are scaled to 8 bits; grayscale is replicated to
-//!   three channels; CMYK JPEGs are converted by the decoder. EXIF orientation is not applied
-//!   (PIL's `open().convert("RGB")` does not either).
+//!   three channels; CMYK JPEGs are converted by the decoder.
+//! - EXIF orientation (JPEG, PNG, WebP, TIFF) is applied by [`decode_and_squish`] (and so by
+//!   [`Preprocess`] unless `exif_orientation` is off), the one function training and tagging both
+//!   call: a photo taken sideways is seen upright, as every viewer shows it (what PIL's
+//!   `ImageOps.exif_transpose` does). It is applied to the squished image (a 90° orientation
+//!   squishes to the transposed size first), so it costs next to nothing. [`decode_file`] and
+//!   [`decode_rgb8`] return the pixels as stored.
 //! - Image size is checked from the header before any pixel buffer is allocated: more than
 //!   `max_pixels` pixels is [`ImageError::TooLarge`] (default: PIL's decompression-bomb limit).
 //! - Only regular files are read (a FIFO would block, a device never end); a file larger than any
@@ -24,6 +29,7 @@
 //!   (antialiased), like PIL's `resize(..., BILINEAR)`.
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
 use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::cell::RefCell;
 use std::fs::File;
@@ -101,13 +107,72 @@ pub fn parse_size(text: &str, max_side: u32) -> anyhow::Result<(u32, u32)> {
 /// Decode an encoded image held in memory to RGB8, refusing more than `max_pixels` pixels
 /// before decoding them.
 pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
-    decode_named(bytes, max_pixels, Path::new("<memory>"))
+    decode_named(bytes, max_pixels, Path::new("<memory>")).map(|(img, _)| img)
 }
 
 /// Read and decode an image file to RGB8 (see [`decode_rgb8`]), within the process's
-/// [`decode_budget`] while decoding.
+/// [`decode_budget`] while decoding. The pixels as stored: EXIF orientation is not applied.
 pub fn decode_file(path: impl AsRef<Path>, max_pixels: u64) -> Result<RgbImage, ImageError> {
-    decode_file_held(path.as_ref(), max_pixels).map(|(img, _held)| img)
+    decode_file_held(path.as_ref(), max_pixels).map(|(img, _, _held)| img)
+}
+
+/// The one way both binaries turn an image file into pixels: decode (within the
+/// [`decode_budget`], refusing more than `max_pixels`), squish to `width × height`, and, when
+/// `exif_orientation`, turn it upright as its EXIF orientation says. The trainer's cache and
+/// cls-infer both call this (cls-infer through [`Preprocess`]).
+pub fn decode_and_squish(
+    path: impl AsRef<Path>,
+    max_pixels: u64,
+    width: u32,
+    height: u32,
+    exif_orientation: bool,
+) -> Result<RgbImage, ImageError> {
+    let path = path.as_ref();
+    let (img, orientation, _held) = decode_file_held(path, max_pixels)?;
+    upright_squish(&img, orientation, exif_orientation, width, height, path)
+}
+
+/// [`decode_and_squish`] for an image held in memory (a tar member; `name` for messages).
+pub fn decode_bytes_and_squish(
+    bytes: &[u8],
+    name: &Path,
+    max_pixels: u64,
+    width: u32,
+    height: u32,
+    exif_orientation: bool,
+) -> Result<RgbImage, ImageError> {
+    let (img, orientation, _held) = decode_bytes_held(bytes, max_pixels, name)?;
+    upright_squish(&img, orientation, exif_orientation, width, height, name)
+}
+
+/// Whether an orientation swaps width and height.
+fn transposes(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    )
+}
+
+/// Squish `img` (as stored) so that, turned by `orientation` (when `apply`), it is
+/// `width × height`, and turn it.
+fn upright_squish(
+    img: &RgbImage,
+    orientation: Orientation,
+    apply: bool,
+    width: u32,
+    height: u32,
+    path: &Path,
+) -> Result<RgbImage, ImageError> {
+    let orientation = if apply { orientation } else { Orientation::NoTransforms };
+    let (w, h) = if transposes(orientation) { (height, width) } else { (width, height) };
+    let small = try_squish(img, w, h)
+        .map_err(|e| ImageError::Decode { path: path.to_path_buf(), msg: format!("cannot resize: {e}") })?;
+    if orientation == Orientation::NoTransforms {
+        return Ok(small);
+    }
+    let mut turned = DynamicImage::ImageRgb8(small);
+    turned.apply_orientation(orientation);
+    Ok(turned.into_rgb8())
 }
 
 /// The file extensions of the formats this build of the `image` crate decodes (lower case).
@@ -301,9 +366,9 @@ fn limits(max_pixels: u64) -> Limits {
     limits
 }
 
-/// [`decode_file`], also returning the budget reservation that covers the image (hold it while
-/// the image is processed further, e.g. resized).
-fn decode_file_held(path: &Path, max_pixels: u64) -> Result<(RgbImage, Reservation<'static>), ImageError> {
+/// [`decode_file`], also returning the image's EXIF orientation and the budget reservation that
+/// covers the image (hold it while the image is processed further, e.g. resized).
+fn decode_file_held(path: &Path, max_pixels: u64) -> Result<(RgbImage, Orientation, Reservation<'static>), ImageError> {
     let p = || path.to_path_buf();
     let io = |source| ImageError::Io { path: p(), source };
     let (file, len) = open_regular(path)?;
@@ -342,8 +407,8 @@ fn decode_file_held(path: &Path, max_pixels: u64) -> Result<(RgbImage, Reservati
         let mut bytes = Vec::new();
         bytes.try_reserve_exact(len as usize).map_err(|e| ImageError::Decode { path: p(), msg: e.to_string() })?;
         reader.read_to_end(&mut bytes).map_err(io)?;
-        let img = decode_named(&bytes, max_pixels, path)?;
-        return Ok((img, held));
+        let (img, orientation) = decode_named(&bytes, max_pixels, path)?;
+        return Ok((img, orientation, held));
     }
     // Other formats decode straight from the file: the header first, then what it announces.
     let mut image_reader = ImageReader::with_format(reader, format);
@@ -356,19 +421,49 @@ fn decode_file_held(path: &Path, max_pixels: u64) -> Result<(RgbImage, Reservati
         }),
         e => from_image_error(e, path),
     };
-    let decoder = image_reader.into_decoder().map_err(refused)?;
+    let mut decoder = image_reader.into_decoder().map_err(refused)?;
     let (w, h) = decoder.dimensions();
     check_size(w, h, max_pixels, path)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let px = w as u64 * h as u64;
     let rgb_copy = if decoder.color_type() == ColorType::Rgb8 { 0 } else { px.saturating_mul(3) };
     // The pixels, as much again for the decoder's own buffers, the RGB copy, and the file's
     // bytes for formats whose decoders read whole chunks (WebP).
     let held = budget.reserve(len.saturating_add(decoder.total_bytes().saturating_mul(2)).saturating_add(rgb_copy));
     let img = DynamicImage::from_decoder(decoder).map_err(refused)?;
-    Ok((img.into_rgb8(), held))
+    Ok((img.into_rgb8(), orientation, held))
 }
 
-fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<RgbImage, ImageError> {
+/// Decode an encoded image held in memory (`name` for messages, e.g. a tar member), within the
+/// process's [`decode_budget`] like a file: the encoded bytes are the caller's, the pixels are
+/// reserved from the header before they are allocated.
+fn decode_bytes_held(
+    bytes: &[u8],
+    max_pixels: u64,
+    name: &Path,
+) -> Result<(RgbImage, Orientation, Reservation<'static>), ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty { path: name.to_path_buf() });
+    }
+    // The header alone (without limits: the size is checked here), then what it announces: the
+    // pixels, the decoder's working memory, the RGB copy.
+    let dims = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|mut r| {
+        r.no_limits();
+        r.into_dimensions().ok()
+    });
+    let need = match dims {
+        Some((w, h)) => {
+            check_size(w, h, max_pixels, name)?;
+            (w as u64 * h as u64).saturating_mul(12)
+        }
+        None => 0, // not decodable: `decode_named` says why
+    };
+    let held = decode_budget().reserve(need);
+    let (img, orientation) = decode_named(bytes, max_pixels, name)?;
+    Ok((img, orientation, held))
+}
+
+fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<(RgbImage, Orientation), ImageError> {
     let p = || path.to_path_buf();
     if bytes.is_empty() {
         return Err(ImageError::Empty { path: p() });
@@ -396,11 +491,12 @@ fn decode_named(bytes: &[u8], max_pixels: u64, path: &Path) -> Result<RgbImage, 
         }),
         e => from_image_error(e, path),
     };
-    let decoder = reader.into_decoder().map_err(refused)?;
+    let mut decoder = reader.into_decoder().map_err(refused)?;
     let (w, h) = decoder.dimensions();
     check_size(w, h, max_pixels, path)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(refused)?;
-    Ok(img.into_rgb8())
+    Ok((img.into_rgb8(), orientation))
 }
 
 /// Whether a JPEG has an end-of-image marker (FF D9) after the start of its last scan
@@ -537,7 +633,8 @@ pub fn crop_flip_normalize(
     }
 }
 
-/// The evaluation-time preprocessing of a model: target size, normalisation, size limit.
+/// The evaluation-time preprocessing of a model: target size, normalisation, size limit, EXIF
+/// orientation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
     pub height: u32,
@@ -545,12 +642,21 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub max_pixels: u64,
+    /// Turn images upright as their EXIF orientation says (see [`decode_and_squish`]).
+    pub exif_orientation: bool,
 }
 
 impl Preprocess {
-    /// `height × width` with ImageNet mean/std and PIL's pixel limit.
+    /// `height × width` with ImageNet mean/std, PIL's pixel limit and EXIF orientation applied.
     pub fn imagenet(height: u32, width: u32) -> Self {
-        Preprocess { height, width, mean: IMAGENET_MEAN, std: IMAGENET_STD, max_pixels: DEFAULT_MAX_PIXELS }
+        Preprocess {
+            height,
+            width,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            exif_orientation: true,
+        }
     }
 
     /// Number of `f32` in one image's tensor: `3 · height · width`.
@@ -558,12 +664,17 @@ impl Preprocess {
         3 * self.height as usize * self.width as usize
     }
 
-    /// Decode and squish to `width × height` (within the [`decode_budget`] until resized).
+    /// Decode, squish to `width × height` and turn upright ([`decode_and_squish`]).
     pub fn load_rgb(&self, path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
-        let path = path.as_ref();
-        let (img, _held) = decode_file_held(path, self.max_pixels)?;
-        try_squish(&img, self.width, self.height)
-            .map_err(|e| ImageError::Decode { path: path.to_path_buf(), msg: format!("cannot resize: {e}") })
+        decode_and_squish(path, self.max_pixels, self.width, self.height, self.exif_orientation)
+    }
+
+    /// [`Self::load_into`] for an image held in memory (`name` for messages).
+    pub fn load_bytes_into(&self, bytes: &[u8], name: &Path, out: &mut [f32]) -> Result<(), ImageError> {
+        let img =
+            decode_bytes_and_squish(bytes, name, self.max_pixels, self.width, self.height, self.exif_orientation)?;
+        normalize_into(&img, self.mean, self.std, out);
+        Ok(())
     }
 
     /// Decode, squish and normalise: a CHW tensor of [`Self::tensor_len`] values.

@@ -393,3 +393,77 @@ fn the_memory_budget_bounds_what_is_held_at_once() {
     assert!(peak > 70, "the budget was shared ({peak})");
     assert_eq!(budget.in_use(), 0);
 }
+
+/// A JPEG of `img` whose EXIF (an APP1 segment right after SOI) says `orientation` (1 to 8).
+fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
+    let jpeg = {
+        let mut buf = Cursor::new(Vec::new());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95).encode_image(img).unwrap();
+        buf.into_inner()
+    };
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    exif.extend([0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1]);
+    exif.extend(orientation.to_be_bytes());
+    exif.extend([0, 0, 0, 0, 0, 0]);
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xff, 0xe1]);
+    out.extend(((exif.len() + 2) as u16).to_be_bytes());
+    out.extend(exif);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_turns_every_photo_upright() {
+    use cls_core::preprocess::{decode_and_squish, decode_bytes_and_squish};
+    use image::metadata::Orientation;
+    use std::path::Path;
+    // Four quadrants of different colours, 32 wide and 16 high (whole JPEG blocks): every
+    // orientation gives a different picture.
+    let upright = RgbImage::from_fn(32, 16, |x, y| match (x < 16, y < 8) {
+        (true, true) => Rgb([230, 20, 20]),
+        (false, true) => Rgb([20, 230, 20]),
+        (true, false) => Rgb([20, 20, 230]),
+        (false, false) => Rgb([230, 230, 20]),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("upright.jpg");
+    std::fs::write(&plain, jpeg_with_orientation(&upright, 1)).unwrap();
+    let want = decode_and_squish(&plain, MAX, 8, 4, true).unwrap();
+    for value in 1..=8u8 {
+        let o = Orientation::from_exif(value).unwrap();
+        // Stored so that turning it by `o` shows the upright picture.
+        let inverse = match o {
+            Orientation::Rotate90 => Orientation::Rotate270,
+            Orientation::Rotate270 => Orientation::Rotate90,
+            other => other,
+        };
+        let mut stored = DynamicImage::ImageRgb8(upright.clone());
+        stored.apply_orientation(inverse);
+        let bytes = jpeg_with_orientation(&stored.to_rgb8(), value as u16);
+        let file = dir.path().join(format!("o{value}.jpg"));
+        std::fs::write(&file, &bytes).unwrap();
+        let got = decode_and_squish(&file, MAX, 8, 4, true).unwrap();
+        assert_eq!(got.dimensions(), (8, 4), "orientation {value}");
+        assert!(
+            close(got.as_raw(), want.as_raw(), 6),
+            "orientation {value}: {:?} vs {:?}",
+            got.as_raw(),
+            want.as_raw()
+        );
+        // From memory (a tar member) the same.
+        let mem = decode_bytes_and_squish(&bytes, Path::new("o.jpg"), MAX, 8, 4, true).unwrap();
+        assert_eq!(mem, got, "orientation {value}");
+        // Off: the pixels as stored, squished.
+        let raw = decode_and_squish(&file, MAX, 8, 4, false).unwrap();
+        let stored_squished = squish(&decode_file(&file, MAX).unwrap(), 8, 4);
+        assert_eq!(raw, stored_squished, "orientation {value}");
+        if value != 1 {
+            assert!(!close(raw.as_raw(), want.as_raw(), 6), "orientation {value} changes the picture");
+        }
+        // Preprocess applies it by default.
+        let pre = Preprocess { width: 8, height: 4, ..Preprocess::imagenet(4, 8) };
+        assert!(pre.exif_orientation);
+        assert_eq!(pre.load_rgb(&file).unwrap(), got);
+    }
+}
