@@ -362,3 +362,8 @@ pub fn save_config(cfg: &crate::config::TrainConfig, run_dir: &Path) -> Result<b
     write_atomic(&path, text.as_bytes())?;
     Ok(true)
 }
+
+/// The weights of `peer` after `epoch` (1-based), kept with `--keep-epochs`.
+pub fn epoch_file(run_dir: &Path, epoch: usize, peer: usize) -> PathBuf {
+    run_dir.join("epochs").join(format!("epoch-{epoch:03}-peer{peer}.safetensors"))
+}

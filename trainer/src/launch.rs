@@ -16,7 +16,7 @@ use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 use crate::rundir::{self, RunLock};
 use crate::setup::{self, Setup};
-use crate::{plots, runlog, train};
+use crate::{plots, runlog, summary, train};
 
 /// The options `--resume` accepts again (README: "--epochs, --stop-after, --device and --threads
 /// may be given again").
@@ -83,10 +83,32 @@ pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
         return Err(e);
     }
     eprintln!("run folder: {}", run_dir.display());
-    let r = train::run(&cfg, &run_dir, s, RunState::default());
+    let r = train_and_finish(&cfg, &run_dir, s, RunState::default());
     finish_process(&run_dir, r)?;
     drop(lock);
     Ok(run_dir)
+}
+
+/// The epoch loop (plots after every epoch), then, once every epoch is done, the summary and the
+/// export of the better peer to `RUN_DIR/model.onnx`.
+fn train_and_finish(cfg: &TrainConfig, run_dir: &Path, s: Setup, state: RunState) -> Result<()> {
+    let mut plot = |dir: &Path| plots::write_run_plots(dir).context("writing plots");
+    let Some(t) = train::run(cfg, run_dir, s, state, &mut plot)? else { return Ok(()) };
+    let mut peers = t.peers;
+    summary::finish(
+        cfg,
+        run_dir,
+        &t.arch,
+        &t.data,
+        &mut peers,
+        &t.state,
+        &t.val_inputs,
+        t.test_inputs.as_ref(),
+        t.head_only,
+        &t.devices,
+        &run_dir.join("model.onnx"),
+        &summary::Weights::Best,
+    )
 }
 
 /// After a failed run: remove what the failure left (the lock is still held, so every temporary
@@ -199,7 +221,7 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
     cfg.run_dir = Some(run_dir.to_path_buf());
     checkpoint::save_config(&cfg, run_dir)?;
     eprintln!("resuming {} after epoch {}", run_dir.display(), state.epochs_done);
-    let r = train::run(&cfg, run_dir, s, state);
+    let r = train_and_finish(&cfg, run_dir, s, state);
     finish_process(run_dir, r)?;
     drop(lock);
     Ok(())

@@ -10,6 +10,7 @@ pub mod inputs;
 pub mod launch;
 pub mod methods;
 pub mod optim;
+pub mod peer;
 pub mod plots;
 pub mod report;
 pub mod rundir;

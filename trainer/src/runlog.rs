@@ -62,7 +62,7 @@ pub fn text(log: &[EpochLog]) -> Result<String> {
 
 /// Replace `metrics.jsonl` by these lines, atomically.
 pub fn write(run_dir: &Path, log: &[EpochLog]) -> Result<()> {
-    crate::checkpoint::write_atomic(&path(run_dir), text(log)?.as_bytes())
+    cls_core::fsio::write_atomic(&path(run_dir), text(log)?.as_bytes())
 }
 
 /// Make `metrics.jsonl` hold exactly `log` (the checkpoint's lines); returns whether it had to
@@ -73,7 +73,7 @@ pub fn reconcile(run_dir: &Path, log: &[EpochLog]) -> Result<bool> {
     if have == want.as_bytes() {
         return Ok(false);
     }
-    crate::checkpoint::write_atomic(&path(run_dir), want.as_bytes())?;
+    cls_core::fsio::write_atomic(&path(run_dir), want.as_bytes())?;
     Ok(true)
 }
 

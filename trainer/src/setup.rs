@@ -14,7 +14,7 @@ use crate::data::{self, RunData};
 use crate::inputs::{self, Inputs};
 use crate::methods::{self, Method, MethodConfig};
 use crate::optim::Adam;
-use crate::train::Peer;
+use crate::peer::Peer;
 
 pub struct Setup {
     /// Where losses are computed (the first peer's device).

@@ -93,7 +93,7 @@ impl Weights {
             Weights::Last => {
                 checkpoint::latest(run_dir).context("no checkpoint")?.join(format!("peer{peer}.safetensors"))
             }
-            Weights::Epoch(e) => epoch_file(run_dir, *e, peer),
+            Weights::Epoch(e) => checkpoint::epoch_file(run_dir, *e, peer),
         };
         if !f.is_file() {
             let kept: Vec<String> = std::fs::read_dir(run_dir.join("epochs"))
@@ -107,11 +107,6 @@ impl Weights {
         }
         Ok(f)
     }
-}
-
-/// The weights of `peer` after `epoch` (1-based), kept with `--keep-epochs`.
-pub fn epoch_file(run_dir: &Path, epoch: usize, peer: usize) -> PathBuf {
-    run_dir.join("epochs").join(format!("epoch-{epoch:03}-peer{peer}.safetensors"))
 }
 
 /// Which peer had the higher validation mAP at its best epoch.

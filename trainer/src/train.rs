@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use cls_core::metrics::{self, Metrics};
-use cls_models::Net;
+use cls_models::Arch;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -14,24 +14,18 @@ use rand_chacha::ChaCha8Rng;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, RunState};
 use crate::config::{eval_batch, TrainConfig, EVAL_BATCH};
+use crate::data::RunData;
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
-use crate::optim::Adam;
+pub use crate::peer::Peer;
+use crate::runlog;
 pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
 use crate::setup::Setup;
-use crate::{plots, runlog, summary};
-
-/// One network with its parameters and optimizer.
-pub struct Peer {
-    pub vs: nn::VarStore,
-    pub net: Net,
-    pub adam: Adam,
-}
 
 /// Cosine decay from `lr` to 0 over `total` steps.
 pub fn cosine_lr(lr: f64, step: usize, total: usize) -> f64 {
@@ -46,9 +40,29 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
     r
 }
 
+/// What a run that completed all its epochs hands on to the summary and export.
+pub struct Trained {
+    pub arch: Arch,
+    pub data: RunData,
+    pub peers: Vec<Peer>,
+    pub state: RunState,
+    pub val_inputs: Inputs,
+    pub test_inputs: Option<Inputs>,
+    pub head_only: bool,
+    pub devices: Vec<Device>,
+}
+
 /// Train the run in `run_dir` from `state`: a new run's empty state, or the state of the
 /// checkpoint that `s` was restored from (see `launch`). The caller holds the folder's lock.
-pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> Result<()> {
+/// `after_epoch` runs after each epoch's checkpoint (the caller draws the plots). Returns the
+/// trained peers when the run completed all its epochs, `None` when it stopped early.
+pub fn run(
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    s: Setup,
+    mut state: RunState,
+    after_epoch: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<Option<Trained>> {
     let Setup {
         device,
         devices,
@@ -170,7 +184,10 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> 
             let dir = run_dir.join("epochs");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (k, p) in peers.iter().enumerate() {
-                checkpoint::save_tensors(&summary::epoch_file(run_dir, epoch + 1, k), &checkpoint::named_vars(&p.vs))?;
+                checkpoint::save_tensors(
+                    &checkpoint::epoch_file(run_dir, epoch + 1, k),
+                    &checkpoint::named_vars(&p.vs),
+                )?;
             }
         }
         // The epoch's line is part of the checkpoint; metrics.jsonl and the best weights outside
@@ -191,7 +208,7 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> 
         runlog::write(run_dir, &state.log)?;
         checkpoint::publish_best(run_dir, improved)?;
         print_epoch(&log, cfg.epochs);
-        plots::write_run_plots(run_dir).context("writing plots")?;
+        after_epoch(run_dir)?;
     }
 
     if state.epochs_done < cfg.epochs {
@@ -201,24 +218,9 @@ pub fn run(cfg: &TrainConfig, run_dir: &Path, s: Setup, mut state: RunState) -> 
             cfg.epochs,
             run_dir.display()
         );
-        return Ok(());
+        return Ok(None);
     }
-    let model = run_dir.join("model.onnx");
-    summary::finish(
-        cfg,
-        run_dir,
-        &arch,
-        &data,
-        &mut peers,
-        &state,
-        &val_inputs,
-        test_inputs.as_ref(),
-        head_only,
-        &devices,
-        &model,
-        &summary::Weights::Best,
-    )?;
-    Ok(())
+    Ok(Some(Trained { arch, data, peers, state, val_inputs, test_inputs, head_only, devices }))
 }
 
 /// One optimisation step of every peer on the batch `x` (Algorithm 1, steps 1–6): forward
