@@ -1,7 +1,7 @@
 //! Both binaries run straight from the build folder (RUNPATH, library lookup) and document
 //! their interface; a bad flag is a usage error (exit 2), not a panic.
 
-use cls_tests::bin;
+use cls_tests::{bin, fails_cleanly, output_within, RUN_LIMIT};
 use std::process::Command;
 
 #[test]
@@ -29,4 +29,95 @@ fn binaries_print_help_with_their_main_flags() {
     }
     let out = Command::new(bin("cls-train")).args(["export", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--checkpoint"));
+}
+
+/// `--version` names the commit the binary was built from and the runtime it uses.
+#[test]
+fn versions_name_the_commit_and_the_runtime() {
+    let text = |name: &str| {
+        let out = output_within(Command::new(bin(name)).arg("--version"), RUN_LIMIT);
+        assert!(out.status.success(), "{name} --version");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let train = text("cls-train");
+    assert!(train.contains("commit ") && train.contains("libtorch 2.11"), "{train}");
+    let infer = text("cls-infer");
+    assert!(infer.contains("commit ") && infer.contains("ONNX Runtime: 1."), "{infer}");
+}
+
+/// Completion scripts that bash really loads, and man pages that start as roff does.
+#[test]
+fn completions_load_in_bash_and_man_pages_are_roff() {
+    for (name, args) in [("cls-train", &["completions", "bash"][..]), ("cls-infer", &["--generate", "bash"][..])] {
+        let script = output_within(Command::new(bin(name)).args(args), RUN_LIMIT);
+        assert!(script.status.success(), "{name} {args:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("completion.bash");
+        std::fs::write(&file, &script.stdout).unwrap();
+        let check = output_within(
+            Command::new("bash").arg("-c").arg(format!("source {} && complete -p {name}", file.display())),
+            RUN_LIMIT,
+        );
+        let registered = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success() && registered.contains(name), "{name}: {registered}");
+    }
+    for (name, args) in [("cls-train", &["man"][..]), ("cls-infer", &["--generate", "man"][..])] {
+        let page = output_within(Command::new(bin(name)).args(args), RUN_LIMIT);
+        let text = String::from_utf8_lossy(&page.stdout);
+        assert!(page.status.success() && text.contains(".TH") && text.contains("\\-\\-"), "{name} man page:\n{text}");
+    }
+}
+
+/// Flags with a fixed set of values fail when the command line is read (exit 2), listing the
+/// choices, before any work; errors of either binary start with its name.
+#[test]
+fn typed_flags_fail_at_parse_time_and_errors_carry_the_program_name() {
+    for (flag, value, shown) in [
+        ("--method", "cls-x", "co-teaching-plus"),
+        ("--reduction", "avg", "mean"),
+        ("--backbone", "resnet19", "efficientnet-lite0"),
+        ("--export", "both", "ensemble"),
+        ("--device", "gpu", "cuda:N"),
+        ("--tau-h", "much", "auto"),
+        ("--partial", "1.5", "single"),
+    ] {
+        let err = fails_cleanly(Command::new(bin("cls-train")).args([flag, value]), 2);
+        assert!(err.contains(value) && err.contains(shown), "{flag} {value}:\n{err}");
+    }
+    let err = fails_cleanly(
+        Command::new(bin("cls-infer")).args(["--model", "x.onnx", "--images", ".", "--device", "tpu"]),
+        2,
+    );
+    assert!(err.contains("tpu"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train")).arg("--data").arg(&missing).arg("--run-dir").arg(dir.path().join("r")),
+        1,
+    );
+    assert!(err.starts_with("cls-train: error:"), "{err}");
+    let err = fails_cleanly(Command::new(bin("cls-infer")).args(["--model"]).arg(&missing).args(["--images", "."]), 2);
+    assert!(err.lines().any(|l| l.starts_with("cls-infer: error:")), "{err}");
+}
+
+/// An unreadable image is named once in the message, not twice.
+#[test]
+fn an_unreadable_training_image_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = cls_tests::write_images(dir.path(), 8, 3, "imgs");
+    std::fs::write(dir.path().join("imgs/003.png"), b"not a png").unwrap();
+    let err = fails_cleanly(
+        Command::new(bin("cls-train"))
+            .arg("--data")
+            .arg(&manifest)
+            .args(["--backbone", "resnet18", "--resize", "32x32", "--crop", "32x32", "--epochs", "1", "--threads", "1"])
+            .args(["--batch-size", "4", "--partial", "full"])
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache")),
+        1,
+    );
+    let line = err.lines().find(|l| l.contains("003.png")).unwrap_or_else(|| panic!("no line names the file:\n{err}"));
+    assert_eq!(line.matches("003.png").count(), 1, "{line}");
 }

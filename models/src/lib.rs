@@ -51,6 +51,11 @@ pub enum Arch {
     },
 }
 
+impl Arch {
+    /// The names [`FromStr`] accepts (besides the `efficientnet_lite0` spelling), for `--backbone`.
+    pub const NAMES: [&'static str; 6] = ["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet-lite0", "mlp"];
+}
+
 impl FromStr for Arch {
     type Err = ModelError;
 

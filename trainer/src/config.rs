@@ -10,7 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::methods::{MethodConfig, Reduction};
+use crate::methods::{MethodConfig, MethodName, Reduction};
 
 /// `auto`, `cpu`, `cuda` or `cuda:N` (whether the device exists is checked when it is opened).
 fn check_device_name(flag: &str, s: &str) -> Result<()> {
@@ -19,6 +19,71 @@ fn check_device_name(flag: &str, s: &str) -> Result<()> {
         bail!("--{flag} {s}: expected auto, cpu, cuda or cuda:N");
     }
     Ok(())
+}
+
+// Parsers of the flags whose values have a shape: a typo fails when the command line is read.
+
+/// `--device`'s parser: `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn device_flag(s: &str) -> Result<String> {
+    // clap names the flag and the value; the message adds only what is expected.
+    check_device_name("device", s).map_err(|_| anyhow::anyhow!("expected auto, cpu, cuda or cuda:N"))?;
+    Ok(s.to_string())
+}
+
+fn partial_flag(s: &str) -> Result<String> {
+    s.parse::<cls_core::protocol::Partial>().map_err(|e| {
+        // clap names the flag and the value: keep what is expected.
+        let text = e.to_string();
+        anyhow::anyhow!("{}", text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest))
+    })?;
+    Ok(s.to_string())
+}
+
+fn tau_h_flag(s: &str) -> Result<String> {
+    if s != "auto" {
+        let t: f64 = s.trim().parse().map_err(|_| anyhow::anyhow!("expected a number in [0, 1] or `auto`"))?;
+        check_range("tau-h", t, 0.0, false, 1.0)?;
+    }
+    Ok(s.to_string())
+}
+
+/// `--backbone`'s parser: one of [`cls_models::Arch::NAMES`].
+pub fn backbone_flag() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(cls_models::Arch::NAMES)
+}
+
+/// Which model `cls-train` exports at the end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    /// The peer with the higher validation mAP at its best epoch.
+    #[default]
+    Better,
+    /// One graph averaging both peers' probabilities.
+    Ensemble,
+}
+
+impl Export {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Export::Better => "better",
+            Export::Ensemble => "ensemble",
+        }
+    }
+}
+
+impl std::fmt::Display for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Export {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        <Export as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| anyhow::anyhow!("--export {s}: expected better or ensemble"))
+    }
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -70,7 +135,7 @@ pub struct TrainConfig {
     // ---------------------------------------------------------------- partial labels
     /// Partial-label protocol for the training labels: 0.75 | 0.5 | 0.25 (fraction of positives
     /// left) | single | full | entry:P (every entry unknown with probability P).
-    #[arg(long, default_value = "single", help_heading = "Partial labels")]
+    #[arg(long, default_value = "single", value_parser = partial_flag, help_heading = "Partial labels")]
     pub partial: String,
     /// Let an image lose all its positives under a fractional protocol.
     #[arg(long, help_heading = "Partial labels")]
@@ -80,13 +145,12 @@ pub struct TrainConfig {
     pub observed: Option<PathBuf>,
 
     // ---------------------------------------------------------------- method
-    /// Method: cls, cls-h, cls-l, clc, an, an-ls, wan, epr, role, asl, hill, splc, ll-r, ll-ct,
-    /// ll-cp, em, co-teaching, co-teaching-plus, jocor.
-    #[arg(long, default_value = "cls", help_heading = "Method")]
-    pub method: String,
+    /// The training method (CLS, its ablations, or a baseline; docs/method.md).
+    #[arg(long, value_enum, default_value_t = MethodName::Cls, hide_possible_values = false, help_heading = "Method")]
+    pub method: MethodName,
     /// τ_h: final rate of peer removal of high-loss negatives, or `auto` (needs
     /// --expected-positives). Default: method.md's table for VOC/COCO/NUS-WIDE, else 0.012.
-    #[arg(long, help_heading = "Method")]
+    #[arg(long, value_parser = tau_h_flag, help_heading = "Method")]
     pub tau_h: Option<String>,
     /// τ_l: final rate of self removal of low-loss negatives. Default: 0.02 VOC, else 0.06.
     #[arg(long, help_heading = "Method")]
@@ -95,8 +159,8 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 10.0, help_heading = "Method")]
     pub e_k: f64,
     /// Loss reduction for the CLS family: sum (per-sample sums, divided by B) or mean.
-    #[arg(long, default_value = "sum", help_heading = "Method")]
-    pub reduction: String,
+    #[arg(long, value_enum, default_value_t = Reduction::Sum, help_heading = "Method")]
+    pub reduction: Reduction,
     /// Expected number of positives per image (EPR, ROLE, --tau-h auto).
     #[arg(long, help_heading = "Method")]
     pub expected_positives: Option<f64>,
@@ -123,8 +187,8 @@ pub struct TrainConfig {
     pub role_lr_mult: f64,
 
     // ---------------------------------------------------------------- model
-    /// Backbone: resnet18, resnet34, resnet50, resnet101, efficientnet-lite0, mlp (feature tables).
-    #[arg(long, help_heading = "Model")]
+    /// Backbone (mlp: for feature tables) [default: efficientnet-lite0 for images, mlp for tables].
+    #[arg(long, value_parser = backbone_flag(), help_heading = "Model")]
     pub backbone: Option<String>,
     /// Pretrained weights: `imagenet` (EfficientNet-Lite0, converted by scripts/setup) or a
     /// .safetensors state dict with the PyTorch names (scripts/convert-torchvision).
@@ -177,7 +241,7 @@ pub struct TrainConfig {
 
     // ---------------------------------------------------------------- system
     /// auto | cpu | cuda | cuda:N  (auto: CUDA when present).
-    #[arg(long, default_value = "auto", help_heading = "System")]
+    #[arg(long, default_value = "auto", value_parser = device_flag, help_heading = "System")]
     pub device: String,
     /// Put the two peers on two devices, e.g. cuda:0,cuda:1.
     #[arg(long, help_heading = "System")]
@@ -188,10 +252,9 @@ pub struct TrainConfig {
     /// Threads for libtorch and decoding (default: all cores).
     #[arg(long, help_heading = "System")]
     pub threads: Option<usize>,
-    /// Which model to export at the end: better (the peer with the higher validation mAP at its
-    /// best epoch) or ensemble (one graph averaging both peers).
-    #[arg(long, default_value = "better", help_heading = "System")]
-    pub export: String,
+    /// Which model to export at the end.
+    #[arg(long, value_enum, default_value_t = Export::Better, help_heading = "System")]
+    pub export: Export,
     /// Keep every epoch's weights under RUN_DIR/epochs/ (for `cls-train export --checkpoint N`).
     #[arg(long, help_heading = "System")]
     pub keep_epochs: bool,
@@ -354,10 +417,6 @@ impl TrainConfig {
                 bail!("--bias-prior {p}: must be a probability in (0, 1)");
             }
         }
-        if !crate::methods::METHODS.contains(&self.method.as_str()) {
-            bail!("unknown method {:?}; known methods: {}", self.method, crate::methods::METHODS.join(", "));
-        }
-        self.reduction()?;
         self.partial.parse::<cls_core::protocol::Partial>().map_err(|e| anyhow::anyhow!("--partial: {e}"))?;
         let tau_h = match self.tau_h.as_deref() {
             None | Some("auto") => 0.0,
@@ -376,11 +435,8 @@ impl TrainConfig {
         let mcfg = self.method_config(tau_h, self.tau_l.unwrap_or(0.0), self.expected_positives.unwrap_or(0.0))?;
         mcfg.validate()?;
         let networks = self.networks()?;
-        match self.export.as_str() {
-            "better" => {}
-            "ensemble" if networks >= 2 => {}
-            "ensemble" => bail!("--export ensemble needs a two-network method; {} trains one", self.method),
-            other => bail!("--export {other}: expected better or ensemble"),
+        if self.export == Export::Ensemble && networks < 2 {
+            bail!("--export ensemble needs a two-network method; {} trains one", self.method);
         }
         check_device_name("device", &self.device)?;
         if let Some(list) = &self.devices {
@@ -439,12 +495,12 @@ impl TrainConfig {
 
     /// How many networks the method trains (1 or 2).
     pub fn networks(&self) -> Result<usize> {
-        let m = crate::methods::build(&self.method, &MethodConfig::default(), 1, 1, tch::Device::Cpu)?;
+        let m = crate::methods::build(self.method.as_str(), &MethodConfig::default(), 1, 1, tch::Device::Cpu)?;
         Ok(m.num_networks())
     }
 
     pub fn reduction(&self) -> Result<Reduction> {
-        self.reduction.parse().map_err(|e| anyhow::anyhow!("--reduction: {e}"))
+        Ok(self.reduction)
     }
 
     /// The method's knobs, with τ resolved by the caller (dataset- and protocol-dependent).

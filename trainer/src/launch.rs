@@ -169,7 +169,7 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
         );
     }
     if let Some(shape) = &state.shape {
-        if shape.method != cfg.method {
+        if shape.method != cfg.method.as_str() {
             bail!(
                 "config.toml does not match the checkpoint: it says method {}, the checkpoint was trained with {}",
                 cfg.method,

@@ -1,9 +1,15 @@
 //! `cls-train`: Co-Label Selection (CLS), its ablations and the ML-PL baselines on libtorch.
+//!
+//! Exit status: 0 success (a run stopped by `--stop-after` included); 1 an error, printed as one
+//! line `cls-train: error: ...` (a bug: `cls-train: internal error (please report): ...`); 2 a
+//! usage error (an unknown flag or a value of the wrong shape, from the command-line parser).
 
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use cls_trainer::config::TrainConfig;
+use cls_trainer::config::{backbone_flag, device_flag, Export, TrainConfig};
+use cls_trainer::methods::MethodName;
+use cls_trainer::summary::Weights;
 use cls_trainer::{launch, sweep};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +20,8 @@ use std::process::ExitCode;
 /// Without --data, the built-in synthetic dataset is generated and a fast demo configuration is
 /// used (frozen ImageNet EfficientNet-Lite0 features, 15 epochs).
 #[derive(Parser, Debug)]
-#[command(name = "cls-train", version, about, long_about = None, args_conflicts_with_subcommands = true, args_override_self = true)]
+#[command(name = "cls-train", version = VERSION, long_version = LONG_VERSION, about, long_about = None,
+          after_help = AFTER_HELP, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,22 +48,22 @@ enum Command {
         /// Output file (default RUN_DIR/model.onnx).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// better | ensemble (default: the run's setting).
-        #[arg(long)]
-        export: Option<String>,
+        /// Which model [default: the run's setting].
+        #[arg(long, value_enum)]
+        export: Option<Export>,
         /// Which weights: best (each peer's best validation epoch), last, or an epoch number
         /// (kept with --keep-epochs).
-        #[arg(long, default_value = "best")]
-        checkpoint: String,
+        #[arg(long, default_value = "best", value_parser = weights_flag)]
+        checkpoint: Weights,
     },
     /// Print what libtorch sees (CUDA devices, threads) as JSON.
     Info,
     /// Time the training step alone on random data (the benchmark of scripts/bench-train).
     BenchStep {
-        #[arg(long, default_value = "resnet50")]
+        #[arg(long, default_value = "resnet50", value_parser = backbone_flag())]
         backbone: String,
-        #[arg(long, default_value = "cls")]
-        method: String,
+        #[arg(long, value_enum, default_value_t = MethodName::Cls)]
+        method: MethodName,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
         /// Input size HxW.
@@ -68,7 +75,7 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
-        #[arg(long, default_value = "auto")]
+        #[arg(long, default_value = "auto", value_parser = device_flag)]
         device: String,
         #[arg(long)]
         threads: Option<usize>,
@@ -87,6 +94,10 @@ enum Command {
         #[arg(long, default_value = "CLS runs")]
         title: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on standard output.
+    Man,
     /// Train one run per grid point and pick the best on validation mAP (never test).
     Sweep {
         /// Folder for the runs, sweep.json and the sensitivity plots.
@@ -106,6 +117,28 @@ enum Command {
     },
 }
 
+/// The version and the commit it was built from (build/version.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CLS_GIT_COMMIT"), ")");
+/// `--version`: also the libtorch it was built against.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CLS_GIT_COMMIT"),
+    ")\nlibtorch ",
+    env!("CLS_LIBTORCH_VERSION"),
+    " (tch 0.24.0; CUDA is looked for at start: `cls-train info`)"
+);
+
+const AFTER_HELP: &str = "\
+Exit status: 0 ok (also a run stopped by --stop-after, resumable with --resume); 1 an error
+  (one line: cls-train: error: ...); 2 a usage error (unknown flag, value of the wrong shape).
+Shell completions: cls-train completions bash|zsh|fish|elvish|powershell; man page: cls-train man.";
+
+/// `--checkpoint`'s parser.
+fn weights_flag(s: &str) -> Result<Weights> {
+    s.parse().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 fn main() -> ExitCode {
     // libtorch's OpenMP threads spin while waiting; on a shared or busy machine that turns small
     // operations into long stalls (measured here: a linear-head epoch took 4-12 s instead of
@@ -117,7 +150,7 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     // Temporary files (checkpoints, caches, outputs) are removed if the run is interrupted.
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
-        eprintln!("warning: {e:#}");
+        eprintln!("cls-train: warning: {e:#}");
     }
     // A bug is one line, not a backtrace (a panic of a rayon worker reaches this thread too).
     std::panic::set_hook(Box::new(|info| {
@@ -137,12 +170,19 @@ fn main() -> ExitCode {
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
+        // A reader that went away (`cls-train man | head`): end quietly, as the signal would have.
+        Ok(Err(e)) if broken_pipe(&e) => ExitCode::from(141),
         Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("cls-train: error: {e:#}");
             ExitCode::from(1)
         }
         Err(_) => ExitCode::from(1),
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader is gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Names of the options given explicitly on the command line, as field names (`stop_after`).
@@ -172,8 +212,19 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let explicit = explicit_keys(matches, &cmd);
     match cli.command {
         Some(Command::Export { run_dir, out, export, checkpoint }) => {
-            let which = checkpoint.parse().map_err(|e| anyhow::anyhow!("--checkpoint {e}"))?;
-            return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref(), &which);
+            let export = export.map(|e| e.to_string());
+            return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref(), &checkpoint);
+        }
+        Some(Command::Completions { shell }) => {
+            // clap_complete writes through `write_all(..).expect(..)`: render into memory first.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cls-train", &mut script);
+            return std::io::Write::write_all(&mut std::io::stdout(), &script).context("writing the completions");
+        }
+        Some(Command::Man) => {
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page");
         }
         Some(Command::Sweep { out, tau_h_grid, tau_l_grid, ll_delta_grid, train }) => {
             let sub = matches.subcommand_matches("sweep").context("parsing the sweep's options")?;
@@ -216,7 +267,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let device = cls_trainer::setup::parse_device(&device)?;
             let r = cls_trainer::bench::bench_step(
                 &arch,
-                &method,
+                method.as_str(),
                 batch_size as i64,
                 (h as i64, w as i64),
                 classes as i64,

@@ -168,7 +168,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     }
     let (tau_h, tau_l) = resolve_tau(cfg, &data, expected_positives)?;
     let mcfg = cfg.method_config(tau_h, tau_l, expected_positives)?;
-    let method = methods::build(&cfg.method, &mcfg, n_train as i64, n_classes as i64, device)?;
+    let method = methods::build(cfg.method.as_str(), &mcfg, n_train as i64, n_classes as i64, device)?;
     let n_nets = method.num_networks();
     let devices: Vec<Device> = match &cfg.devices {
         Some(list) => {

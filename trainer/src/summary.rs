@@ -175,10 +175,10 @@ pub fn finish(
     export_onnx(&nets, arch, &meta, model).context("exporting model.onnx")?;
 
     let summary = Summary {
-        method: cfg.method.clone(),
+        method: cfg.method.to_string(),
         best_peer,
         best_epoch,
-        export: cfg.export.clone(),
+        export: cfg.export.to_string(),
         val,
         test,
         partial: cfg.partial.clone(),
@@ -213,11 +213,11 @@ pub fn export_meta(
     let config = std::fs::read(run_dir.join("config.toml")).unwrap_or_default();
     let brief = |m: &Metrics| serde_json::json!({"mAP": m.map, "CF1": m.cf1, "OF1": m.of1}).to_string();
     let mut extra = vec![
-        ("method".to_string(), cfg.method.clone()),
+        ("method".to_string(), cfg.method.to_string()),
         ("backbone".to_string(), arch.name()),
         ("dataset".to_string(), data.train.name.clone()),
         ("partial".to_string(), cfg.partial.clone()),
-        ("export".to_string(), cfg.export.clone()),
+        ("export".to_string(), cfg.export.to_string()),
         ("val_metrics".to_string(), brief(val)),
         ("config_sha256".to_string(), hex::encode(Sha256::digest(&config))),
     ];
@@ -307,7 +307,7 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which:
         .with_file(&saved, &[])
         .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
-        cfg.export = e.to_string();
+        cfg.export = e.parse()?;
     }
     cfg.validate().with_context(|| format!("{}", saved.display()))?;
     let ck_dir = checkpoint::latest(run_dir)

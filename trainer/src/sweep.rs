@@ -97,7 +97,7 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
         for tl in opt(tau_l) {
             for d in opt(ll_delta) {
                 let mut cfg = base.clone();
-                let mut name = vec![cfg.method.clone()];
+                let mut name = vec![cfg.method.to_string()];
                 if let Some(v) = th {
                     cfg.tau_h = Some(v.to_string());
                     name.push(format!("tauh{v}"));
@@ -157,7 +157,7 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
         .max_by(|a, b| a.1.val_map.total_cmp(&b.1.val_map))
         .map(|(i, _)| i)
         .context("sweep: no point")?;
-    let result = SweepResult { method: base.method.clone(), points, best };
+    let result = SweepResult { method: base.method.to_string(), points, best };
     crate::checkpoint::write_atomic(&sweep_json, serde_json::to_string_pretty(&result)?.as_bytes())?;
     plot(&result, out)?;
     let b = &result.points[best];

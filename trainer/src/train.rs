@@ -87,7 +87,7 @@ pub fn run(
     }
     let config = serde_json::to_value(cfg).context("recording the configuration")?;
     let shape = checkpoint::RunShape {
-        method: cfg.method.clone(),
+        method: cfg.method.to_string(),
         networks: n_nets,
         backbone: arch.name(),
         classes: data.train.num_classes(),
@@ -277,10 +277,7 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
     let c = peer.net.num_classes() as usize;
     let mut out = Array2::<f32>::zeros((n, c));
     tch::no_grad(|| -> Result<()> {
-        let bs = match inputs {
-            Inputs::Images { cache, .. } => eval_batch(cache.height, cache.width),
-            Inputs::Rows(_) => EVAL_BATCH,
-        };
+        let bs = inputs.image_size().map_or(EVAL_BATCH, |(h, w)| eval_batch(h, w));
         for start in (0..n).step_by(bs) {
             let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
             let x = inputs.batch(&idx, None, device)?;

@@ -115,7 +115,7 @@ impl MethodConfig {
 }
 
 /// How eq. (7)–(8) reduce the per-entry losses of a label set ("One CLS step", Reduction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Reduction {
     /// Each sample's loss is the sum over its kept entries; the batch loss divides by B.
@@ -171,7 +171,7 @@ pub struct StepOut {
 
 /// A training method: selection plus loss over one or two networks' logits.
 pub trait Method: Send {
-    /// The method's name, one of [`METHODS`].
+    /// The method's name, one of [`MethodName`]'s.
     fn name(&self) -> &'static str;
     /// How many networks the loop must train (1 or 2).
     fn num_networks(&self) -> usize;
@@ -189,62 +189,117 @@ pub trait Method: Send {
     }
 }
 
-/// Every method [`build`] knows, in the order of method.md.
-pub const METHODS: &[&str] = &[
-    "cls",
-    "cls-h",
-    "cls-l",
-    "clc",
-    "an",
-    "an-ls",
-    "wan",
-    "epr",
-    "role",
-    "asl",
-    "hill",
-    "splc",
-    "ll-r",
-    "ll-ct",
-    "ll-cp",
-    "em",
-    "co-teaching",
-    "co-teaching-plus",
-    "jocor",
-];
+/// Every method [`build`] knows, in the order of method.md: the one list (the `--method` flag's
+/// choices, `config.toml`'s spelling and [`build`]'s dispatch all come from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodName {
+    /// CLS: co-label selection (eq. 5-8).
+    Cls,
+    /// CLS-H: only the peer's removal of high-loss negatives.
+    ClsH,
+    /// CLS-L: only the self removal of low-loss negatives.
+    ClsL,
+    /// CLC: co-label correction (flagged entries relabelled positive).
+    Clc,
+    /// AN: assume negative.
+    An,
+    /// AN with label smoothing.
+    AnLs,
+    /// Weighted AN.
+    Wan,
+    /// Expected positive regularisation.
+    Epr,
+    /// Regularised online label estimation.
+    Role,
+    /// Asymmetric loss.
+    Asl,
+    /// Hill loss.
+    Hill,
+    /// Self-paced loss correction.
+    Splc,
+    /// Large loss rejection.
+    LlR,
+    /// Large loss correction, temporary.
+    LlCt,
+    /// Large loss correction, permanent.
+    LlCp,
+    /// Entropy maximisation.
+    Em,
+    /// Co-teaching.
+    CoTeaching,
+    /// Co-teaching+.
+    CoTeachingPlus,
+    /// JoCoR.
+    Jocor,
+}
+
+impl MethodName {
+    /// The name on the command line and in config.toml (`cls`, `ll-r`, `co-teaching-plus`, ...).
+    pub fn as_str(self) -> &'static str {
+        use clap::ValueEnum;
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        // clap's names, computed once, in declaration order (= the discriminants).
+        let names = NAMES.get_or_init(|| {
+            Self::all()
+                .iter()
+                .map(|m| m.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default())
+                .collect()
+        });
+        &names[self as usize]
+    }
+
+    /// Every method, in the order of method.md.
+    pub fn all() -> &'static [MethodName] {
+        <MethodName as clap::ValueEnum>::value_variants()
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MethodName {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        <MethodName as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| {
+            let known: Vec<&str> = MethodName::all().iter().map(|m| m.as_str()).collect();
+            anyhow::anyhow!("unknown method {s:?}; known methods: {}", known.join(", "))
+        })
+    }
+}
 
 /// Builds the method called `name`; `n_train` rows and `n_classes` columns size the persistent
 /// state of ROLE and LL-Cp.
 pub fn build(name: &str, cfg: &MethodConfig, n_train: i64, n_classes: i64, device: Device) -> Result<Box<dyn Method>> {
+    let method: MethodName = name.parse()?;
     cfg.validate()?;
     if n_train <= 0 || n_classes <= 0 {
         bail!("method {name}: need a positive training-set size and class count, got {n_train} × {n_classes}");
     }
-    let m: Box<dyn Method> = match name {
-        "cls" => Box::new(cls::Cls::new(cls::Variant::Cls, cfg)),
-        "cls-h" => Box::new(cls::Cls::new(cls::Variant::ClsH, cfg)),
-        "cls-l" => Box::new(cls::Cls::new(cls::Variant::ClsL, cfg)),
-        "clc" => Box::new(cls::Cls::new(cls::Variant::Clc, cfg)),
-        "an" => Box::new(an::An::plain()),
-        "an-ls" => Box::new(an::An::label_smoothing(cfg.label_smoothing)),
-        "wan" => Box::new(an::An::weighted(n_classes)),
-        "epr" => Box::new(epr::Epr::new(cfg.expected_positives)),
-        "role" => Box::new(role::Role::new(cfg, n_train, n_classes, device)?),
-        "asl" => Box::new(asl::Asl::default()),
-        "hill" => Box::new(hill::Hill::default()),
-        "splc" => Box::new(splc::Splc::default()),
-        "ll-r" | "ll-ct" | "ll-cp" => {
-            let mode = match name {
-                "ll-r" => ll::Mode::Reject,
-                "ll-ct" => ll::Mode::CorrectTemporary,
-                _ => ll::Mode::CorrectPermanent,
-            };
-            Box::new(ll::LargeLoss::new(mode, cfg.ll_delta, n_train, n_classes, device))
-        }
-        "em" => Box::new(em::Em::new(cfg.em_alpha)),
-        "co-teaching" => Box::new(coteaching::CoTeaching::new(cfg, false)),
-        "co-teaching-plus" => Box::new(coteaching::CoTeaching::new(cfg, true)),
-        "jocor" => Box::new(jocor::JoCoR::new(cfg)),
-        other => bail!("unknown method {other:?}; known methods: {}", METHODS.join(", ")),
+    use MethodName as M;
+    let m: Box<dyn Method> = match method {
+        M::Cls => Box::new(cls::Cls::new(cls::Variant::Cls, cfg)),
+        M::ClsH => Box::new(cls::Cls::new(cls::Variant::ClsH, cfg)),
+        M::ClsL => Box::new(cls::Cls::new(cls::Variant::ClsL, cfg)),
+        M::Clc => Box::new(cls::Cls::new(cls::Variant::Clc, cfg)),
+        M::An => Box::new(an::An::plain()),
+        M::AnLs => Box::new(an::An::label_smoothing(cfg.label_smoothing)),
+        M::Wan => Box::new(an::An::weighted(n_classes)),
+        M::Epr => Box::new(epr::Epr::new(cfg.expected_positives)),
+        M::Role => Box::new(role::Role::new(cfg, n_train, n_classes, device)?),
+        M::Asl => Box::new(asl::Asl::default()),
+        M::Hill => Box::new(hill::Hill::default()),
+        M::Splc => Box::new(splc::Splc::default()),
+        M::LlR => Box::new(ll::LargeLoss::new(ll::Mode::Reject, cfg.ll_delta, n_train, n_classes, device)),
+        M::LlCt => Box::new(ll::LargeLoss::new(ll::Mode::CorrectTemporary, cfg.ll_delta, n_train, n_classes, device)),
+        M::LlCp => Box::new(ll::LargeLoss::new(ll::Mode::CorrectPermanent, cfg.ll_delta, n_train, n_classes, device)),
+        M::Em => Box::new(em::Em::new(cfg.em_alpha)),
+        M::CoTeaching => Box::new(coteaching::CoTeaching::new(cfg, false)),
+        M::CoTeachingPlus => Box::new(coteaching::CoTeaching::new(cfg, true)),
+        M::Jocor => Box::new(jocor::JoCoR::new(cfg)),
     };
     Ok(m)
 }

@@ -8,7 +8,9 @@ use tch::{Device, Kind, Tensor};
 
 #[test]
 fn build_knows_every_method_and_rejects_the_rest() {
-    for &name in METHODS {
+    for method in MethodName::all() {
+        let name = method.as_str();
+        assert_eq!(name.parse::<MethodName>().unwrap(), *method);
         let m = build(name, &MethodConfig::default(), 10, 4, Device::Cpu).unwrap();
         assert_eq!(m.name(), name);
         let two = ["cls", "cls-h", "cls-l", "clc", "co-teaching", "co-teaching-plus", "jocor"].contains(&name);
