@@ -237,7 +237,17 @@ fn tags_every_good_image_and_lists_every_bad_one() {
     ];
     let r = cls_infer(&args, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let tags = read_jsonl(&out);
+    let rows = read_jsonl(&out);
+    // Every file is a row, in path order; the failed ones carry their reason (and no scores).
+    let mut all = [good.clone(), bad.clone()].concat();
+    all.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+    assert_eq!(images_of(&rows), all, "every file once, in path order");
+    for row in &rows {
+        let failed = bad.iter().any(|b| row["image"] == b.as_str());
+        assert_eq!(row.get("error").is_some(), failed, "{row}");
+        assert_eq!(row.get("scores").is_none(), failed, "{row}");
+    }
+    let tags: Vec<Value> = rows.into_iter().filter(|v| v.get("error").is_none()).collect();
     let mut expect_order = good.clone();
     expect_order.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
     assert_eq!(images_of(&tags), expect_order, "every good image once, in path order");
@@ -272,7 +282,8 @@ fn tags_every_good_image_and_lists_every_bad_one() {
     let strict = cls_infer(&[&args[..], &["--strict", "--follow-links"]].concat(), &[]);
     assert_eq!(strict.code, 1, "{}", strict.stderr);
     assert!(strict.stderr.contains("loop"), "{}", strict.stderr);
-    assert_eq!(images_of(&read_jsonl(&out)), expect_order);
+    let ok_rows: Vec<Value> = read_jsonl(&out).into_iter().filter(|v| v.get("error").is_none()).collect();
+    assert_eq!(images_of(&ok_rows), expect_order);
     // One image a batch: the time report counts only the batches that reached ONNX Runtime.
     let mut one_a_batch = args.to_vec();
     let at = one_a_batch.iter().position(|a| *a == "--batch").unwrap();
@@ -785,8 +796,10 @@ fn inputs_that_are_not_regular_files_are_skipped() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let tagged: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tagged: Vec<Value> = rows.iter().filter(|v| v.get("error").is_none()).cloned().collect();
     assert_eq!(images_of(&tagged), ["a.png"]);
+    assert!(rows.iter().filter(|v| v.get("error").is_some()).all(|v| v["error"].as_str().unwrap().contains("not a regular file")));
     let errors = read_jsonl(&errs);
     let mut skipped: Vec<&str> = errors.iter().map(|v| v["path"].as_str().unwrap()).collect();
     skipped.sort();

@@ -19,6 +19,8 @@ macro_rules! say {
     }};
 }
 
+mod fromtags;
+mod inputs;
 mod logging;
 mod model;
 mod output;
@@ -27,9 +29,13 @@ mod run;
 mod runtime;
 mod scoring;
 mod shard;
+mod sink;
+mod stats;
+mod tars;
 mod thresholds;
 mod truth;
 mod walk;
+mod xmp;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
@@ -42,8 +48,10 @@ pub struct Cli {
     /// The exported model (ONNX, with cls-train's metadata).
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    /// The folder of images (searched recursively).
-    #[arg(long, value_name = "DIR")]
+    /// The images: a folder (searched recursively), an image file, a quoted glob
+    /// ('photos/**/*.jpg'), @list.txt (one path a line), - (paths on standard input), or
+    /// WebDataset tar shards (shards/{000000..000099}.tar, or a folder of .tar files).
+    #[arg(long, value_name = "WHERE")]
     pub images: PathBuf,
     /// One global decision threshold for every class, instead of the model's (per-class)
     /// thresholds [default: the model's per-class thresholds, else its threshold, else 0.5].
@@ -59,9 +67,21 @@ pub struct Cli {
     /// Report at most K labels per image.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: Option<u32>,
-    /// Where to write the tags (JSON Lines) [default: standard output].
+    /// Where to write the tags [default: standard output]; for --format xmp a folder (sidecars
+    /// mirroring the images' names), or . (beside the images).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The output's format.
+    #[arg(long, value_enum, default_value_t = output::Format::Jsonl)]
+    pub format: output::Format,
+    /// The root of the hierarchical keywords (lr:hierarchicalSubject) of --format xmp and
+    /// exiftool: ROOT|label.
+    #[arg(long, value_name = "ROOT", default_value = "cls")]
+    pub keyword_root: String,
+    /// Skip the images already in --out (or in what an interrupted run left in OUT.partial) and
+    /// add the new rows.
+    #[arg(long)]
+    pub resume: bool,
     /// Ground truth, in any format cls-train reads: a JSONL manifest, a COCO instances JSON or a
     /// tag table CSV (image names relative to --images), a VOC devkit, Open Images image-level
     /// labels (matched by ImageID = file stem; needs --gt-classes).
@@ -80,8 +100,8 @@ pub struct Cli {
     /// Allowed drop against --baseline, as a fraction (0.01 = one point).
     #[arg(long, value_name = "T", default_value_t = 0.0, requires = "baseline")]
     pub tolerance: f64,
-    /// Where to run the model.
-    #[arg(long, value_enum, default_value_t = runtime::Device::Auto)]
+    /// Where to run the model: auto (CUDA when present), cpu, cuda, cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: runtime::Device,
     /// Images per inference batch.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -98,6 +118,12 @@ pub struct Cli {
     /// Exit with status 1 when any image could not be read.
     #[arg(long)]
     pub strict: bool,
+    /// Stop (exit 1) once more than N images have failed: an input that is mostly broken.
+    #[arg(long, value_name = "N")]
+    pub max_errors: Option<usize>,
+    /// Do not turn images upright by their EXIF orientation.
+    #[arg(long)]
+    pub no_exif_orientation: bool,
     /// Follow symbolic links to directories (loops are detected and reported).
     #[arg(long)]
     pub follow_links: bool,
@@ -113,7 +139,7 @@ pub struct Cli {
     /// Compute the metrics of these tag files (cls-infer's output, e.g. one per --shard of an
     /// array job) instead of running the model; image paths in them are relative to --images.
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth",
-          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "follow_links", "device", "batch", "threads", "ort_lib"])]
+          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors"])]
     pub from_tags: Vec<PathBuf>,
     /// Without a terminal on stderr, a progress line every this many seconds (0: none).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
@@ -127,12 +153,19 @@ pub struct Cli {
 }
 
 const AFTER_HELP: &str = "\
-Images: the regular files under --images named like a format this build decodes (JPEG, PNG, GIF,
-  BMP, WebP, TIFF; any case); FIFOs, devices and broken links so named are reported and skipped.
-Output: one JSON line per image, ordered by path relative to --images:
+Images: in a folder, the regular files named like a format this build decodes (JPEG, PNG, GIF,
+  BMP, WebP, TIFF; any case), sorted by path; FIFOs, devices and broken links so named fail. A list
+  (@list.txt: relative to its folder unless absolute, # comments) or - keeps its order; tar shards
+  are read member by member (grouped by key, the image chosen by extension), named shard.tar/key.jpg.
+  EXIF orientation is applied (--no-exif-orientation: not).
+Output (--format): jsonl, one line per image, in input order:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
-  A file name's bytes that are not UTF-8 are written \\xNN and a backslash \\\\ (in the JSON
-  string), so names stay distinct and --from-tags finds the files again.
+  and for a failed image {\"image\": ..., \"labels\": [], \"error\": reason}; csv, image,labels
+  (joined by ;),<a score column per class>,error; exiftool, the JSON that exiftool -json=FILE DIR
+  imports; xmp, sidecars <name>.<ext>.xmp (existing ones merged). Names relative to the folder,
+  list or glob; bytes that are not UTF-8 are written \\xNN and a backslash \\\\.
+  Into a file OUT, rows go to OUT.partial first and OUT is written when the run ends; an interrupted
+  run leaves OUT as it was, and --resume continues. OUT.stats.json records the run.
 Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
   cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
@@ -155,7 +188,7 @@ pub enum Generate {
 }
 
 /// The version and the commit it was built from (build/version.rs).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CLS_GIT_COMMIT"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CLS_GIT_COMMIT"), ")");
 
 /// `--version`: this program's version and commit, and the ONNX Runtime library it would load
 /// (loaded here, so a library that cannot be loaded says why).
@@ -186,8 +219,10 @@ fn generate(kind: Generate) -> std::io::Result<()> {
         Generate::Elvish => Shell::Elvish,
         Generate::Powershell => Shell::PowerShell,
     };
-    clap_complete::generate(shell, &mut cmd, "cls-infer", &mut out);
-    Ok(())
+    // clap_complete panics on a failed write: render into memory, then write.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "cls-infer", &mut script);
+    std::io::Write::write_all(&mut out, &script)
 }
 
 fn main() -> ExitCode {

@@ -11,7 +11,7 @@
 //! A decoder blocked on the full queue then fails its send, and one busy decoding skips the rest
 //! of its batch, so the run ends within about one image's decode of the error.
 
-use crate::walk::ImageFile;
+use crate::inputs::Item;
 use anyhow::{anyhow, bail, Context, Result};
 use cls_core::preprocess::Preprocess;
 use crossbeam_channel::{bounded, unbounded};
@@ -50,11 +50,37 @@ fn lower_priority() {
     }
 }
 
+/// What to decode for one item.
+pub enum Job {
+    /// The item's file.
+    File,
+    /// Its bytes (a tar member).
+    Bytes(Vec<u8>),
+    /// Nothing: it failed already, for this reason.
+    Failed(String),
+}
+
+/// One item of a batch and what to decode for it.
+pub struct Work {
+    pub item: Item,
+    pub job: Job,
+}
+
+impl Work {
+    /// An item of a listing: its file, unless the listing found it unreadable.
+    pub fn of(item: Item) -> Work {
+        let job = match &item.failed {
+            Some(reason) => Job::Failed(reason.clone()),
+            None => Job::File,
+        };
+        Work { item, job }
+    }
+}
+
 /// One decoded batch: the successfully decoded images' tensors packed at the front of `data`.
 struct Batch {
-    /// Index in the image list of the batch's first file.
-    start: usize,
-    /// Per file of the range: `Ok(row)` (its row in `data`) or `Err(reason)`.
+    items: Vec<Item>,
+    /// Per item: `Ok(row)` (its row in `data`) or `Err(reason)`.
     rows: Vec<Result<usize, String>>,
     data: Vec<f32>,
 }
@@ -78,8 +104,17 @@ pub struct Plan<'a> {
 /// Decode, resize and normalise one file into `out` (3·H·W floats, CHW) with
 /// `cls_core::preprocess`. The reason for a failure leaves out the path (the caller names the
 /// file). Panics inside the decoders are caught and reported like any other failure.
-fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), String> {
-    match catch_unwind(AssertUnwindSafe(|| pre.load_into(path, out))) {
+fn load_into(pre: &Preprocess, work: &Work, out: &mut [f32]) -> Result<(), String> {
+    let path: &Path = &work.item.path;
+    let result = catch_unwind(AssertUnwindSafe(|| match &work.job {
+        Job::File => pre.load_into(path, out),
+        Job::Bytes(bytes) => pre.load_bytes_into(bytes, path, out),
+        Job::Failed(_) => Ok(()),
+    }));
+    if let Job::Failed(reason) = &work.job {
+        return Err(reason.clone());
+    }
+    match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             let text = e.to_string();
@@ -95,28 +130,29 @@ fn load_into(pre: &Preprocess, path: &Path, out: &mut [f32]) -> Result<(), Strin
 /// skipped (the batch is thrown away). Fails only when the buffer cannot be allocated.
 fn decode_batch(
     pre: &Preprocess,
-    files: &[ImageFile],
-    start: usize,
+    works: Vec<Work>,
     per_image: usize,
     mut data: Vec<f32>,
     stop: &AtomicBool,
 ) -> Result<Batch, String> {
-    let len = files.len() * per_image;
+    let len = works.len() * per_image;
     data.clear();
     data.try_reserve_exact(len)
-        .map_err(|_| format!("cannot allocate {} MiB for a batch of {} images", len * 4 >> 20, files.len()))?;
+        .map_err(|_| format!("cannot allocate {} MiB for a batch of {} images", len * 4 >> 20, works.len()))?;
     data.resize(len, 0.0);
     let results: Vec<Result<(), String>> = data
         .par_chunks_mut(per_image)
-        .zip(files.par_iter())
-        .map(|(slot, f)| {
+        .zip(works.par_iter())
+        .map(|(slot, w)| {
             if stop.load(Ordering::Relaxed) {
                 return Err("not decoded: the run stopped".to_string());
             }
-            load_into(pre, &f.path, slot)
+            load_into(pre, w, slot)
         })
         .collect();
-    let mut rows = Vec::with_capacity(files.len());
+    // The encoded bytes (tar members) are not needed any more.
+    let items: Vec<Item> = works.into_iter().map(|w| w.item).collect();
+    let mut rows = Vec::with_capacity(items.len());
     let mut next = 0;
     for (slot, r) in results.into_iter().enumerate() {
         match r {
@@ -131,7 +167,7 @@ fn decode_batch(
         }
     }
     data.truncate(next * per_image);
-    Ok(Batch { start, rows, data })
+    Ok(Batch { items, rows, data })
 }
 
 /// Where the inference thread's time went, in seconds: it tells a slow run's bottleneck.
@@ -167,15 +203,15 @@ pub struct Runner {
     pub output: String,
 }
 
-/// Tag `files` with the session that `open` builds (on the calling thread, while the decoders
-/// start), calling `sink(index, outcome)` once per file in list order. Returns where the inference
-/// thread's time went. Any error (from `open`, ONNX Runtime or `sink`) stops the decoders and is
-/// returned once they have stopped.
+/// Tag the items of `batches` (each at most `plan.batch` long) with the session that `open`
+/// builds (on the calling thread, while the decoders start), calling `sink(item, outcome)` once
+/// per item in order. Returns where the inference thread's time went. Any error (from `open`,
+/// ONNX Runtime or `sink`) stops the decoders and is returned once they have stopped.
 pub fn run(
-    files: &[ImageFile],
+    batches: impl Iterator<Item = Vec<Work>> + Send,
     plan: &Plan,
     open: impl FnOnce() -> Result<Runner>,
-    sink: impl FnMut(usize, Outcome) -> Result<()>,
+    sink: impl FnMut(&Item, Outcome) -> Result<()>,
 ) -> Result<Timing> {
     let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
     let per_image = 3 * h * w;
@@ -199,19 +235,25 @@ pub fn run(
         let (tx, rx) = bounded::<Result<Batch, String>>(QUEUE);
         let stop = &stop;
         let producer = scope.spawn(move || {
-            for (k, chunk) in files.chunks(batch).enumerate() {
+            for chunk in batches {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
+                if chunk.len() > batch {
+                    // A caller bug; the tensor would not fit the bound.
+                    let _ =
+                        tx.send(Err(format!("internal error: a batch of {} images (at most {batch})", chunk.len())));
+                    break;
+                }
                 let buffer = recycle_rx.try_recv().unwrap_or_default();
-                let b = pool.install(|| decode_batch(plan.pre, chunk, k * batch, per_image, buffer, stop));
+                let b = pool.install(|| decode_batch(plan.pre, chunk, per_image, buffer, stop));
                 let failed = b.is_err();
                 if tx.send(b).is_err() || failed {
                     break; // the inference loop stopped, or this batch could not be allocated
                 }
             }
         });
-        let result = infer(files, plan, per_image, rx, recycle_tx, open, sink);
+        let result = infer(plan, per_image, rx, recycle_tx, open, sink);
         // `rx` is dropped: a pending send fails. The flag stops a batch being decoded.
         stop.store(true, Ordering::Relaxed);
         let joined = producer.join();
@@ -224,13 +266,12 @@ pub fn run(
 /// The inference loop: build the session, then run each batch from `rx` and hand its rows to
 /// `sink`. Takes `rx` by value: returning, by any path, closes the queue.
 fn infer(
-    files: &[ImageFile],
     plan: &Plan,
     per_image: usize,
     rx: crossbeam_channel::Receiver<Result<Batch, String>>,
     recycle_tx: crossbeam_channel::Sender<Vec<f32>>,
     open: impl FnOnce() -> Result<Runner>,
-    mut sink: impl FnMut(usize, Outcome) -> Result<()>,
+    mut sink: impl FnMut(&Item, Outcome) -> Result<()>,
 ) -> Result<Timing> {
     let (h, w) = (plan.pre.height as usize, plan.pre.width as usize);
     let mut timing = Timing::default();
@@ -258,7 +299,7 @@ fn infer(
                 .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;
             outputs = session
                 .run(ort::inputs![input.as_str() => tensor])
-                .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", files[b.start].rel))?;
+                .map_err(|e| anyhow!("ONNX Runtime failed on the batch starting at {}: {e}", first_decoded(&b)))?;
             let value = outputs.get(&output).with_context(|| format!("the model produced no output {output:?}"))?;
             let (shape, data) =
                 value.try_extract_tensor::<f32>().map_err(|e| anyhow!("the output {output:?} is not float32: {e}"))?;
@@ -273,14 +314,19 @@ fn infer(
             }
             timing.batches += 1;
         }
-        for (offset, row) in b.rows.iter().enumerate() {
+        for (item, row) in b.items.iter().zip(&b.rows) {
             let outcome = match row {
                 Ok(r) => Outcome::Scores(&probs[r * plan.num_classes..(r + 1) * plan.num_classes]),
                 Err(reason) => Outcome::Failed(reason),
             };
-            sink(b.start + offset, outcome)?;
+            sink(item, outcome)?;
         }
         let _ = recycle_tx.send(b.data);
     }
     Ok(timing)
+}
+
+/// The name of a batch's first decoded image (for messages).
+fn first_decoded(b: &Batch) -> &str {
+    b.items.iter().zip(&b.rows).find(|(_, r)| r.is_ok()).map_or("", |(i, _)| i.name.as_str())
 }

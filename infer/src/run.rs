@@ -1,26 +1,32 @@
-//! One cls-infer run, top to bottom: check every option and output location, list and shard the
-//! folder, read the model's metadata and the ground truth and baseline (so bad input fails in the
-//! first second, before any work), tag (ONNX Runtime loads the model while the first images
-//! decode), then evaluate and compare. With `--from-tags`, the evaluation reads earlier outputs
-//! instead of tagging.
+//! One cls-infer run, top to bottom: check every option and output location, read the model's
+//! metadata, resolve `--images` to this shard's images, read the ground truth and baseline (so
+//! bad input fails in the first second, before any work), open the outputs (skipping what a
+//! resumed output holds), tag (ONNX Runtime loads the model while the first images decode), write
+//! the stats, then evaluate and compare. With `--from-tags`, [`crate::fromtags`] reads earlier
+//! outputs instead of tagging.
 
+use crate::inputs::{self, Images, Item};
 use crate::logging::Progress;
 use crate::model::{self, ModelInfo};
-use crate::output::{self, error_line, Output, Tagger};
-use crate::pipeline::{self, Outcome, Plan, Runner};
+use crate::output::{error_line, Encoder, Format, Output, Tagged};
+use crate::pipeline::{self, Outcome, Plan, Runner, Work};
 use crate::scoring::{score_and_compare, Scored};
 use crate::shard::Shard;
+use crate::sink::{key_of, Sink};
+use crate::stats::{self, Stats, ThresholdStats};
+use crate::tars::TarBatches;
 use crate::thresholds::Decision;
 use crate::truth::{preview, Truth};
-use crate::walk;
 use crate::{runtime, Cli};
 use anyhow::{bail, Context, Result};
 use cls_core::fsio;
 use cls_core::metrics::Metrics;
 use cls_core::preprocess::Preprocess;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Exit statuses other than the fatal one (2, from `main`).
@@ -35,6 +41,18 @@ fn read_baseline(path: &std::path::Path) -> Result<Metrics> {
     })
 }
 
+/// The sink's error when `--max-errors` is exceeded: the run stops, its outputs are kept.
+#[derive(Debug)]
+struct TooManyErrors(usize);
+
+impl std::fmt::Display for TooManyErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped: more than {} images failed (--max-errors)", self.0)
+    }
+}
+
+impl std::error::Error for TooManyErrors {}
+
 /// Run with the parsed command line; returns the exit status, or an error (exit 2).
 pub fn run(cli: &Cli) -> Result<u8> {
     if !(cli.log_every.is_finite() && cli.log_every >= 0.0) {
@@ -47,35 +65,23 @@ pub fn run(cli: &Cli) -> Result<u8> {
     check_outputs(cli)?;
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
     if !cli.from_tags.is_empty() {
-        return evaluate_tags(cli, classes, size);
+        let (_, info) = model_info(cli, classes, size)?;
+        let decision = decision(cli, &info)?;
+        let base = inputs::base_of(&cli.images);
+        let (truth, baseline) = truth_and_baseline(cli, &base, &info.classes)?;
+        let truth = truth.context("--from-tags needs --ground-truth")?;
+        let scored = crate::fromtags::read(&cli.from_tags, &base, &info.classes, &truth)?;
+        return Ok(if score(cli, &truth, baseline.as_ref(), &info.classes, &decision, scored)? {
+            EXIT_REGRESSION
+        } else {
+            EXIT_OK
+        });
     }
     let shard = Shard::resolve(cli.shard.as_deref(), |k| std::env::var(k).ok())?;
     let threads =
         cli.threads.map(|t| t as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // A missing --ort-lib (or ORT_DYLIB_PATH) now, not once the decoders run.
     runtime::check_library(cli.ort_lib.as_deref())?;
-
-    // The folder.
-    let listing = walk::list_images(&cli.images, cli.follow_links)?;
-    if listing.images.is_empty() {
-        bail!(
-            "no images under {} (looked for the extensions {} in any case){}",
-            cli.images.display(),
-            walk::extensions().join(", "),
-            if listing.problems.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} files could not be listed, the first: {}: {}",
-                    listing.problems.len(),
-                    listing.problems[0].path,
-                    listing.problems[0].reason
-                )
-            }
-        );
-    }
-    let range = shard.range(listing.images.len());
-    let files = &listing.images[range.clone()];
 
     // The model: its description from the file's metadata, read without ONNX Runtime, so that
     // the first batches decode while ONNX Runtime builds the session (in `open`, below).
@@ -88,9 +94,83 @@ pub fn run(cli: &Cli) -> Result<u8> {
         );
     }
     let decision = decision(cli, &info)?;
+    if cli.format == Format::Csv {
+        if let Some(c) = info.classes.iter().find(|c| ["image", "labels", "error"].contains(&c.as_str())) {
+            bail!("--format csv: the model has a class named {c:?}, as one of the CSV's own columns (image, labels, error); use --format jsonl");
+        }
+    }
     let batch = batch_size(cli, &head, &info)?;
+
+    // The images (a list or standard input is read now; only this shard's files are opened).
+    let input = inputs::resolve(&cli.images, shard, cli.follow_links, std::io::stdin().lock())?;
+    if matches!(input.images, Images::Tars(_))
+        && cli.format == Format::Xmp
+        && cli.out.as_deref() == Some(Path::new("."))
+    {
+        bail!("--format xmp --out .: tar members have no folder to put a sidecar beside; give --out DIR");
+    }
+
+    // Ground truth and baseline, before any work; the ground truth must name some of the images.
+    let (truth, baseline) = truth_and_baseline(cli, &input.base, &info.classes)?;
+    let all: HashSet<OsString> = match (&truth, &input.images) {
+        (Some(t), Images::Files(items)) => items.iter().map(|f| t.key_of(&f.path)).collect(),
+        _ => HashSet::new(),
+    };
+    if let (Some(t), Images::Files(_)) = (&truth, &input.images) {
+        if shard.is_whole() && t.entries_in(&all) == 0 {
+            bail!(
+                "none of the images of --ground-truth {} is among --images {}: no metrics (are the paths relative to the right folder?)",
+                cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                cli.images.display()
+            );
+        }
+    }
+
+    // The outputs; with --resume, what they hold already is skipped.
+    let encoder = Encoder::new(cli.format, &info.classes, &cli.keyword_root);
+    let (mut sink, done) = Sink::open(cli.format, cli.out.as_deref(), cli.resume, encoder)?;
+    let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
+    let format = cli.format;
+    let skipped = Arc::new(AtomicUsize::new(0));
+    let (batches, known): (Box<dyn Iterator<Item = Vec<Work>> + Send>, Option<usize>) = match input.images {
+        Images::Files(mut items) => {
+            let before = items.len();
+            items.retain(|it| !done.contains(&key_of(format, it)));
+            skipped.store(before - items.len(), Ordering::Relaxed);
+            let n = items.len();
+            let mut items = items.into_iter();
+            let chunks = std::iter::from_fn(move || {
+                let chunk: Vec<Work> = items.by_ref().take(batch).map(Work::of).collect();
+                (!chunk.is_empty()).then_some(chunk)
+            });
+            (Box::new(chunks), Some(n))
+        }
+        Images::Tars(tars) => {
+            let counter = skipped.clone();
+            let skip = move |it: &Item| {
+                let hit = done.contains(&key_of(format, it));
+                if hit {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                hit
+            };
+            (Box::new(TarBatches::start(tars, batch, Box::new(skip))), None)
+        }
+    };
+    let n_skipped_now = skipped.load(Ordering::Relaxed);
+    if n_skipped_now > 0 {
+        tracing::info!(
+            "resuming: {n_skipped_now} images already in {} are skipped",
+            cli.out.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
+    // The model's SHA-256 for the stats, while tagging.
+    let model_path = cli.model.clone();
+    let hashing = std::thread::spawn(move || stats::sha256(&model_path));
+
     // Loading ONNX Runtime (tens of ms) and building the session run while the first batches
     // decode.
+    let kind = input.kind.clone();
     let open = || -> Result<Runner> {
         let (env, lib) = runtime::init(cli.ort_lib.as_deref())?;
         let (session, provider) = runtime::session(&env, &cli.model, cli.device, threads)?;
@@ -101,71 +181,64 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 cli.model.display()
             );
         }
+        let count = match known {
+            Some(n) => format!("{n} images"),
+            None => "the images".to_string(),
+        };
         tracing::info!(
-            "{} images{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
-            files.len(),
+            "{count} of {kind}{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
             if shard.is_whole() {
                 String::new()
             } else {
-                format!(" (shard {}/{} of {})", shard.index, shard.count, listing.images.len())
+                format!(" (shard {}/{} of {})", shard.index, shard.count, input.total)
             },
         );
         Ok(Runner { session, input: io.input, output: io.output })
     };
 
-    // Ground truth and baseline, before any work; the ground truth must name some of the images.
-    let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
-    // Resolved once, for matching the ground truth before tagging and for its report after.
-    let all: HashSet<OsString> = match &truth {
-        Some(t) => listing.images.iter().map(|f| t.key_of(&f.path)).collect(),
-        None => HashSet::new(),
-    };
-    if let Some(t) = &truth {
-        if t.entries_in(&all) == 0 {
-            bail!(
-                "none of the images of --ground-truth {} is under --images {}: no metrics (are the paths relative to the right folder?)",
-                cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                cli.images.display()
-            );
-        }
-    }
-
     // Tag.
-    let mut out = output::open(cli.out.as_deref())?;
-    let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
     let mut n_errors = 0usize;
-    let mut report = |path: &str, reason: &str, errors_out: &mut Option<Output>| -> Result<()> {
+    let max_errors = cli.max_errors;
+    let mut report = |name: &str, reason: &str, errors_out: &mut Option<Output>| -> Result<()> {
         n_errors += 1;
-        tracing::warn!("skipped {path}: {reason}");
-        errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(path, reason)))
-    };
-    if shard.index == 0 {
-        for p in &listing.problems {
-            report(&p.path, &p.reason, &mut errors_out)?;
+        tracing::warn!("skipped {name}: {reason}");
+        errors_out.as_mut().map_or(Ok(()), |o| o.line(&error_line(name, reason)))?;
+        match max_errors {
+            Some(max) if n_errors > max => Err(TooManyErrors(max).into()),
+            _ => Ok(()),
         }
-    }
+    };
     let pre = Preprocess {
         height: info.height,
         width: info.width,
         mean: info.mean,
         std: info.std,
+        exif_orientation: !cli.no_exif_orientation,
         ..Preprocess::imagenet(info.height, info.width)
     };
     let plan =
         Plan { pre: &pre, batch, decode_threads: threads, num_classes: info.classes.len(), pad_to: head.fixed_batch };
-    let mut tagger = Tagger::new(&info.classes);
+    let mut chosen = Vec::new();
     let mut scored = Scored::default();
-    let mut bar = Progress::start(Some(files.len() as u64), Duration::from_secs_f64(cli.log_every));
+    let mut bar = Progress::start(known.map(|n| n as u64), Duration::from_secs_f64(cli.log_every));
     let started = Instant::now();
+    let mut last_flush = Instant::now();
     let mut tagged = 0usize;
-    let timing = pipeline::run(files, &plan, open, |i, outcome| {
+    let result = pipeline::run(batches, &plan, open, |item, outcome| {
         bar.inc();
+        if last_flush.elapsed() > Duration::from_secs(1) {
+            sink.flush()?;
+            last_flush = Instant::now();
+        }
         match outcome {
             Outcome::Scores(scores) => {
+                decision.choose(scores, &mut chosen);
+                if let Err(reason) = sink.row(&Tagged { item, result: Ok((scores, &chosen)) })? {
+                    return report(&item.name, &reason, &mut errors_out);
+                }
                 tagged += 1;
-                out.line(tagger.line(&files[i].rel, scores, &decision))?;
                 if let Some(t) = &truth {
-                    match t.row_of(&t.key_of(&files[i].path)) {
+                    match t.row_of(&t.key_of(&item.path)) {
                         Some(row) => {
                             scored.rows.push(row);
                             scored.scores.extend_from_slice(scores);
@@ -175,35 +248,78 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 }
                 Ok(())
             }
-            Outcome::Failed(reason) => report(&files[i].rel, reason, &mut errors_out),
+            Outcome::Failed(reason) => {
+                // A failed image's row (no sidecar can fail: it has none).
+                let _ = sink.row(&Tagged { item, result: Err(reason) })?;
+                report(&item.name, reason, &mut errors_out)
+            }
         }
-    })?;
+    });
     bar.finish();
-    out.finish()?;
+    let (timing, stopped) = match result {
+        Ok(t) => (Some(t), None),
+        Err(e) => match e.downcast::<TooManyErrors>() {
+            Ok(stop) => (None, Some(stop)),
+            Err(e) => return Err(e),
+        },
+    };
+    sink.finish()?;
     if let Some(e) = errors_out {
         e.finish()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let n_skipped = skipped.load(Ordering::Relaxed);
     tracing::info!(
-        "tagged {tagged} images, {n_errors} unreadable, in {secs:.1} s ({:.1} images/s)",
+        "tagged {tagged} images, {n_errors} unreadable{}, in {secs:.1} s ({:.1} images/s)",
+        if n_skipped > 0 { format!(", {n_skipped} skipped (already in the output)") } else { String::new() },
         tagged as f64 / secs.max(1e-9)
     );
-    tracing::info!("{}", timing.summary());
-    if tagged == 0 && !files.is_empty() {
-        bail!("none of the {} images could be read (the reasons are above)", files.len());
+    if let Some(t) = &timing {
+        tracing::info!("{}", t.summary());
+    }
+    let model_sha256 = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread crashed"))??;
+    if let Some(out) = cli.out.as_deref().filter(|o| *o != Path::new(".") && *o != Path::new("-")) {
+        if matches!(fsio::classify(out), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp {
+            let s = Stats {
+                images: cli.images.display().to_string(),
+                out: out.display().to_string(),
+                format: cli.format.name().to_string(),
+                shard: Stats::shard(shard),
+                images_tagged: tagged,
+                images_failed: n_errors,
+                images_skipped: n_skipped,
+                seconds: secs,
+                images_per_second: tagged as f64 / secs.max(1e-9),
+                model: cli.model.display().to_string(),
+                model_sha256,
+                thresholds: ThresholdStats::of(&decision, &info.classes),
+                complete: stopped.is_none(),
+                cls_infer: crate::VERSION.to_string(),
+            };
+            crate::output::write_file(&stats::stats_path(out), &serde_json::to_string_pretty(&s)?)?;
+        }
+    }
+    if let Some(stop) = stopped {
+        tracing::error!("{stop}; the rows so far are written (--resume continues)");
+        return Ok(EXIT_UNREADABLE);
+    }
+    if tagged == 0 && n_errors > 0 {
+        bail!("none of the {n_errors} images could be read (the reasons are above)");
     }
 
     // Metrics.
     let mut status = if cli.strict && n_errors > 0 { EXIT_UNREADABLE } else { EXIT_OK };
     if let Some(t) = &truth {
-        let orphans = t.entries_without_image(&all);
-        if !orphans.is_empty() {
-            tracing::info!(
-                "{} ground-truth entries have no image under {}: {}",
-                orphans.len(),
-                cli.images.display(),
-                preview(&orphans)
-            );
+        if shard.is_whole() && !all.is_empty() {
+            let orphans = t.entries_without_image(&all);
+            if !orphans.is_empty() {
+                tracing::info!(
+                    "{} ground-truth entries have no image among {}: {}",
+                    orphans.len(),
+                    cli.images.display(),
+                    preview(&orphans)
+                );
+            }
         }
         if scored.rows.is_empty() && !shard.is_whole() {
             // Normal in an array job over a folder that is only partly labelled.
@@ -218,10 +334,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
 /// Every output location, before any work: each must be writable, and none may be an input or
 /// another output.
 fn check_outputs(cli: &Cli) -> Result<()> {
+    let out = cli.out.as_deref().filter(|_| cli.format != Format::Xmp);
     let outputs: Vec<(&str, &Path)> =
-        [("--out", &cli.out), ("--errors", &cli.errors), ("--metrics-out", &cli.metrics_out)]
+        [("--out", out), ("--errors", cli.errors.as_deref()), ("--metrics-out", cli.metrics_out.as_deref())]
             .into_iter()
-            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .filter_map(|(flag, p)| p.map(|p| (flag, p)))
             .collect();
     let mut inputs: Vec<(&str, &Path)> = vec![("--model", &cli.model)];
     inputs.extend(cli.ground_truth.as_deref().map(|p| ("--ground-truth", p)));
@@ -313,84 +430,14 @@ fn score(
     score_and_compare(gt, cli.metrics_out.as_deref(), truth, baseline, cli.tolerance, classes, decision, scored)
 }
 
-/// `--ground-truth` mapped onto the model's classes (notes printed) and `--baseline`, each if given.
-fn truth_and_baseline(cli: &Cli, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
-    let truth = cli
-        .ground_truth
-        .as_deref()
-        .map(|gt| Truth::load(gt, &cli.images, cli.gt_classes.as_deref(), classes))
-        .transpose()?;
+/// `--ground-truth` mapped onto the model's classes (notes printed; image names relative to
+/// `base`) and `--baseline`, each if given.
+fn truth_and_baseline(cli: &Cli, base: &Path, classes: &[String]) -> Result<(Option<Truth>, Option<Metrics>)> {
+    let truth =
+        cli.ground_truth.as_deref().map(|gt| Truth::load(gt, base, cli.gt_classes.as_deref(), classes)).transpose()?;
     for note in truth.iter().flat_map(|t| &t.notes) {
         tracing::info!("note: {note}");
     }
     let baseline = cli.baseline.as_deref().map(read_baseline).transpose()?;
     Ok((truth, baseline))
-}
-
-/// `--from-tags`: the metrics of tag files cls-infer wrote earlier (one per shard of an array
-/// job, say), without running the model. Image paths are relative to `--images`, as written;
-/// the model gives the class order and the default threshold.
-fn evaluate_tags(cli: &Cli, classes: Option<Vec<String>>, size: Option<(u32, u32)>) -> Result<u8> {
-    let (_, info) = model_info(cli, classes, size)?;
-    let decision = decision(cli, &info)?;
-    let (truth, baseline) = truth_and_baseline(cli, &info.classes)?;
-    let truth = truth.context("--from-tags needs --ground-truth")?;
-    let mut scored = Scored { rows: Vec::new(), scores: Vec::new(), no_truth: 0 };
-    // Where each image was tagged, to refuse an image tagged twice (overlapping shards).
-    let mut seen: HashMap<OsString, (usize, usize)> = HashMap::new();
-    let place = |f: usize, n: usize| format!("{} line {}", cli.from_tags[f].display(), n + 1);
-    for (f, file) in cli.from_tags.iter().enumerate() {
-        // Streamed: the tags of a huge folder need not fit in memory.
-        let reader = std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()))?,
-        );
-        for (n, line) in std::io::BufRead::lines(reader).enumerate() {
-            let line = line.with_context(|| format!("--from-tags {}", file.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let (image, row) =
-                parse_tag_line(&line, &info.classes).with_context(|| format!("--from-tags {}", place(f, n)))?;
-            // Names are written escaped (walk::escape): back to the file's own bytes.
-            let key = truth.key_of(&cli.images.join(walk::unescape(&image)));
-            let row_in_truth = truth.row_of(&key);
-            if let Some((f0, n0)) = seen.insert(key, (f, n)) {
-                bail!("--from-tags: {image} is tagged twice, in {} and in {}", place(f0, n0), place(f, n));
-            }
-            match row_in_truth {
-                Some(r) => {
-                    scored.rows.push(r);
-                    scored.scores.extend_from_slice(&row);
-                }
-                None => scored.no_truth += 1,
-            }
-        }
-    }
-    tracing::info!("read {} tagged images from {} files", seen.len(), cli.from_tags.len());
-    let present: HashSet<OsString> = seen.into_keys().collect();
-    let orphans = truth.entries_without_image(&present);
-    if !orphans.is_empty() {
-        tracing::info!("{} ground-truth entries were not tagged: {}", orphans.len(), preview(&orphans));
-    }
-    Ok(if score(cli, &truth, baseline.as_ref(), &info.classes, &decision, scored)? { EXIT_REGRESSION } else { EXIT_OK })
-}
-
-/// One line of cls-infer's output: the image's path and its scores in `classes` order.
-fn parse_tag_line(line: &str, classes: &[String]) -> Result<(String, Vec<f32>)> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        image: String,
-        scores: HashMap<String, Option<f64>>,
-    }
-    let l: Line =
-        serde_json::from_str(line).context("not a line of cls-infer's output ({\"image\": ..., \"scores\": {...}})")?;
-    let row = classes
-        .iter()
-        .map(|c| match l.scores.get(c) {
-            Some(Some(p)) => Ok(*p as f32),
-            Some(None) => bail!("{}: the score of {c:?} is not a number", l.image),
-            None => bail!("{}: no score for the model's class {c:?} (tagged by another model?)", l.image),
-        })
-        .collect::<Result<Vec<f32>>>()?;
-    Ok((l.image, row))
 }

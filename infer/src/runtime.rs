@@ -17,15 +17,32 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use std::path::{Path, PathBuf};
 
-/// The execution device asked for on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The execution device asked for on the command line: `auto`, `cpu`, `cuda` or `cuda:N` (the
+/// spelling of cls-train's `--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// CUDA when this ONNX Runtime has it and it starts, the CPU otherwise.
+    /// CUDA (device 0) when this ONNX Runtime has it and it starts, the CPU otherwise.
     Auto,
-    /// CUDA or fail.
-    Cuda,
+    /// CUDA device N (0 for `cuda`), or fail.
+    Cuda(i32),
     /// The CPU only.
     Cpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
+                Some(Ok(n)) if n >= 0 => Ok(Device::Cuda(n)),
+                _ => Err(format!("{s:?}: expected auto, cpu, cuda or cuda:N (N a device number)")),
+            },
+        }
+    }
 }
 
 /// The library file in `dir`: `libonnxruntime.so` if present, else the highest-versioned
@@ -160,8 +177,12 @@ pub fn session(
     let mut provider = "CPUExecutionProvider";
     if device != Device::Cpu {
         let available = CUDA::is_available().unwrap_or(false);
+        let id = match device {
+            Device::Cuda(n) => n,
+            _ => 0,
+        };
         let attempt = if available {
-            match builder.with_execution_providers([CUDA::default().build().error_on_failure()]) {
+            match builder.with_execution_providers([CUDA::default().with_device_id(id).build().error_on_failure()]) {
                 Ok(b) => {
                     builder = b;
                     Ok(())
@@ -178,8 +199,8 @@ pub fn session(
         };
         match (attempt, device) {
             (Ok(()), _) => provider = "CUDAExecutionProvider",
-            (Err(reason), Device::Cuda) => bail!("--device cuda: CUDA is not usable: {reason}"),
-            (Err(reason), _) => crate::say!("cls-infer: CUDA not used ({reason})"),
+            (Err(reason), Device::Cuda(n)) => bail!("--device cuda:{n}: CUDA is not usable: {reason}"),
+            (Err(reason), _) => tracing::info!("CUDA not used ({reason})"),
         }
     }
     let session =
@@ -191,6 +212,17 @@ pub fn session(
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn devices() {
+        assert_eq!("auto".parse(), Ok(Device::Auto));
+        assert_eq!("CPU".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:1:2"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn picks_plain_then_highest_version() {

@@ -99,7 +99,7 @@ pub fn unescape(text: &str) -> OsString {
 }
 
 /// `rel` as a string with `/` between components, whatever the platform, each escaped.
-fn rel_string(rel: &Path) -> String {
+pub fn rel_string(rel: &Path) -> String {
     rel.components().map(|c| escape(c.as_os_str())).collect::<Vec<_>>().join("/")
 }
 
