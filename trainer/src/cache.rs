@@ -1,10 +1,13 @@
 //! The decoded-image cache: every image of a dataset is decoded once, in parallel, squished to
 //! one size and stored as uint8 HWC in a memory-mapped file keyed by the dataset and the size.
 //! Later runs with the same images and size reuse the file; each training step crops and flips
-//! from it, so no JPEG is decoded twice in a run (issue 3, "Data").
+//! from it, so no JPEG is decoded twice in a run (issue 3, "Data"). Images are turned upright as
+//! their EXIF orientation says (`cls_core::preprocess::decode_and_squish`, the function cls-infer
+//! uses too). Data larger than the cache can be decoded per step instead (`--cache none`,
+//! `loader.rs`), with the same pixels.
 
 use anyhow::{bail, Context, Result};
-use cls_core::preprocess::{decode_file, squish, Preprocess};
+use cls_core::preprocess::{decode_and_squish, Preprocess};
 use cls_core::Sample;
 use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
@@ -14,8 +17,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Bump when the cache layout or the resize filter changes.
-const CACHE_VERSION: &str = "images-v1";
+/// Bump when the cache layout, the resize filter or the decoding changes (v2: EXIF orientation).
+const CACHE_VERSION: &str = "images-v2";
 /// The largest image cache file.
 const MAX_CACHE_BYTES: u64 = 1 << 44;
 
@@ -64,7 +67,7 @@ impl ImageCache {
 }
 
 /// The key: image paths with their sizes and modification times, and the squish size.
-fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
+pub fn cache_key(samples: &[Sample], height: u32, width: u32) -> Result<String> {
     let mut h = Sha256::new();
     h.update(format!("{CACHE_VERSION} {height}x{width}\n"));
     for s in samples {
@@ -104,7 +107,7 @@ fn fill(samples: &[Sample], height: u32, width: u32, tmp: &Path, bytes: usize, l
         .par_iter()
         .enumerate()
         .filter_map(|(i, s)| {
-            let r = decode_file(&s.path, max_pixels).map(|img| squish(&img, width, height));
+            let r = decode_and_squish(&s.path, max_pixels, width, height, true);
             bar.inc(1);
             match r {
                 Ok(img) => {
@@ -115,7 +118,8 @@ fn fill(samples: &[Sample], height: u32, width: u32, tmp: &Path, bytes: usize, l
                     }
                     None
                 }
-                Err(e) => Some(format!("{}: {e}", s.path.display())),
+                // The error names the file already.
+                Err(e) => Some(e.to_string()),
             }
         })
         .collect();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod inputs;
 pub mod launch;
+pub mod loader;
 pub mod methods;
 pub mod optim;
 pub mod peer;
