@@ -9,6 +9,8 @@ mod common;
 mod baselines;
 #[path = "methods/cls.rs"]
 mod cls;
+#[path = "methods/observed_negatives.rs"]
+mod observed_negatives;
 #[path = "methods/registry.rs"]
 mod registry;
 #[path = "methods/role.rs"]
