@@ -799,7 +799,10 @@ fn inputs_that_are_not_regular_files_are_skipped() {
     let rows: Vec<Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let tagged: Vec<Value> = rows.iter().filter(|v| v.get("error").is_none()).cloned().collect();
     assert_eq!(images_of(&tagged), ["a.png"]);
-    assert!(rows.iter().filter(|v| v.get("error").is_some()).all(|v| v["error"].as_str().unwrap().contains("not a regular file")));
+    assert!(rows
+        .iter()
+        .filter(|v| v.get("error").is_some())
+        .all(|v| v["error"].as_str().unwrap().contains("not a regular file")));
     let errors = read_jsonl(&errs);
     let mut skipped: Vec<&str> = errors.iter().map(|v| v["path"].as_str().unwrap()).collect();
     skipped.sort();
@@ -1182,3 +1185,6 @@ fn open_images_and_tag_table_ground_truth() {
     assert_eq!(got, evaluate(scores.view(), targets.view(), 0.5).unwrap());
     assert_eq!(got.n_unknown, 0);
 }
+
+#[path = "infer/forms.rs"]
+mod forms;

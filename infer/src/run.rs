@@ -226,7 +226,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let mut tagged = 0usize;
     let result = pipeline::run(batches, &plan, open, |item, outcome| {
         bar.inc();
-        if last_flush.elapsed() > Duration::from_secs(1) {
+        if last_flush.elapsed() > Duration::from_millis(250) {
             sink.flush()?;
             last_flush = Instant::now();
         }

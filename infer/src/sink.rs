@@ -1,9 +1,9 @@
 //! Where the rows go, and `--resume`.
 //!
 //! - Standard output, a FIFO or a device: rows are written straight, as they come.
-//! - A regular file `OUT`: rows go to `OUT.partial` as they come (flushed after every batch), and
-//!   when the run ends `OUT` is written from it atomically (`cls_core::fsio`: a temporary file
-//!   renamed into place), then `OUT.partial` is removed. A run that is killed or fails leaves
+//! - A regular file `OUT`: rows go to `OUT.partial` as they come (handed to the system at least
+//!   every quarter second), and when the run ends `OUT` is written from it atomically
+//!   (`cls_core::fsio`: a temporary file renamed into place), then `OUT.partial` is removed. A run that is killed or fails leaves
 //!   `OUT` as it was and `OUT.partial` with the rows done so far.
 //! - `--resume`: the images already in `OUT` or in `OUT.partial` (its complete rows; a row cut
 //!   short by a kill is dropped) are skipped, new rows are added to `OUT.partial`, and the new

@@ -196,3 +196,64 @@ pub fn leftover_temps(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// [`output_within`] with `input` on the child's standard input (written by a thread, so a child
+/// that does not read it cannot stall the test).
+pub fn output_within_input(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+    input: Vec<u8>,
+) -> std::process::Output {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut stdin = child.stdin.take();
+    let feeder = std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            let _ = s.write_all(&input);
+        }
+    });
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let Some(status) = wait_until(&mut child, limit) else {
+        let stderr = err.join().unwrap_or_default();
+        panic!(
+            "{what} did not end within {limit:?}: killed (a hang). Its stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    let _ = feeder.join();
+    std::process::Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+/// A JPEG of `img` whose EXIF (an APP1 segment right after SOI) says `orientation` (1 to 8).
+pub fn jpeg_with_orientation(img: &image::RgbImage, orientation: u16) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95).encode_image(img).unwrap();
+    let jpeg = buf.into_inner();
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    exif.extend([0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1]);
+    exif.extend(orientation.to_be_bytes());
+    exif.extend([0, 0, 0, 0, 0, 0]);
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xff, 0xe1]);
+    out.extend(((exif.len() + 2) as u16).to_be_bytes());
+    out.extend(exif);
+    out.extend(&jpeg[2..]);
+    out
+}
