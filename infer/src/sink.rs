@@ -33,7 +33,50 @@ pub struct Sink {
 enum Kind {
     Stream { out: Output, first: bool },
     File { dest: PathBuf, partial: PathBuf, w: BufWriter<File>, resume: bool, header: Option<Vec<u8>> },
-    Sidecars { place: Place, names: Vec<String> },
+    Sidecars { place: Place, names: Vec<String>, writer: SidecarWriter },
+}
+
+/// Writes sidecars on a thread of its own: each is synced to disk before it is renamed into
+/// place (about a millisecond), which would otherwise hold up inference.
+struct SidecarWriter {
+    tx: Option<crossbeam_channel::Sender<(PathBuf, Vec<u8>)>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl SidecarWriter {
+    fn start() -> Result<SidecarWriter> {
+        let (tx, rx) = crossbeam_channel::bounded::<(PathBuf, Vec<u8>)>(256);
+        let thread = std::thread::Builder::new()
+            .name("cls-sidecars".into())
+            .spawn(move || -> Result<()> {
+                for (target, bytes) in rx {
+                    cls_core::fsio::write_atomic(&target, &bytes)?;
+                }
+                Ok(())
+            })
+            .context("cannot start the sidecar writer")?;
+        Ok(SidecarWriter { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Queue one sidecar; the writer's error, if it stopped on one.
+    fn write(&mut self, target: PathBuf, bytes: Vec<u8>) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send((target, bytes)).is_ok()).unwrap_or(false);
+        if sent {
+            Ok(())
+        } else {
+            self.finish()
+        }
+    }
+
+    /// Wait for every queued sidecar to be written.
+    fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => bail!("the sidecar writer crashed"),
+            None => bail!("the sidecar writer stopped"),
+        }
+    }
 }
 
 /// `OUT.partial`.
@@ -137,7 +180,8 @@ impl Sink {
                         .with_context(|| format!("--out {}: cannot make the folder", dir.display()))?;
                 }
             }
-            return Ok((Sink { encoder, format, kind: Kind::Sidecars { place, names: Vec::new() } }, HashSet::new()));
+            let kind = Kind::Sidecars { place, names: Vec::new(), writer: SidecarWriter::start()? };
+            return Ok((Sink { encoder, format, kind }, HashSet::new()));
         }
         let regular = match dest {
             Some(d) => matches!(cls_core::fsio::classify(d)?, cls_core::fsio::Dest::Regular(_)),
@@ -229,8 +273,11 @@ impl Sink {
                 }
                 Ok(Ok(()))
             }
-            Kind::Sidecars { place, names } => {
+            Kind::Sidecars { place, names, writer } => {
                 let Ok((_, chosen)) = t.result else { return Ok(Ok(())) };
+                if chosen.is_empty() {
+                    return Ok(Ok(())); // no keyword: no sidecar to make or change
+                }
                 names.clear();
                 // The classes' names, from the encoder's list.
                 let all = self.encoder.classes();
@@ -242,7 +289,7 @@ impl Sink {
                     Err(e) => return Ok(Err(format!("{e:#}"))),
                 };
                 match xmp::prepare(&target, names.as_slice(), &hier) {
-                    Ok(Some(bytes)) => cls_core::fsio::write_atomic(&target, &bytes)?,
+                    Ok(Some(bytes)) => writer.write(target, bytes)?,
                     Ok(None) => {}
                     Err(e) => return Ok(Err(format!("{e:#}"))),
                 }
@@ -279,7 +326,7 @@ impl Sink {
                 std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
                 Ok(())
             }
-            Kind::Sidecars { .. } => Ok(()),
+            Kind::Sidecars { mut writer, .. } => writer.finish(),
         }
     }
 }
