@@ -46,106 +46,118 @@ use std::process::ExitCode;
 #[command(version = VERSION, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The exported model (ONNX, with cls-train's metadata).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub model: PathBuf,
     /// The images: a folder (searched recursively), an image file, a quoted glob
     /// ('photos/**/*.jpg'), @list.txt (one path a line), - (paths on standard input), or
     /// WebDataset tar shards (shards/{000000..000099}.tar, or a folder of .tar files).
-    #[arg(long, value_name = "WHERE")]
+    #[arg(long, value_name = "WHERE", help_heading = "Input")]
     pub images: PathBuf,
+    /// Tag only slice I of N (0-based); see the notes below for cluster array jobs.
+    #[arg(long, value_name = "I/N", help_heading = "Input")]
+    pub shard: Option<String>,
+    /// Follow symbolic links to directories (loops are detected and reported).
+    #[arg(long, help_heading = "Input")]
+    pub follow_links: bool,
+    /// Do not turn images upright by their EXIF orientation.
+    #[arg(long, help_heading = "Input")]
+    pub no_exif_orientation: bool,
+
+    /// Where to write the tags [default: standard output]; for --format xmp a folder (sidecars
+    /// mirroring the images' names), or . (beside the images).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub out: Option<PathBuf>,
+    /// The output's format: jsonl (image, labels, scores), csv (image, labels, a score column
+    /// per class, error), xmp (one <name>.<ext>.xmp sidecar per image, existing ones merged),
+    /// exiftool (the JSON that `exiftool -json=FILE DIR` imports).
+    #[arg(long, value_enum, default_value_t = output::Format::Jsonl, hide_possible_values = true, help_heading = "Output")]
+    pub format: output::Format,
+    /// The root of the hierarchical keywords (lr:hierarchicalSubject) of xmp and exiftool:
+    /// ROOT|label.
+    #[arg(long, value_name = "ROOT", default_value = "cls", help_heading = "Output")]
+    pub keyword_root: String,
+    /// Skip the images already in --out (or in the OUT.partial an interrupted run left) and add
+    /// the new rows.
+    #[arg(long, help_heading = "Output")]
+    pub resume: bool,
+    /// Where to write the images that failed (JSON Lines: path, reason); they are rows of --out
+    /// too.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub errors: Option<PathBuf>,
+    /// Exit with status 1 when any image could not be read.
+    #[arg(long, help_heading = "Output")]
+    pub strict: bool,
+    /// Stop (exit 1) once more than N images have failed: an input that is mostly broken.
+    #[arg(long, value_name = "N", help_heading = "Output")]
+    pub max_errors: Option<usize>,
+
     /// One global decision threshold for every class, instead of the model's (per-class)
     /// thresholds [default: the model's per-class thresholds, else its threshold, else 0.5].
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", help_heading = "Labels")]
     pub threshold: Option<f64>,
     /// Per-class thresholds overriding the others for the classes it names: a JSON object
     /// {"class name": threshold, ...}.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Labels")]
     pub thresholds: Option<PathBuf>,
     /// Give every image at least its K best labels, whatever their scores.
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    #[arg(long, value_name = "K", default_value_t = 0, help_heading = "Labels")]
     pub min_labels: u32,
     /// Report at most K labels per image.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Labels")]
     pub top_k: Option<u32>,
-    /// Where to write the tags [default: standard output]; for --format xmp a folder (sidecars
-    /// mirroring the images' names), or . (beside the images).
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// The output's format.
-    #[arg(long, value_enum, default_value_t = output::Format::Jsonl)]
-    pub format: output::Format,
-    /// The root of the hierarchical keywords (lr:hierarchicalSubject) of --format xmp and
-    /// exiftool: ROOT|label.
-    #[arg(long, value_name = "ROOT", default_value = "cls")]
-    pub keyword_root: String,
-    /// Skip the images already in --out (or in what an interrupted run left in OUT.partial) and
-    /// add the new rows.
-    #[arg(long)]
-    pub resume: bool,
+
     /// Ground truth, in any format cls-train reads: a JSONL manifest, a COCO instances JSON or a
     /// tag table CSV (image names relative to --images), a VOC devkit, Open Images image-level
     /// labels (matched by ImageID = file stem; needs --gt-classes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Evaluation")]
     pub ground_truth: Option<PathBuf>,
     /// The ground truth's classes: Open Images class descriptions (LabelName,DisplayName) or
     /// trainable-classes list; for a JSONL manifest or tag table, a class list (one a line).
-    #[arg(long, value_name = "FILE", requires = "ground_truth")]
+    #[arg(long, value_name = "FILE", requires = "ground_truth", help_heading = "Evaluation")]
     pub gt_classes: Option<PathBuf>,
-    /// Where to write the metrics (JSON); needs --ground-truth.
-    #[arg(long, value_name = "FILE", requires = "ground_truth")]
+    /// Where to write the metrics (JSON, with per-class AP, precision, recall, F1, support and
+    /// threshold); needs --ground-truth.
+    #[arg(long, value_name = "FILE", requires = "ground_truth", help_heading = "Evaluation")]
     pub metrics_out: Option<PathBuf>,
-    /// Metrics JSON to compare against (exit 3 when mAP, CF1 or OF1 drops by more than --tolerance).
-    #[arg(long, value_name = "FILE", requires = "ground_truth")]
+    /// Metrics JSON to compare against (exit 3 when mAP, CF1 or OF1 drops by more than
+    /// --tolerance).
+    #[arg(long, value_name = "FILE", requires = "ground_truth", help_heading = "Evaluation")]
     pub baseline: Option<PathBuf>,
     /// Allowed drop against --baseline, as a fraction (0.01 = one point).
-    #[arg(long, value_name = "T", default_value_t = 0.0, requires = "baseline")]
+    #[arg(long, value_name = "T", default_value_t = 0.0, requires = "baseline", help_heading = "Evaluation")]
     pub tolerance: f64,
-    /// Where to run the model: auto (CUDA when present), cpu, cuda, cuda:N.
-    #[arg(long, value_name = "DEVICE", default_value = "auto")]
-    pub device: runtime::Device,
-    /// Images per inference batch.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub batch: u32,
-    /// Threads for ONNX Runtime and for decoding [default: all cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub threads: Option<u32>,
-    /// Where to write the unreadable files (JSON Lines: path, reason).
-    #[arg(long, value_name = "FILE")]
-    pub errors: Option<PathBuf>,
-    /// Tag only slice I of N (0-based); see the notes below for cluster array jobs.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
-    /// Exit with status 1 when any image could not be read.
-    #[arg(long)]
-    pub strict: bool,
-    /// Stop (exit 1) once more than N images have failed: an input that is mostly broken.
-    #[arg(long, value_name = "N")]
-    pub max_errors: Option<usize>,
-    /// Do not turn images upright by their EXIF orientation.
-    #[arg(long)]
-    pub no_exif_orientation: bool,
-    /// Follow symbolic links to directories (loops are detected and reported).
-    #[arg(long)]
-    pub follow_links: bool,
-    /// The ONNX Runtime library (libonnxruntime.so) to load.
-    #[arg(long, value_name = "PATH")]
-    pub ort_lib: Option<PathBuf>,
-    /// Class names, one a line, for a model without metadata (overrides the metadata).
-    #[arg(long, value_name = "FILE")]
-    pub classes: Option<PathBuf>,
-    /// Input size HxW for a model without metadata (overrides the metadata; at most 8192 a side).
-    #[arg(long, value_name = "HxW")]
-    pub size: Option<String>,
-    /// Compute the metrics of these tag files (cls-infer's output, e.g. one per --shard of an
-    /// array job) instead of running the model; image paths in them are relative to --images.
-    #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth",
+    /// Compute the metrics of these tag files (JSONL or CSV written by cls-infer, e.g. one per
+    /// --shard of an array job) instead of running the model; names in them are relative to
+    /// --images. Shards missing among them are named (from the .stats.json beside each).
+    #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth", help_heading = "Evaluation",
           conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors"])]
     pub from_tags: Vec<PathBuf>,
+
+    /// Where to run the model: auto (CUDA when present), cpu, cuda, cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "auto", help_heading = "System")]
+    pub device: runtime::Device,
+    /// Images per inference batch.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "System")]
+    pub batch: u32,
+    /// Threads for ONNX Runtime and for decoding [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096), help_heading = "System")]
+    pub threads: Option<u32>,
+    /// The ONNX Runtime library (libonnxruntime.so) to load.
+    #[arg(long, value_name = "PATH", help_heading = "System")]
+    pub ort_lib: Option<PathBuf>,
     /// Without a terminal on stderr, a progress line every this many seconds (0: none).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, help_heading = "System")]
     pub log_every: f64,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "System")]
     pub verbosity: clap_verbosity_flag::Verbosity<clap_verbosity_flag::InfoLevel>,
+
+    /// Class names, one a line, for a model without metadata (overrides the metadata).
+    #[arg(long, value_name = "FILE", help_heading = "Model without metadata")]
+    pub classes: Option<PathBuf>,
+    /// Input size HxW for a model without metadata (overrides the metadata; at most 8192 a side).
+    #[arg(long, value_name = "HxW", help_heading = "Model without metadata")]
+    pub size: Option<String>,
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) or the man page
     /// (man) on standard output, and exit.
     #[arg(long, value_name = "KIND", value_enum, exclusive = true)]
@@ -154,27 +166,29 @@ pub struct Cli {
 
 const AFTER_HELP: &str = "\
 Images: in a folder, the regular files named like a format this build decodes (JPEG, PNG, GIF,
-  BMP, WebP, TIFF; any case), sorted by path; FIFOs, devices and broken links so named fail. A list
-  (@list.txt: relative to its folder unless absolute, # comments) or - keeps its order; tar shards
-  are read member by member (grouped by key, the image chosen by extension), named shard.tar/key.jpg.
-  EXIF orientation is applied (--no-exif-orientation: not).
-Output (--format): jsonl, one line per image, in input order:
+  BMP, WebP, TIFF; any case), sorted by path; FIFOs, devices and broken links so named fail.
+  A glob is sorted; a list (@list.txt: relative to its folder unless absolute, # comments) or -
+  keeps its order. Tar shards are read member by member, grouped by key, the image chosen by
+  extension, and named shard.tar/key.jpg; a member named with .. is refused.
+Output: jsonl (the default), one line per image, in input order:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
-  and for a failed image {\"image\": ..., \"labels\": [], \"error\": reason}; csv, image,labels
-  (joined by ;),<a score column per class>,error; exiftool, the JSON that exiftool -json=FILE DIR
-  imports; xmp, sidecars <name>.<ext>.xmp (existing ones merged). Names relative to the folder,
-  list or glob; bytes that are not UTF-8 are written \\xNN and a backslash \\\\.
-  Into a file OUT, rows go to OUT.partial first and OUT is written when the run ends; an interrupted
+  and a failed image {\"image\": ..., \"labels\": [], \"error\": reason}. csv: image, labels
+  (joined by ;), one score column per class, error. exiftool: [{\"SourceFile\": ...,
+  \"XMP-dc:Subject\": [...], \"XMP-lr:HierarchicalSubject\": [...]}, ...]. xmp: sidecars
+  mirroring the names under --out DIR (or beside the images, --out .), merged into existing
+  ones. Names are relative to the folder, glob or list; bytes that are not UTF-8 are written
+  \\xNN and a backslash \\\\, so --from-tags finds the files again.
+  Into a file OUT, rows go to OUT.partial first and OUT is written at the end: an interrupted
   run leaves OUT as it was, and --resume continues. OUT.stats.json records the run.
 Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
   cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
   or JOB_COMPLETION_INDEX with JOB_COMPLETION_COUNT (set it to the job's completions).
-ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the system's.
-  Its log level is ORT_LOG (default warning).
-Exit status: 0 ok; 1 unreadable images with --strict; 2 bad usage, unreadable model, no images
-  or none readable; 3 metric regression against --baseline; 141, quietly, when the output's
-  reader went away (as in `cls-infer ... | head`).";
+ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the
+  system's. Its log level is ORT_LOG (default warning).
+Exit status: 0 ok; 1 unreadable images with --strict, or more than --max-errors; 2 bad usage,
+  unreadable model, no images or none readable; 3 metric regression against --baseline; 141,
+  quietly, when the output's reader went away (as in `cls-infer ... | head`).";
 
 /// What `--generate` prints.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -27,7 +27,7 @@ pub enum Format {
     Jsonl,
     /// image,labels,<one score column per class>,error.
     Csv,
-    /// One XMP sidecar per image (<name>.<ext>.xmp) under --out DIR, or beside the images with --out .
+    /// One XMP sidecar per image (<name>.<ext>.xmp), under --out DIR or beside the images (--out .)
     Xmp,
     /// The JSON that `exiftool -json=FILE DIR` imports (SourceFile, XMP-dc:Subject).
     Exiftool,
