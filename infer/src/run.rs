@@ -186,7 +186,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
             None => "the images".to_string(),
         };
         tracing::info!(
-            "{count} of {kind}{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib})",
+            "{count}{} on {provider}, batch {batch}, {threads} threads (ONNX Runtime from {lib}); input: {kind}",
             if shard.is_whole() {
                 String::new()
             } else {
