@@ -469,7 +469,6 @@ fn model_bytes(class4: &str) -> Vec<u8> {
 /// `cls-infer --ground-truth GT --report DIR` end to end: hostile file names in the folder, a
 /// hostile class name in the model and the ground truth, the page checked in Chromium.
 #[test]
-#[ignore = "needs cls-infer --report (issue 15): remove this line once the flag is wired"]
 fn cls_infer_writes_the_report() {
     let Some(browser) = chromium() else { return };
     let tmp = tempfile::tempdir().unwrap();
