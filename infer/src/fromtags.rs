@@ -36,6 +36,8 @@ pub fn read(files: &[PathBuf], base: &Path, classes: &[String], truth: &Truth) -
                 Some(r) => {
                     scored.rows.push(r);
                     scored.scores.extend_from_slice(&row);
+                    let path = base.join(walk::unescape(&image));
+                    scored.images.push(crate::report::ReportImage { name: image.clone(), path });
                 }
                 None => scored.no_truth += 1,
             }

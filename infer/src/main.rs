@@ -25,6 +25,7 @@ mod logging;
 mod model;
 mod output;
 mod pipeline;
+mod report;
 mod run;
 mod runtime;
 mod scoring;
@@ -119,6 +120,11 @@ pub struct Cli {
     /// threshold); needs --ground-truth.
     #[arg(long, value_name = "FILE", requires = "ground_truth", help_heading = "Evaluation")]
     pub metrics_out: Option<PathBuf>,
+    /// Write an error-analysis page to DIR/index.html (per-class table and precision-recall
+    /// curves, each class's worst false positives and negatives as thumbnails under DIR/thumbs/,
+    /// predicted against true labels per image); self-contained, opens offline in a browser.
+    #[arg(long, value_name = "DIR", requires = "ground_truth", help_heading = "Evaluation")]
+    pub report: Option<PathBuf>,
     /// Metrics JSON to compare against (exit 3 when mAP, CF1 or OF1 drops by more than
     /// --tolerance).
     #[arg(long, value_name = "FILE", requires = "ground_truth", help_heading = "Evaluation")]

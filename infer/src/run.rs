@@ -10,6 +10,7 @@ use crate::logging::Progress;
 use crate::model::{self, ModelInfo};
 use crate::output::{error_line, Encoder, Format, Output, Tagged};
 use crate::pipeline::{self, Outcome, Plan, Runner, Work};
+use crate::report::ReportImage;
 use crate::scoring::{score_and_compare, Scored};
 use crate::shard::Shard;
 use crate::sink::{key_of, Sink};
@@ -242,6 +243,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
                         Some(row) => {
                             scored.rows.push(row);
                             scored.scores.extend_from_slice(scores);
+                            if cli.report.is_some() {
+                                scored.images.push(ReportImage { name: item.name.clone(), path: item.path.clone() });
+                            }
                         }
                         None => scored.no_truth += 1,
                     }
@@ -351,6 +355,13 @@ fn check_outputs(cli: &Cli) -> Result<()> {
     for (flag, p) in &outputs {
         fsio::check_output(flag, p)?;
     }
+    if let Some(dir) = &cli.report {
+        crate::report::check_dir(dir).context("--report")?;
+        // Thumbnails written inside the tagged folder would be tagged by the next run.
+        if cli.images.is_dir() {
+            fsio::refuse_inside("--report", dir, "--images", &cli.images)?;
+        }
+    }
     Ok(())
 }
 
@@ -427,7 +438,17 @@ fn score(
     scored: Scored,
 ) -> Result<bool> {
     let gt = cli.ground_truth.as_deref().unwrap_or(Path::new(""));
-    score_and_compare(gt, cli.metrics_out.as_deref(), truth, baseline, cli.tolerance, classes, decision, scored)
+    let about: Vec<(String, String)> = [
+        ("model", Some(cli.model.display().to_string())),
+        ("images", Some(cli.images.display().to_string())),
+        ("ground truth", Some(gt.display().to_string())),
+        ("thresholds", Some(decision.source.clone())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+    .collect();
+    let report = cli.report.as_deref().map(|dir| (dir, about.as_slice()));
+    score_and_compare(gt, cli.metrics_out.as_deref(), report, truth, baseline, cli.tolerance, classes, decision, scored)
 }
 
 /// `--ground-truth` mapped onto the model's classes (notes printed; image names relative to

@@ -17,12 +17,16 @@ use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 use std::path::Path;
 
+use crate::report::{ReportImage, ReportInput};
+
 /// Scores of the tagged images that have ground truth: `rows` index the ground truth, `scores`
 /// holds one row of class probabilities per entry of `rows`.
 #[derive(Default)]
 pub struct Scored {
     pub rows: Vec<usize>,
     pub scores: Vec<f32>,
+    /// The image of each entry of `rows` (for the report page).
+    pub images: Vec<ReportImage>,
     /// Tagged images without ground truth.
     pub no_truth: usize,
 }
@@ -98,6 +102,7 @@ struct MetricsFile<'a> {
 pub fn score_and_compare(
     ground_truth: &Path,
     metrics_out: Option<&Path>,
+    report: Option<(&Path, &[(String, String)])>,
     truth: &Truth,
     baseline: Option<&Metrics>,
     tolerance: f64,
@@ -124,6 +129,21 @@ pub fn score_and_compare(
             per_class: PerClass { names: classes, metrics: &per },
         };
         crate::output::write_file(path, &serde_json::to_string_pretty(&file)?)?;
+    }
+    if let Some((dir, about)) = report {
+        let input = ReportInput {
+            classes,
+            images: &scored.images,
+            scores: scores.view(),
+            truth: targets.view(),
+            metrics: &metrics,
+            about,
+        };
+        let written = crate::report::write_report(dir, &input)?;
+        for (name, reason) in &written.unreadable {
+            tracing::warn!("report: no thumbnail of {name}: {reason}");
+        }
+        tracing::info!("report: {} ({} thumbnails)", written.index.display(), written.thumbnails);
     }
     let Some(base) = baseline else { return Ok(false) };
     let dropped = regressions(base, &metrics, tolerance);
