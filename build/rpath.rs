@@ -1,13 +1,7 @@
 //! Build script shared by every crate that links libtorch: embed the libtorch library folder as
 //! the binary's RUNPATH, so `target/release/cls-train` runs with no LD_LIBRARY_PATH.
 //! `torch-sys` (links = "tch") exports that folder to its direct dependents as DEP_TCH_LIBTORCH_LIB.
-//! Also the facts `--version` prints (build/version.rs).
-#[path = "version.rs"]
-mod version;
-
 pub fn main() {
-    version::git_commit();
-    version::libtorch_version();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let lib = std::fs::canonicalize(&lib).map(|p| p.display().to_string()).unwrap_or(lib);

@@ -6,7 +6,9 @@ mod rpath;
 fn main() {
     rpath::main();
     println!("cargo:rerun-if-changed=csrc/amp.cpp");
-    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!("torch-sys did not export DEP_TCH_LIBTORCH_LIB: is LIBTORCH set (scripts/setup)?");
+    };
     let include = std::path::Path::new(&lib).join("../include");
     cc::Build::new()
         .cpp(true)

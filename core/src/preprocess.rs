@@ -552,6 +552,7 @@ thread_local! {
 /// Resize to exactly `width × height` (no aspect preservation), bilinear.
 ///
 /// Zero-sized source or target gives a black (or empty) image rather than an error.
+#[allow(clippy::expect_used)] // fast_image_resize only fails on mismatched pixel types; both are RGB8.
 pub fn squish(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     try_squish(img, width, height).expect("RGB8 to RGB8 resize of non-empty images cannot fail")
 }

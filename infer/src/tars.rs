@@ -191,7 +191,7 @@ fn read_tar(tar: &TarFile, out: &mut Batcher) -> Result<(), ()> {
             close_group(&mut group, out)?;
             group = Some((key.clone(), false, Vec::new()));
         }
-        let g = group.as_mut().expect("set above");
+        let Some(g) = group.as_mut() else { continue }; // set just above
         g.2.push(ext.clone());
         if g.1 || !is_image_ext(ext.as_bytes()) {
             continue; // not the group's image: never read
