@@ -138,7 +138,7 @@ fn decode_batch(
     let len = works.len() * per_image;
     data.clear();
     data.try_reserve_exact(len)
-        .map_err(|_| format!("cannot allocate {} MiB for a batch of {} images", len * 4 >> 20, works.len()))?;
+        .map_err(|_| format!("cannot allocate {} MiB for a batch of {} images", (len * 4) >> 20, works.len()))?;
     data.resize(len, 0.0);
     let results: Vec<Result<(), String>> = data
         .par_chunks_mut(per_image)
@@ -293,7 +293,7 @@ fn infer(
             let len = rows * per_image;
             b.data
                 .try_reserve_exact(len.saturating_sub(b.data.len()))
-                .map_err(|_| anyhow!("cannot allocate {} MiB for a batch of {rows} images", len * 4 >> 20))?;
+                .map_err(|_| anyhow!("cannot allocate {} MiB for a batch of {rows} images", (len * 4) >> 20))?;
             b.data.resize(len, 0.0);
             let tensor = TensorRef::from_array_view(([rows, 3, h, w], b.data.as_slice()))
                 .map_err(|e| anyhow!("cannot make the input tensor: {e}"))?;

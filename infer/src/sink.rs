@@ -122,25 +122,21 @@ fn read_partial(format: Format, bytes: &[u8], header: Option<&[u8]>) -> (HashSet
         let mut rec = csv::ByteRecord::new();
         let mut good = 0usize;
         let mut first = true;
-        loop {
-            match r.read_byte_record(&mut rec) {
-                Ok(true) => {
-                    let at = r.position().byte() as usize;
-                    if first {
-                        first = false;
-                        let mut h = csv::Writer::from_writer(Vec::new());
-                        let _ = h.write_byte_record(&rec);
-                        let written = h.into_inner().unwrap_or_default();
-                        if written.strip_suffix(b"\n").unwrap_or(&written) != header {
-                            return (HashSet::new(), 0);
-                        }
-                    } else {
-                        keys.insert(String::from_utf8_lossy(&rec[0]).into_owned());
-                    }
-                    good = at;
+        // Up to the first record that does not parse (the torn end of a killed run).
+        while let Ok(true) = r.read_byte_record(&mut rec) {
+            let at = r.position().byte() as usize;
+            if first {
+                first = false;
+                let mut h = csv::Writer::from_writer(Vec::new());
+                let _ = h.write_byte_record(&rec);
+                let written = h.into_inner().unwrap_or_default();
+                if written.strip_suffix(b"\n").unwrap_or(&written) != header {
+                    return (HashSet::new(), 0);
                 }
-                Ok(false) | Err(_) => break,
+            } else {
+                keys.insert(String::from_utf8_lossy(&rec[0]).into_owned());
             }
+            good = at;
         }
         return (keys, good);
     }

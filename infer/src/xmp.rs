@@ -152,12 +152,12 @@ fn survey(xml: &[u8]) -> Result<([Found; 2], bool, bool, String)> {
             }
             Event::CData(t) => {
                 if let Some(text) = li.as_mut() {
-                    text.push_str(&String::from_utf8_lossy(&t));
+                    text.push_str(&String::from_utf8_lossy(t.as_ref()));
                 }
             }
             Event::GeneralRef(r) => {
                 if let Some(text) = li.as_mut() {
-                    text.push_str(&general_ref(&r));
+                    text.push_str(&general_ref(r));
                 }
             }
             Event::Eof => break,
@@ -317,8 +317,8 @@ pub fn merge(xml: &[u8], wanted: [&[String]; 2]) -> Result<Option<Vec<u8>>> {
                     let mut start = BytesStart::new(name.as_str());
                     start.push_attribute((format!("{rdf}about").as_str(), ""));
                     w.write_event(Event::Start(start))?;
-                    for p in 0..2 {
-                        write_property(&mut w, p, &rdf, &missing[p])?;
+                    for (p, props) in missing.iter().enumerate().take(2) {
+                        write_property(&mut w, p, &rdf, props)?;
                     }
                     w.write_event(Event::End(BytesEnd::new(name.as_str())))?;
                     description_done = true;

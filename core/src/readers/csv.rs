@@ -79,9 +79,11 @@ pub fn read_csv(path: &Path, labels: LabelColumns) -> Result<Dataset, DataError>
     })
 }
 
-/// The header (its line number and names) and the data rows (line number, trimmed fields),
-/// blank lines skipped.
-fn read_records(path: &Path) -> Result<(usize, Vec<String>, Vec<(usize, csv::StringRecord)>), DataError> {
+/// The header's line number and names, and the data rows as (line number, trimmed fields).
+type Records = (usize, Vec<String>, Vec<(usize, csv::StringRecord)>);
+
+/// The header and the data rows, blank lines skipped.
+fn read_records(path: &Path) -> Result<Records, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     // The reader's own line counter skips blank lines; count from the byte offset instead.
     let newlines: Vec<usize> = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).collect();

@@ -393,8 +393,8 @@ fn confidence(text: &str) -> Option<i8> {
         "1" => Some(POS),
         "0" => Some(NEG),
         _ => match text.parse::<f64>() {
-            Ok(v) if v == 1.0 => Some(POS),
-            Ok(v) if v == 0.0 => Some(NEG),
+            Ok(1.0) => Some(POS),
+            Ok(0.0) => Some(NEG),
             _ => None,
         },
     }
