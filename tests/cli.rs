@@ -111,7 +111,7 @@ fn an_unreadable_training_image_is_named_once() {
             .arg("--data")
             .arg(&manifest)
             .args(["--backbone", "resnet18", "--resize", "32x32", "--crop", "32x32", "--epochs", "1", "--threads", "1"])
-            .args(["--batch-size", "4", "--partial", "full"])
+            .args(["--batch-size", "4", "--partial", "full", "--pretrained", "none"])
             .arg("--run-dir")
             .arg(dir.path().join("run"))
             .arg("--cache-dir")

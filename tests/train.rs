@@ -162,6 +162,8 @@ fn image_backbone_trains_from_the_cache_and_frozen_features_work() {
         te.to_str().unwrap(),
         "--backbone",
         "resnet18",
+        "--pretrained",
+        "none",
         "--resize",
         "40x40",
         "--crop",
@@ -193,6 +195,8 @@ fn image_backbone_trains_from_the_cache_and_frozen_features_work() {
         te.to_str().unwrap(),
         "--backbone",
         "efficientnet-lite0",
+        "--pretrained",
+        "none",
         "--freeze-backbone",
         "--crop",
         "32x32",
@@ -290,6 +294,8 @@ fn resume_after_a_kill_reproduces_the_uninterrupted_run() {
             te.to_str().unwrap(),
             "--backbone",
             "resnet18",
+            "--pretrained",
+            "none",
             "--resize",
             "36x36",
             "--crop",
@@ -342,7 +348,9 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"image\": \"nope.png\", \"labels\": [\"a\"]}\n").unwrap();
     let err = fails_cleanly(
-        Command::new(bin("cls-train")).args(["--data", bad.to_str().unwrap(), "--run-dir"]).arg(tmp.path().join("r")),
+        Command::new(bin("cls-train"))
+            .args(["--data", bad.to_str().unwrap(), "--pretrained", "none", "--run-dir"])
+            .arg(tmp.path().join("r")),
         1,
     );
     assert!(err.contains("bad.jsonl"), "{err}");
@@ -352,9 +360,9 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
         Command::new(bin("cls-train"))
             .args(["--method", "nope", "--data", bad.to_str().unwrap(), "--run-dir"])
             .arg(tmp.path().join("r2")),
-        1,
+        2,
     );
-    assert!(err.contains("unknown method"), "{err}");
+    assert!(err.contains("'nope' for '--method"), "{err}");
     assert!(!tmp.path().join("r2").exists(), "no run folder for a bad method name");
 
     let err = fails_cleanly(Command::new(bin("cls-train")).args(["--resume"]).arg(tmp.path().join("missing")), 1);
@@ -372,6 +380,134 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
         "r3",
     );
     assert!(err.contains("validation set (1 images) has no positive label"), "{err}");
+}
+
+/// Arguments of a small image run (ResNet-18 from random weights, 2 epochs), in `run` with its
+/// cache in `cache` when given (`train_fails` adds its own).
+fn image_run(tr: &Path, te: &Path, run: Option<(&Path, &Path)>, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--data",
+        tr.to_str().unwrap(),
+        "--test",
+        te.to_str().unwrap(),
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--resize",
+        "40x40",
+        "--crop",
+        "32x32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some((run, cache)) = run {
+        a.extend(["--run-dir".into(), run.display().to_string(), "--cache-dir".into(), cache.display().to_string()]);
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// A metrics.jsonl line without its timings.
+fn untimed(line: &str) -> Value {
+    let mut v: Value = serde_json::from_str(line).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("seconds");
+    o.remove("images_per_s");
+    v
+}
+
+#[test]
+fn cache_none_decodes_per_step_and_trains_the_same_run_as_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 40, 81, "train");
+    let te = write_images(tmp.path(), 16, 82, "test");
+    let cache = tmp.path().join("cache");
+    let (a, b) = (tmp.path().join("cached"), tmp.path().join("streamed"));
+    train(&strs(&image_run(&tr, &te, Some((&a, &cache)), &["--method", "cls"])));
+    let cache_b = tmp.path().join("cache-b");
+    let out = train(&strs(&image_run(&tr, &te, Some((&b, &cache_b)), &["--method", "cls", "--cache", "none"])));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("decoding "), "--cache none decoded into a cache:\n{err}");
+    assert!(!tmp.path().join("cache-b/images").exists(), "--cache none wrote an image cache");
+    assert!(weights(&a) == weights(&b), "the same seed gives other weights with --cache none");
+    let lines = |run: &Path| -> Vec<Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(untimed).collect()
+    };
+    assert_eq!(lines(&a), lines(&b));
+    let (sa, sb) = (read_json(&a.join("summary.json")), read_json(&b.join("summary.json")));
+    for k in ["val", "test", "val_calibrated", "test_calibrated", "thresholds"] {
+        if k == "thresholds" {
+            assert_eq!(sa[k]["global"], sb[k]["global"]);
+        } else {
+            assert_eq!(sa[k], sb[k], "{k}");
+        }
+    }
+
+    // An image that cannot be read ends the run with its name, whether it is met while training
+    // or in a background batch.
+    let broken = write_images(tmp.path(), 40, 81, "broken");
+    std::fs::write(tmp.path().join("broken/017.png"), b"not a png").unwrap();
+    let args = image_run(&broken, &te, None, &["--cache", "none", "--method", "an"]);
+    let err = train_fails(&strs(&args), tmp.path(), "broken-run");
+    assert!(err.contains("017.png") && err.contains("could not be read"), "{err}");
+
+    // A failing step (the loss diverges) ends the run with its message while the decoders are
+    // ahead of it: they are stopped, not waited on forever.
+    let args = image_run(&tr, &te, None, &["--cache", "none", "--lr", "1e30", "--method", "an"]);
+    let err = train_fails(&strs(&args), tmp.path(), "diverging-run");
+    assert!(err.contains("the loss became"), "{err}");
+}
+
+#[test]
+fn an_image_backbone_needs_pretrained_weights_or_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 24, 91, "train");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["--data", tr.to_str().unwrap(), "--epochs", "1"].iter().map(|s| s.to_string()).collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    for (extra, run) in [(&[][..], "a"), (&["--backbone", "resnet18"][..], "b")] {
+        let err = train_fails(&strs(&base(extra)), tmp.path(), run);
+        for word in ["--pretrained", "imagenet", "safetensors", "timm", "none"] {
+            assert!(err.contains(word), "the refusal names {word}: {err}");
+        }
+        assert!(!tmp.path().join(run).exists(), "refused, yet a run folder was made");
+    }
+    let err = train_fails(&strs(&base(&["--backbone", "mlp", "--pretrained", "none"])), tmp.path(), "c");
+    assert!(err.contains("--pretrained applies to image backbones"), "{err}");
+    // On purpose: random weights.
+    let run = tmp.path().join("d");
+    train(&strs(&base(&[
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--resize",
+        "32x32",
+        "--crop",
+        "32x32",
+        "--batch-size",
+        "8",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+    ])));
+    assert_eq!(read_json(&run.join("summary.json"))["partial"], "given");
 }
 
 #[test]
@@ -410,6 +546,8 @@ fn runs_started_side_by_side_build_each_cache_once() {
         Command::new(bin("cls-train"))
             .args(["--data", tr.to_str().unwrap(), "--test", te.to_str().unwrap(), "--backbone", "efficientnet-lite0"])
             .args([
+                "--pretrained",
+                "none",
                 "--freeze-backbone",
                 "--crop",
                 "64x64",
@@ -859,7 +997,7 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
         (&["--lr", "NaN"], "--lr NaN"),
         (&["--weight-decay", "NaN"], "--weight-decay NaN"),
         (&["--head-lr-mult", "0"], "--head-lr-mult 0"),
-        (&["--export", "nope"], "--export nope"),
+        (&["--export", "nope"], "'nope' for '--export"),
         (&["--export", "ensemble", "--method", "an"], "--export ensemble needs a two-network method"),
         (&["--resize", "16384x16384"], "each side 1 to 4096"),
         (&["--crop", "100000"], "each side 1 to 4096"),
@@ -869,13 +1007,13 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
         (&["--mlp-hidden=-1"], "--mlp-hidden -1"),
         (&["--val-fraction", "1"], "--val-fraction 1"),
         (&["--tau-h", "2"], "--tau-h 2"),
-        (&["--tau-h", "x"], "--tau-h x"),
+        (&["--tau-h", "x"], "'x' for '--tau-h"),
         (&["--tau-l", "NaN"], "--tau-l NaN"),
         (&["--e-k", "NaN"], "e_k"),
         (&["--devices", "cpu"], "--devices lists 1"),
-        (&["--device", "gpu"], "--device gpu"),
-        (&["--partial", "0"], "--partial"),
-        (&["--reduction", "max"], "reduction"),
+        (&["--device", "gpu"], "'gpu' for '--device"),
+        (&["--partial", "0"], "'0' for '--partial"),
+        (&["--reduction", "max"], "'max' for '--reduction"),
         (&["--label-columns", "0"], "--label-columns 0"),
         (&["--backbone", "resnet18", "--pretrained", "imagenet"], "efficientnet-lite0 only"),
         (&["--pretrained", "nope.safetensors"], "nope.safetensors"),
@@ -885,7 +1023,18 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
     for (i, (extra, says)) in cases.iter().enumerate() {
         let run = format!("r{i}");
         let t0 = Instant::now();
-        let err = train_fails(&[&["--data", bad.to_str().unwrap()][..], extra].concat(), tmp.path(), &run);
+        // A value of the wrong shape is a usage error of the command-line parser (status 2).
+        let usage = says.contains("' for '--") || ["--tau-h 2"].contains(says);
+        let err = fails_cleanly(
+            Command::new(bin("cls-train"))
+                .args(["--data", bad.to_str().unwrap()])
+                .args(*extra)
+                .arg("--run-dir")
+                .arg(tmp.path().join(&run))
+                .arg("--cache-dir")
+                .arg(tmp.path().join("cache")),
+            if usage { 2 } else { 1 },
+        );
         assert!(err.contains(says), "{extra:?} should say {says:?}: {err}");
         assert!(!err.contains("nope.png"), "{extra:?} was checked only after reading the data: {err}");
         assert!(!tmp.path().join(&run).exists(), "{extra:?} left a run folder");
@@ -895,7 +1044,7 @@ fn bad_options_are_refused_at_once_with_no_run_folder_and_no_panic() {
     std::fs::write(tmp.path().join("file"), "").unwrap();
     let err = fails_cleanly(
         Command::new(bin("cls-train"))
-            .args(["--data", bad.to_str().unwrap(), "--run-dir"])
+            .args(["--data", bad.to_str().unwrap(), "--pretrained", "none", "--run-dir"])
             .arg(tmp.path().join("file/run")),
         1,
     );

@@ -47,6 +47,8 @@ fn main() -> Result<()> {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
             threshold: 0.5,
+            thresholds: None,
+            class_ids: None,
             extra: vec![],
         };
         export_onnx(&[(&net, &vs)], &Arch::EfficientNetLite0, &meta, out.as_ref())?;

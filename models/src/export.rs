@@ -21,8 +21,14 @@ pub struct ExportMeta {
     /// Per-channel normalisation `(x / 255 - mean) / std` that inference applies before the graph.
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// Decision threshold on probabilities.
+    /// Decision threshold on probabilities: the global one when `thresholds` are given.
     pub threshold: f64,
+    /// Per-class decision thresholds, one per class in output order (chosen on validation by
+    /// the trainer); `None`: `threshold` for every class.
+    pub thresholds: Option<Vec<f64>>,
+    /// Stable identifiers of the classes in output order (Open Images MIDs such as
+    /// `/m/01g317`), when the data has them.
+    pub class_ids: Option<Vec<String>>,
     /// Further entries: method, backbone, dataset, partial, metrics JSON, config hash, …
     pub extra: Vec<(String, String)>,
 }
@@ -34,8 +40,9 @@ pub struct ExportMeta {
 /// network's `VarStore` by name; batch norm runs in inference mode on its running statistics.
 /// With two networks the graph computes both and outputs the mean of their probabilities (the
 /// ensemble of the two peers). Metadata: `classes` (JSON array), `height`, `width`, `mean` and
-/// `std` (JSON arrays), `threshold`, `input` ("images" or "features"), `arch`, then `extra` (an `extra` key that repeats one of
-/// these replaces it).
+/// `std` (JSON arrays), `threshold` (the global one), `thresholds` (JSON array, one per class, when
+/// given), `class_ids` (JSON array, when given), `input` ("images" or "features"), `arch`, then
+/// `extra` (an `extra` key that repeats one of these replaces it).
 pub fn export_onnx(nets: &[(&Net, &VarStore)], arch: &Arch, meta: &ExportMeta, path: &Path) -> Result<()> {
     let bytes = onnx_bytes(nets, arch, meta)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -60,6 +67,23 @@ pub fn onnx_bytes(nets: &[(&Net, &VarStore)], arch: &Arch, meta: &ExportMeta) ->
     }
     if meta.classes.len() as i64 != num_classes {
         bail!("export: {} class names for a network with {} outputs", meta.classes.len(), num_classes);
+    }
+    let probability = |t: f64| t.is_finite() && (0.0..=1.0).contains(&t);
+    if !probability(meta.threshold) {
+        bail!("export: threshold {} is not a probability in [0, 1]", meta.threshold);
+    }
+    if let Some(t) = &meta.thresholds {
+        if t.len() != meta.classes.len() {
+            bail!("export: {} per-class thresholds for {} classes", t.len(), meta.classes.len());
+        }
+        if let Some((c, v)) = t.iter().enumerate().find(|(_, &v)| !probability(v)) {
+            bail!("export: the threshold of class {:?} is {v}, not a probability in [0, 1]", meta.classes[c]);
+        }
+    }
+    if let Some(ids) = &meta.class_ids {
+        if ids.len() != meta.classes.len() {
+            bail!("export: {} class ids for {} classes", ids.len(), meta.classes.len());
+        }
     }
 
     let mut g = GraphBuilder::new(&format!("cls-{}", arch.name()));
@@ -100,9 +124,14 @@ pub fn onnx_bytes(nets: &[(&Net, &VarStore)], arch: &Arch, meta: &ExportMeta) ->
         ("mean".into(), serde_json::to_string(&meta.mean)?),
         ("std".into(), serde_json::to_string(&meta.std)?),
         ("threshold".into(), meta.threshold.to_string()),
-        ("input".into(), input.to_string()),
-        ("arch".into(), arch.name()),
     ];
+    if let Some(t) = &meta.thresholds {
+        entries.push(("thresholds".into(), serde_json::to_string(t)?));
+    }
+    if let Some(ids) = &meta.class_ids {
+        entries.push(("class_ids".into(), serde_json::to_string(ids)?));
+    }
+    entries.extend([("input".into(), input.to_string()), ("arch".into(), arch.name())]);
     // ONNX requires unique keys: an `extra` entry replaces a standard one of the same key.
     for (k, v) in &meta.extra {
         match entries.iter_mut().find(|(key, _)| key == k) {

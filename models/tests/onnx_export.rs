@@ -22,6 +22,8 @@ fn meta(h: i64, w: i64) -> ExportMeta {
         mean: [0.485, 0.456, 0.406],
         std: [0.229, 0.224, 0.225],
         threshold: 0.5,
+        thresholds: None,
+        class_ids: None,
         extra: vec![("method".into(), "cls".into()), ("backbone".into(), "test".into())],
     }
 }
@@ -179,6 +181,59 @@ fn export_rejects_wrong_class_count_and_arch() {
     let err = export_onnx(&[(&net, &vs)], &Arch::ResNet18, &meta(0, 0), &dir.path().join("y.onnx")).unwrap_err();
     assert!(err.to_string().contains("resnet18"), "{err}");
     assert!(export_onnx(&[], &arch, &meta(0, 0), &dir.path().join("z.onnx")).is_err());
+}
+
+/// The metadata as written into the file (decoded with the ONNX protobuf types, no runtime).
+fn metadata_of(bytes: &[u8]) -> Vec<(String, String)> {
+    use prost::Message;
+    let model = cls_onnx::ModelProto::decode(bytes).expect("a valid ONNX protobuf");
+    model.metadata_props.into_iter().map(|e| (e.key.unwrap_or_default(), e.value.unwrap_or_default())).collect()
+}
+
+#[test]
+fn calibrated_thresholds_and_class_ids_round_trip_through_the_metadata() {
+    let vs = VarStore::new(Device::Cpu);
+    let arch = Arch::Mlp { in_dim: 4, hidden: 0 };
+    let net = Net::new(&vs.root(), &arch, CLASSES, None);
+    let mut m = meta(0, 0);
+    // Values that print with many digits: the file must give back the same f64s.
+    let per_class: Vec<f64> = (0..CLASSES).map(|i| 0.1 + i as f64 / 30.0 + 1e-13).collect();
+    m.thresholds = Some(per_class.clone());
+    m.threshold = 0.237_000_000_000_001;
+    m.class_ids = Some((0..CLASSES).map(|i| format!("/m/0{i}x")).collect());
+    let meta_of = |m: &ExportMeta| metadata_of(&cls_models::onnx_bytes(&[(&net, &vs)], &arch, m).unwrap());
+    let got = meta_of(&m);
+    let get = |k: &str| got.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let thresholds: Vec<f64> = serde_json::from_str(&get("thresholds").expect("thresholds")).unwrap();
+    assert_eq!(thresholds, per_class, "bit for bit");
+    assert_eq!(get("threshold").unwrap().parse::<f64>().unwrap(), m.threshold);
+    let ids: Vec<String> = serde_json::from_str(&get("class_ids").expect("class_ids")).unwrap();
+    assert_eq!(Some(ids), m.class_ids);
+    // Every key once (ONNX requires unique keys).
+    let mut keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "{keys:?}");
+
+    // Without them: neither key, and the one threshold.
+    let plain = meta_of(&meta(0, 0));
+    assert!(plain.iter().all(|(k, _)| k != "thresholds" && k != "class_ids"), "{plain:?}");
+
+    // Refused: a count that is not the class count, a value that is not a probability.
+    let refused = |m: &ExportMeta| cls_models::onnx_bytes(&[(&net, &vs)], &arch, m).unwrap_err().to_string();
+    let mut bad = m.clone();
+    bad.thresholds.as_mut().unwrap().pop();
+    assert!(refused(&bad).contains("6 per-class thresholds for 7 classes"), "{}", refused(&bad));
+    let mut bad = m.clone();
+    bad.thresholds.as_mut().unwrap()[3] = f64::NAN;
+    assert!(refused(&bad).contains("class 3"), "{}", refused(&bad));
+    let mut bad = m.clone();
+    bad.threshold = 1.5;
+    assert!(refused(&bad).contains("1.5"), "{}", refused(&bad));
+    let mut bad = m.clone();
+    bad.class_ids.as_mut().unwrap().push("/m/extra".into());
+    assert!(refused(&bad).contains("8 class ids"), "{}", refused(&bad));
 }
 
 #[test]

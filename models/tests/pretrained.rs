@@ -177,6 +177,84 @@ fn converted_legacy_and_zip_checkpoints_load_into_resnet18() {
     }
 }
 
+/// The state dict of timm's `resnet50` (timm.models.resnet: `conv1`, `bn1`, `layer{1-4}.{i}` of
+/// Bottlenecks with `conv1..3`, `bn1..3` and, in each layer's first block, `downsample.0` (the
+/// conv) and `downsample.1` (the norm); `fc` with 1000 ImageNet classes), written out from timm's
+/// module tree rather than from this crate's networks: (name, shape) in timm's order, batch
+/// norms with their `num_batches_tracked` counters.
+fn timm_resnet50_names() -> Vec<(String, Vec<i64>)> {
+    let mut out = Vec::new();
+    let bn = |out: &mut Vec<(String, Vec<i64>)>, p: &str, c: i64| {
+        for k in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"] {
+            out.push((format!("{p}.{k}"), if k == "num_batches_tracked" { vec![] } else { vec![c] }));
+        }
+    };
+    out.push(("conv1.weight".to_string(), vec![64, 3, 7, 7]));
+    bn(&mut out, "bn1", 64);
+    let mut inplanes = 64;
+    for (layer, blocks) in [3, 4, 6, 3].into_iter().enumerate() {
+        let planes = 64 << layer;
+        for b in 0..blocks {
+            let p = format!("layer{}.{b}", layer + 1);
+            out.push((format!("{p}.conv1.weight"), vec![planes, inplanes, 1, 1]));
+            bn(&mut out, &format!("{p}.bn1"), planes);
+            out.push((format!("{p}.conv2.weight"), vec![planes, planes, 3, 3]));
+            bn(&mut out, &format!("{p}.bn2"), planes);
+            out.push((format!("{p}.conv3.weight"), vec![planes * 4, planes, 1, 1]));
+            bn(&mut out, &format!("{p}.bn3"), planes * 4);
+            if b == 0 {
+                out.push((format!("{p}.downsample.0.weight"), vec![planes * 4, inplanes, 1, 1]));
+                bn(&mut out, &format!("{p}.downsample.1"), planes * 4);
+            }
+            inplanes = planes * 4;
+        }
+    }
+    out.push(("fc.weight".to_string(), vec![1000, 2048]));
+    out.push(("fc.bias".to_string(), vec![1000]));
+    out
+}
+
+#[test]
+fn a_timm_state_dict_loads_by_its_names() {
+    // Random weights saved under timm's names, as `safetensors.torch.save_file(model.state_dict())`
+    // of `timm.create_model("resnet50")` writes them (f32, i64 counters).
+    tch::manual_seed(5);
+    let tensors: Vec<(String, Tensor)> = timm_resnet50_names()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t = if shape.is_empty() {
+                Tensor::from(7i64)
+            } else if name.ends_with("running_var") {
+                Tensor::rand(&shape[..], (Kind::Float, Device::Cpu)) + 0.5
+            } else {
+                Tensor::randn(&shape[..], (Kind::Float, Device::Cpu)) * 0.1
+            };
+            (name, t)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("timm-resnet50.safetensors");
+    Tensor::write_safetensors(&tensors, &file).unwrap();
+    let saved: HashMap<String, Tensor> = tensors.into_iter().collect();
+
+    // A 20-class model: every backbone tensor from the file; timm's 1000-class head and the
+    // counters are reported unused.
+    let mut vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::ResNet50, 20, None);
+    let report = load_pretrained(&mut vs, &file, true).unwrap();
+    let backbone = vs.variables().len() - 2;
+    assert_eq!(report.loaded, backbone);
+    assert_eq!(report.classifier_loaded, 0);
+    assert_eq!(report.classifier_skipped.len(), 2, "{:?}", report.classifier_skipped);
+    assert!(report.unused.iter().all(|k| k.ends_with("num_batches_tracked") || k.starts_with("fc.")));
+    assert_eq!(report.unused.len(), 53 + 2, "{:?}", report.unused);
+    for (name, t) in vs.variables() {
+        if !name.starts_with("fc.") {
+            assert!(t.equal(&saved[&name]), "{name} differs from the timm file");
+        }
+    }
+}
+
 #[test]
 fn networks_under_a_sub_path_load_by_their_local_names() {
     let dir = tempfile::tempdir().unwrap();

@@ -68,6 +68,10 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     "observed",
     "export",
     "keep_epochs",
+    // Neither changes what training computes: the images decoded per step are the cache's, and
+    // calibration happens after the last epoch.
+    "cache",
+    "calibrate_min_positives",
 ];
 
 /// The fields of `now` that differ from `saved` (both configurations as JSON), other than
@@ -79,10 +83,14 @@ pub fn config_changes(saved: &serde_json::Value, now: &serde_json::Value) -> Vec
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
+    // A key the saved configuration lacks is a flag added since: it had its default then.
+    let defaults = serde_json::to_value(crate::config::TrainConfig::default()).unwrap_or_default();
     keys.into_iter()
         .filter(|k| !MAY_CHANGE_ON_RESUME.contains(&k.as_str()))
         .filter_map(|k| {
-            let (x, y) = (a.get(k).unwrap_or(&serde_json::Value::Null), b.get(k).unwrap_or(&serde_json::Value::Null));
+            let null = &serde_json::Value::Null;
+            let x = a.get(k).or_else(|| defaults.get(k)).unwrap_or(null);
+            let y = b.get(k).unwrap_or(null);
             (x != y).then(|| format!("{k} = {y} (was {x})"))
         })
         .collect()

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::methods::{MethodConfig, MethodName, Reduction};
+use cls_core::readers::Unlisted;
 
 /// `auto`, `cpu`, `cuda` or `cuda:N` (whether the device exists is checked when it is opened).
 fn check_device_name(flag: &str, s: &str) -> Result<()> {
@@ -31,12 +32,68 @@ pub fn device_flag(s: &str) -> Result<String> {
 }
 
 fn partial_flag(s: &str) -> Result<String> {
-    s.parse::<cls_core::protocol::Partial>().map_err(|e| {
+    s.parse::<Labels>().map_err(|e| {
         // clap names the flag and the value: keep what is expected.
         let text = e.to_string();
         anyhow::anyhow!("{}", text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest))
     })?;
     Ok(s.to_string())
+}
+
+fn unlisted_flag(s: &str) -> Result<Unlisted> {
+    s.parse().map_err(|_| anyhow::anyhow!("expected unknown or negative"))
+}
+
+/// `--tag-sep`'s parser: one character, or `tab` / `space` (any whitespace).
+fn tag_sep_flag(s: &str) -> Result<char> {
+    match s {
+        "tab" | "\\t" => Ok('\t'),
+        "space" => Ok(' '),
+        _ => {
+            let mut chars = s.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Ok(c),
+                _ => bail!("expected one character (or `tab`, `space`)"),
+            }
+        }
+    }
+}
+
+/// What the training labels are: as the data gives them, or made partial in simulation
+/// (method.md, "Partial-label protocols").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Labels {
+    /// `--partial given` (or `full`, its old name): every entry exactly as the data says:
+    /// positives, verified negatives, and unknown (unlisted) entries.
+    Given,
+    /// A simulation protocol applied to the data's labels (`single`, a fraction, `entry:P`).
+    Simulated(cls_core::protocol::Partial),
+}
+
+impl std::str::FromStr for Labels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "given" | "full" => Ok(Labels::Given),
+            _ => s.parse().map(Labels::Simulated).map_err(|_| {
+                format!(
+                    "invalid --partial value '{s}': expected given (the labels as the data gives them; full is the \
+                     same), or a simulation protocol: a fraction in (0, 1] (e.g. 0.25), single, or entry:P with P in [0, 1]"
+                )
+            }),
+        }
+    }
+}
+
+/// Where training images are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Decode every image once into a memory-mapped uint8 cache under --cache-dir.
+    #[default]
+    Images,
+    /// Decode images each step in the background (data larger than the cache); the same results.
+    None,
 }
 
 fn tau_h_flag(s: &str) -> Result<String> {
@@ -90,12 +147,15 @@ impl std::str::FromStr for Export {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     // ---------------------------------------------------------------- data
-    /// Training data: a JSONL manifest, a COCO instances JSON (with --images), a VOC devkit
-    /// folder, a NUS-WIDE folder or a CSV feature table. Without it, the built-in synthetic
-    /// multi-label image dataset is generated and used.
+    /// Training data: a JSONL manifest (optional `negatives`), a COCO instances JSON (with
+    /// --images), Open Images image-level labels (a CSV with ImageID,LabelName,Confidence, with
+    /// --images and --classes), a tag table (a CSV with an image and a tags column), a VOC devkit
+    /// folder, a NUS-WIDE folder or a CSV feature table (with --label-columns). Without it, the
+    /// built-in synthetic multi-label image dataset is generated and used.
     #[arg(long, help_heading = "Data")]
     pub data: Option<PathBuf>,
-    /// Image root for COCO (the folder holding the file_names of the JSON).
+    /// Image folder: COCO's (holding the JSON's file_names), Open Images' (holding <ImageID>.jpg)
+    /// or a tag table's (its image column is relative to it; default: the table's folder).
     #[arg(long, help_heading = "Data")]
     pub images: Option<PathBuf>,
     /// Validation data, same kind as --data. Default: 20% of train held out with a fixed seed.
@@ -119,9 +179,27 @@ pub struct TrainConfig {
     /// CSV feature tables: the number of label columns at the end of each row.
     #[arg(long, help_heading = "Data")]
     pub label_columns: Option<usize>,
-    /// A class list (one name per line) for JSONL manifests.
+    /// The classes: a class list (one name per line) for JSONL manifests and tag tables; Open
+    /// Images' class descriptions CSV (LabelName,DisplayName) or a list of MIDs.
     #[arg(long, help_heading = "Data")]
     pub classes: Option<PathBuf>,
+    /// What a class an image's labels do not mention is: unknown (not annotated) or negative.
+    /// Default: each format's own (unknown for Open Images and for JSONL manifests with
+    /// `negatives`, negative for other manifests and tag tables).
+    #[arg(long, value_parser = unlisted_flag, help_heading = "Data")]
+    pub unlisted: Option<Unlisted>,
+    /// Tag tables: the separator of the tags cell (one character, `tab` or `space`). Default: a
+    /// comma or a semicolon if the cells hold one, else whitespace.
+    #[arg(long, value_parser = tag_sep_flag, help_heading = "Data")]
+    pub tag_sep: Option<char>,
+    /// Open Images and tag tables: skip labels of classes outside --classes (counted) instead of
+    /// an error.
+    #[arg(long, help_heading = "Data")]
+    pub skip_other_classes: bool,
+    /// Open Images and tag tables: leave out images whose file is missing (counted) instead of
+    /// an error.
+    #[arg(long, help_heading = "Data")]
+    pub drop_missing: bool,
     /// COCO: keep images without annotations.
     #[arg(long, help_heading = "Data")]
     pub keep_empty: bool,
@@ -131,11 +209,17 @@ pub struct TrainConfig {
     /// Cache folder for decoded images and backbone features (default: ~/.cache/cls-rs).
     #[arg(long, help_heading = "Data")]
     pub cache_dir: Option<PathBuf>,
+    /// images: decode every image once into a cache under --cache-dir; none: decode images each
+    /// step, in the background (for data larger than the cache; the same results).
+    #[arg(long, value_enum, default_value_t = CacheMode::Images, help_heading = "Data")]
+    pub cache: CacheMode,
 
     // ---------------------------------------------------------------- partial labels
-    /// Partial-label protocol for the training labels: 0.75 | 0.5 | 0.25 (fraction of positives
-    /// left) | single | full | entry:P (every entry unknown with probability P).
-    #[arg(long, default_value = "single", value_parser = partial_flag, help_heading = "Partial labels")]
+    /// The training labels: given (exactly as the data says: positives, verified negatives,
+    /// unknown entries; `full` is the same) or a simulation protocol applied to them: 0.75 | 0.5
+    /// | 0.25 (fraction of positives left) | single | entry:P (every entry unknown with
+    /// probability P). The built-in synthetic data (complete labels) simulates single.
+    #[arg(long, default_value = "given", value_parser = partial_flag, help_heading = "Partial labels")]
     pub partial: String,
     /// Let an image lose all its positives under a fractional protocol.
     #[arg(long, help_heading = "Partial labels")]
@@ -187,11 +271,12 @@ pub struct TrainConfig {
     pub role_lr_mult: f64,
 
     // ---------------------------------------------------------------- model
-    /// Backbone (mlp: for feature tables) [default: efficientnet-lite0 for images, mlp for tables].
+    /// Backbone (mlp: for feature tables) [default: resnet50 for images, mlp for tables].
     #[arg(long, value_parser = backbone_flag(), help_heading = "Model")]
     pub backbone: Option<String>,
-    /// Pretrained weights: `imagenet` (EfficientNet-Lite0, converted by scripts/setup) or a
-    /// .safetensors state dict with the PyTorch names (scripts/convert-torchvision).
+    /// Pretrained weights of an image backbone (required): `imagenet` (EfficientNet-Lite0,
+    /// converted by scripts/setup), a .safetensors state dict with torchvision's or timm's names
+    /// (scripts/convert-torchvision), or `none` (random initialisation, on purpose).
     #[arg(long, help_heading = "Model")]
     pub pretrained: Option<String>,
     /// Train only the classifier; backbone features are computed once per image and cached.
@@ -255,6 +340,10 @@ pub struct TrainConfig {
     /// Which model to export at the end.
     #[arg(long, value_enum, default_value_t = Export::Better, help_heading = "System")]
     pub export: Export,
+    /// Calibration: a class with fewer validation positives than this uses the global threshold
+    /// instead of its own.
+    #[arg(long, default_value_t = cls_core::calibrate::DEFAULT_MIN_POSITIVES, help_heading = "System")]
+    pub calibrate_min_positives: usize,
     /// Keep every epoch's weights under RUN_DIR/epochs/ (for `cls-train export --checkpoint N`).
     #[arg(long, help_heading = "System")]
     pub keep_epochs: bool,
@@ -290,6 +379,12 @@ pub fn eval_batch(height: usize, width: usize) -> usize {
     let per = (3 * height * width).max(1) as u64;
     (MAX_BATCH_VALUES / per).clamp(1, EVAL_BATCH as u64) as usize
 }
+/// What `--pretrained` takes, for messages.
+pub const PRETRAINED_CHOICES: &str = "not a file; give `imagenet` (EfficientNet-Lite0's ImageNet weights, \
+made by scripts/setup), a .safetensors state dict with torchvision's or timm's names (torchvision's \
+.pth through scripts/convert-torchvision), or `none` to train from random weights on purpose";
+/// The largest `--calibrate-min-positives`.
+pub const MAX_MIN_POSITIVES: usize = 1_000_000;
 /// The largest `--epochs` (and `--stop-after`).
 pub const MAX_EPOCHS: usize = 1_000_000;
 /// The most `--threads`.
@@ -417,7 +512,7 @@ impl TrainConfig {
                 bail!("--bias-prior {p}: must be a probability in (0, 1)");
             }
         }
-        self.partial.parse::<cls_core::protocol::Partial>().map_err(|e| anyhow::anyhow!("--partial: {e}"))?;
+        self.labels()?;
         let tau_h = match self.tau_h.as_deref() {
             None | Some("auto") => 0.0,
             Some(v) => {
@@ -459,15 +554,22 @@ impl TrainConfig {
             if self.pretrained.as_deref() == Some("imagenet") && !matches!(arch, cls_models::Arch::EfficientNetLite0) {
                 bail!(
                     "--pretrained imagenet is available offline for efficientnet-lite0 only; for {} give a .safetensors file \
-                     (convert torchvision weights with scripts/convert-torchvision)",
+                     (convert torchvision weights with scripts/convert-torchvision; timm's names load as they are), \
+                     or `none` to train from scratch",
                     arch.name()
                 );
             }
-        }
-        if let Some(p) = self.pretrained.as_deref().filter(|p| *p != "imagenet") {
-            if !Path::new(p).is_file() {
-                bail!("--pretrained {p}: no such file (give a .safetensors state dict, or `imagenet` for efficientnet-lite0)");
+            if self.pretrained.is_some() && !arch.is_image() {
+                bail!("--pretrained applies to image backbones; the MLP of a feature table starts from random weights");
             }
+        }
+        if let Some(p) = self.pretrained.as_deref().filter(|p| !matches!(*p, "imagenet" | "none")) {
+            if !Path::new(p).is_file() {
+                bail!("--pretrained {p}: {PRETRAINED_CHOICES}");
+            }
+        }
+        if self.calibrate_min_positives > MAX_MIN_POSITIVES {
+            bail!("--calibrate-min-positives {}: must be at most {MAX_MIN_POSITIVES}", self.calibrate_min_positives);
         }
         let (_, crop, _) = image_sizes(self)?;
         if backbone.as_ref().is_none_or(|a| a.is_image()) {
@@ -491,6 +593,33 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The checks of a new run beyond [`TrainConfig::validate`] (a resumed or re-exported run
+    /// keeps what it was started with): an image backbone needs `--pretrained` (`none` for random
+    /// weights on purpose). Whether the data are images is known from the flags: only a CSV
+    /// feature table (`--label-columns`) is not.
+    pub fn validate_new_run(&self) -> Result<()> {
+        self.validate()?;
+        let images = match &self.backbone {
+            Some(b) => b.parse::<cls_models::Arch>().map(|a| a.is_image()).unwrap_or(true),
+            None => self.label_columns.is_none(),
+        };
+        if images && self.pretrained.is_none() {
+            bail!(
+                "an image backbone ({}) needs --pretrained: `imagenet` (EfficientNet-Lite0's ImageNet weights, made by \
+                 scripts/setup; with --backbone efficientnet-lite0), a .safetensors state dict with torchvision's or \
+                 timm's names (torchvision's .pth through scripts/convert-torchvision), or `none` to train from random \
+                 weights on purpose",
+                self.backbone.as_deref().unwrap_or("resnet50, the default")
+            );
+        }
+        Ok(())
+    }
+
+    /// What the training labels are (`--partial`).
+    pub fn labels(&self) -> Result<Labels> {
+        self.partial.parse().map_err(|e| anyhow::anyhow!("--partial: {e}"))
     }
 
     /// How many networks the method trains (1 or 2).

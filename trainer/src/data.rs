@@ -1,9 +1,17 @@
 //! Loading the run's data: train / validation / test datasets through `cls-core`'s readers, the
-//! validation hold-out, and the observed (partially hidden) training labels.
+//! validation hold-out, and the observed training labels: as the data gives them (`--partial
+//! given`, the default with `--data`), or made partial by a simulation protocol.
+//!
+//! Labels in three states come from the data itself (JSONL `negatives`, Open Images' verified
+//! negatives, `--unlisted unknown`): positives, verified negatives and unknown entries. Given
+//! labels keep all three (observed `1`, `-1`, `0`). Validation labels that say nothing negative
+//! about a class (positives and unknown entries only) cannot rank its scores: for such a class
+//! the unknown entries count as negatives in validation (the best epoch, the calibrated
+//! thresholds), and the run says so.
 
 use anyhow::{bail, Context, Result};
-use cls_core::labels::POS;
-use cls_core::protocol::{self, Observed, Partial};
+use cls_core::labels::{NEG, POS, UNK};
+use cls_core::protocol::{self, Observed};
 use cls_core::readers::{self, LabelColumns, ReadOptions};
 use cls_core::synthetic::{self, SyntheticSpec};
 use cls_core::Dataset;
@@ -13,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
-use crate::config::TrainConfig;
+use crate::config::{Labels, TrainConfig};
 
 /// Seed of the validation hold-out: fixed, so every run (and every seed) sees the same split.
 pub const HOLDOUT_SEED: u64 = 20_250_101;
@@ -26,6 +34,11 @@ pub struct RunData {
     pub observed: Observed,
     /// A hint for method.md's τ table: "voc", "coco", "nus" or "".
     pub family: String,
+    /// Stable class identifiers of the training data (Open Images MIDs), in class order.
+    pub class_ids: Option<Vec<String>>,
+    /// Classes whose validation labels have no verified negative, their unknown entries counted
+    /// as negatives (see the module's doc).
+    pub val_unknown_as_negative: usize,
 }
 
 /// Where downloaded-once artefacts (the synthetic data, decoded images, features) live.
@@ -51,8 +64,20 @@ fn read_options(cfg: &TrainConfig, images: Option<&PathBuf>, split: &str) -> Rea
         classes: cfg.classes.clone(),
         keep_empty: cfg.keep_empty,
         check_images: true,
-        ..ReadOptions::default()
+        unlisted: cfg.unlisted,
+        tag_sep: cfg.tag_sep,
+        skip_other_classes: cfg.skip_other_classes,
+        drop_missing: cfg.drop_missing,
     }
+}
+
+/// Read one split with `opts`, printing the readers' notes (rows skipped, images left out).
+fn read(path: &Path, opts: &ReadOptions, what: &str) -> Result<readers::Loaded> {
+    let loaded = readers::open_detailed(path, opts).with_context(|| format!("reading {what} {}", path.display()))?;
+    for note in &loaded.notes {
+        eprintln!("note: {what}: {note}");
+    }
+    Ok(loaded)
 }
 
 /// The built-in synthetic dataset (generated once into the cache folder).
@@ -75,17 +100,17 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
         cfg.split.clone().unwrap_or_else(|| if is_voc(&train_path) { "trainval".into() } else { "train".into() });
     let test_split = cfg.test_split.clone().unwrap_or_else(|| "test".into());
 
-    let full = readers::open(&train_path, &read_options(cfg, cfg.images.as_ref(), &train_split))
-        .with_context(|| format!("reading training data {}", train_path.display()))?;
+    let loaded = read(&train_path, &read_options(cfg, cfg.images.as_ref(), &train_split), "training data")?;
+    let class_ids = loaded.class_ids;
+    let full = loaded.dataset;
     if full.is_empty() {
         bail!("{}: no training samples", train_path.display());
     }
 
     let (train, val) = match &cfg.val {
         Some(v) => {
-            let val =
-                readers::open(v, &read_options(cfg, cfg.val_images.as_ref().or(cfg.images.as_ref()), &test_split))
-                    .with_context(|| format!("reading validation data {}", v.display()))?;
+            let opts = read_options(cfg, cfg.val_images.as_ref().or(cfg.images.as_ref()), &test_split);
+            let val = read(v, &opts, "validation data")?.dataset;
             check_same_classes(&full, &val, v)?;
             (full, val)
         }
@@ -95,9 +120,8 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
     let test = match &test_path {
         Some(t) => {
             // A VOC / NUS-WIDE folder is read at its test split.
-            let ds =
-                readers::open(t, &read_options(cfg, cfg.test_images.as_ref().or(cfg.images.as_ref()), &test_split))
-                    .with_context(|| format!("reading test data {}", t.display()))?;
+            let opts = read_options(cfg, cfg.test_images.as_ref().or(cfg.images.as_ref()), &test_split);
+            let ds = read(t, &opts, "test data")?.dataset;
             check_same_classes(&train, &ds, t)?;
             Some(ds)
         }
@@ -118,9 +142,34 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
     if let Some(t) = test.as_ref().filter(|t| no_positive(t)) {
         bail!("the test set ({} images) has no positive label: its mAP is undefined", t.len());
     }
+    let mut val = val;
+    let val_unknown_as_negative = unknown_as_negative(&mut val.targets);
+    if val_unknown_as_negative > 0 {
+        eprintln!(
+            "warning: the validation labels of {val_unknown_as_negative} of {} classes have no verified negative \
+             (positives and unknown entries only): their unknown entries count as negatives for the best epoch and \
+             the calibrated thresholds, which are therefore conservative (they may tag less than the best cut on \
+             complete labels would)",
+            val.num_classes()
+        );
+    }
     let observed = observe(cfg, &train)?;
     let family = family_of(&train_path, &train);
-    Ok(RunData { train, val, test, observed, family })
+    Ok(RunData { train, val, test, observed, family, class_ids, val_unknown_as_negative })
+}
+
+/// For every class of `truth` with unknown entries and no verified negative, make its unknown
+/// entries negatives; returns how many classes changed. Such a class's labels are positives only:
+/// left as they are, every ranking of its scores would look perfect.
+pub fn unknown_as_negative(truth: &mut ndarray::Array2<i8>) -> usize {
+    let mut changed = 0;
+    for mut column in truth.columns_mut() {
+        if column.iter().any(|&v| v == UNK) && !column.iter().any(|&v| v == NEG) {
+            column.mapv_inplace(|v| if v == UNK { NEG } else { v });
+            changed += 1;
+        }
+    }
+    changed
 }
 
 fn is_voc(p: &Path) -> bool {
@@ -171,8 +220,25 @@ fn observe(cfg: &TrainConfig, train: &Dataset) -> Result<Observed> {
         return protocol::merge_external(train.targets.view(), obs.view())
             .with_context(|| format!("--observed {}", file.display()));
     }
-    let partial: Partial = cfg.partial.parse().map_err(|e| anyhow::anyhow!("--partial: {e}"))?;
-    Ok(protocol::apply(train.targets.view(), &partial, cfg.seed, cfg.allow_empty))
+    Ok(match cfg.labels()? {
+        Labels::Given => given(train.targets.view()),
+        Labels::Simulated(partial) => protocol::apply(train.targets.view(), &partial, cfg.seed, cfg.allow_empty),
+    })
+}
+
+/// The labels as the data gives them: positives observed (`1`), verified negatives observed
+/// (`-1`), unknown entries unannotated (`0`).
+pub fn given(truth: ndarray::ArrayView2<i8>) -> Observed {
+    Observed {
+        labels: truth.mapv(|v| match v {
+            POS => 1,
+            NEG => -1,
+            _ => 0,
+        }),
+        realised_fraction: 1.0,
+        n_restored: 0,
+        n_observed_not_true: 0,
+    }
 }
 
 fn family_of(path: &Path, ds: &Dataset) -> String {

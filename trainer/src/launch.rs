@@ -51,7 +51,7 @@ fn refuse_existing(run_dir: &Path) -> Result<()> {
 
 /// Train a new run with `cfg` (its `run_dir`, else [`default_run_dir`]); returns the folder.
 pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
-    cfg.validate()?;
+    cfg.validate_new_run()?;
     let run_dir = cfg.run_dir.clone().unwrap_or_else(|| default_run_dir(&cfg));
     refuse_existing(&run_dir)?;
     if run_dir.exists() && !run_dir.is_dir() {

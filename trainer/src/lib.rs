@@ -19,4 +19,5 @@ pub mod runlog;
 pub mod setup;
 pub mod summary;
 pub mod sweep;
+pub mod thresholds;
 pub mod train;

@@ -200,6 +200,7 @@ fn explicit_keys(m: &ArgMatches, cmd: &clap::Command) -> Vec<String> {
 const SYNTHETIC_PRESET: &str = r#"
 backbone = "efficientnet-lite0"
 pretrained = "imagenet"
+partial = "single"
 freeze_backbone = true
 resize = "128x128"
 crop = "128x128"

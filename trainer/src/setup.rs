@@ -9,9 +9,10 @@ use tch::{nn, Device};
 
 use crate::cache::ImageCache;
 pub use crate::config::image_sizes;
-use crate::config::TrainConfig;
+use crate::config::{CacheMode, Labels, TrainConfig};
 use crate::data::{self, RunData};
 use crate::inputs::{self, Inputs};
+use crate::loader::ImageFiles;
 use crate::methods::{self, Method, MethodConfig};
 use crate::optim::Adam;
 use crate::peer::Peer;
@@ -86,14 +87,15 @@ pub fn pretrained_file(spec: &str, arch: &Arch) -> Result<PathBuf> {
     if spec != "imagenet" {
         let p = PathBuf::from(spec);
         if !p.is_file() {
-            bail!("--pretrained {spec}: no such file (give a .safetensors state dict, or `imagenet` for efficientnet-lite0)");
+            bail!("--pretrained {spec}: {}", crate::config::PRETRAINED_CHOICES);
         }
         return Ok(p);
     }
     if !matches!(arch, Arch::EfficientNetLite0) {
         bail!(
             "--pretrained imagenet is available offline for efficientnet-lite0 only; for {} give a .safetensors file \
-             (convert torchvision weights with scripts/convert-torchvision)",
+             (convert torchvision weights with scripts/convert-torchvision; timm's names load as they are), or `none` \
+             to train from scratch",
             arch.name()
         );
     }
@@ -159,7 +161,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
     let expected_positives = cfg.expected_positives.unwrap_or(k_true);
     let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
-    if uses_k && cfg.expected_positives.is_none() && cfg.partial == "full" && cfg.observed.is_none() {
+    if uses_k && cfg.expected_positives.is_none() && cfg.labels()? == Labels::Given && cfg.observed.is_none() {
         // Without simulation the training labels may themselves be the partial ones.
         eprintln!(
             "note: k, the expected number of positives per image, defaults to the mean of the training labels ({k_true:.2}); \
@@ -185,7 +187,11 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.len().max(1) as f64;
     let prior = cfg.bias_prior.unwrap_or(observed_rate.max(1e-3)).clamp(1e-4, 0.5);
 
-    let pretrained = cfg.pretrained.as_deref().map(|p| pretrained_file(p, &arch)).transpose()?;
+    if cfg.pretrained.is_some() && !arch.is_image() {
+        bail!("--pretrained applies to image backbones; the MLP of a feature table starts from random weights");
+    }
+    let pretrained =
+        cfg.pretrained.as_deref().filter(|p| *p != "none").map(|p| pretrained_file(p, &arch)).transpose()?;
     if cfg.freeze_backbone && !arch.is_image() {
         bail!("--freeze-backbone applies to image backbones; the MLP of a feature table always trains whole");
     }
@@ -288,14 +294,27 @@ fn build_inputs(
     }
     let cache = data::cache_dir(cfg);
     let (resize, crop, eval) = image_sizes(cfg)?;
-    let open = |ds: &cls_core::Dataset, size: (u32, u32), label: &str| {
-        ImageCache::open(&ds.samples, size.0, size.1, &cache.join("images"), label)
-    };
-    let eval_inputs = |ds: &cls_core::Dataset, label: &str| -> Result<Inputs> {
-        let c = open(ds, eval, label)?;
-        let sz = (c.height, c.width);
-        Ok(Inputs::Images { cache: c, crop: sz, flip: false })
-    };
+    let threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The images of a split, squished to `size` and cropped to `crop`: from the decoded-image
+    // cache, or decoded each time they are read (`--cache none`).
+    let open =
+        |ds: &cls_core::Dataset, size: (u32, u32), crop: (usize, usize), flip: bool, label: &str| -> Result<Inputs> {
+            Ok(match cfg.cache {
+                CacheMode::Images => {
+                    let cache = ImageCache::open(&ds.samples, size.0, size.1, &cache.join("images"), label)?;
+                    Inputs::Images { cache, crop, flip }
+                }
+                CacheMode::None => {
+                    let key = crate::cache::cache_key(&ds.samples, size.0, size.1)?;
+                    let paths = ds.samples.iter().map(|s| s.path.clone()).collect();
+                    let files = ImageFiles::new(paths, size.0, size.1, threads, label, key)?;
+                    Inputs::Files { files, crop, flip }
+                }
+            })
+        };
+    let whole = |size: (u32, u32)| (size.0 as usize, size.1 as usize);
+    let eval_inputs =
+        |ds: &cls_core::Dataset, label: &str| -> Result<Inputs> { open(ds, eval, whole(eval), false, label) };
     let val = eval_inputs(&data.val, "validation")?;
     let test = data.test.as_ref().map(|t| eval_inputs(t, "test")).transpose()?;
     if cfg.freeze_backbone {
@@ -312,11 +331,7 @@ fn build_inputs(
             test.as_ref().map(|t| feats(t, "test")).transpose()?,
         ));
     }
-    let train = Inputs::Images {
-        cache: open(&data.train, resize, "train")?,
-        crop: (crop.0 as usize, crop.1 as usize),
-        flip: !cfg.no_flip,
-    };
+    let train = open(&data.train, resize, whole(crop), !cfg.no_flip, "train")?;
     Ok((train, val, test))
 }
 

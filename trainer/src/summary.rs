@@ -1,10 +1,15 @@
 //! The end of a run: pick the better peer by validation mAP at its best epoch (method.md,
-//! "Paper defaults"), evaluate it on the test split, export it to `model.onnx`, and write
-//! `summary.json` = `{"method", "best_peer", "best_epoch", "val": {metrics}, "test": {metrics}}`.
+//! "Paper defaults"), choose decision thresholds on the validation split (`thresholds.rs`),
+//! evaluate the exported model on validation and test both at 0.5 and at those thresholds, export
+//! it to `model.onnx` (the thresholds in its metadata) and write `thresholds.json` and
+//! `summary.json` = `{"method", "best_peer", "best_epoch", "val": {metrics at 0.5}, "test": {...},
+//! "val_calibrated": {metrics at the thresholds}, "test_calibrated": {...}, "thresholds": {...}}`.
 
 use anyhow::{bail, Context, Result};
-use cls_core::metrics::Metrics;
+use cls_core::calibrate::Calibration;
+use cls_core::metrics::{self, Metrics};
 use cls_models::{export_onnx, Arch, ExportMeta};
+use ndarray::Array2;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -16,7 +21,8 @@ use crate::data::RunData;
 use crate::inputs::{Inputs, IMAGENET_MEAN, IMAGENET_STD};
 use crate::rundir::RunLock;
 use crate::setup::{self, image_sizes};
-use crate::train::{evaluate, Peer};
+use crate::thresholds::{self, ThresholdsSummary};
+use crate::train::{evaluate, predict, Peer};
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Summary {
@@ -24,9 +30,20 @@ pub struct Summary {
     pub best_peer: usize,
     pub best_epoch: usize,
     pub export: String,
+    /// Validation metrics at threshold 0.5.
     pub val: Metrics,
+    /// Test metrics at threshold 0.5.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test: Option<Metrics>,
+    /// Validation metrics at the calibrated thresholds (chosen on this split: optimistic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_calibrated: Option<Metrics>,
+    /// Test metrics at the calibrated thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_calibrated: Option<Metrics>,
+    /// The calibrated thresholds (absent in summaries of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<ThresholdsSummary>,
     pub partial: String,
     pub realised_fraction: f64,
     pub model: PathBuf,
@@ -163,16 +180,46 @@ pub fn finish(
         }
         other => bail!("--export {other}: expected better or ensemble"),
     };
-    let val = evaluate(&peers[best_peer], val_inputs, &data.val.targets, head_only, devices[best_peer])?;
-    let test = match (test_inputs, &data.test) {
-        (Some(inp), Some(ds)) => Some(evaluate(&peers[best_peer], inp, &ds.targets, head_only, devices[best_peer])?),
-        _ => None,
+    let chosen: Vec<usize> = if ensemble { (0..peers.len()).collect() } else { vec![best_peer] };
+    // The exported model's probabilities: the better peer's, or the mean of the peers' (the
+    // ensemble graph computes the same mean).
+    let probabilities = |inputs: &Inputs| -> Result<Array2<f32>> {
+        let mut sum: Option<Array2<f32>> = None;
+        for &k in &chosen {
+            let p = predict(&peers[k], inputs, head_only, devices[k])?;
+            sum = Some(match sum {
+                Some(s) => s + p,
+                None => p,
+            });
+        }
+        let sum = sum.context("no network to evaluate")?;
+        Ok(if chosen.len() > 1 { sum / chosen.len() as f32 } else { sum })
+    };
+    let metrics_at = |probs: &Array2<f32>, truth: &Array2<i8>, cal: Option<&Calibration>| -> Result<Metrics> {
+        let r = match cal {
+            Some(c) => metrics::evaluate_with(probs.view(), truth.view(), c.global, Some(&c.per_class)),
+            None => metrics::evaluate(probs.view(), truth.view(), 0.5),
+        };
+        r.map_err(|e| anyhow::anyhow!("evaluation: {e}"))
+    };
+    let val_probs = probabilities(val_inputs)?;
+    let cal = thresholds::choose(val_probs.view(), data.val.targets.view(), cfg.calibrate_min_positives)?;
+    let val = metrics_at(&val_probs, &data.val.targets, None)?;
+    let val_calibrated = metrics_at(&val_probs, &data.val.targets, Some(&cal))?;
+    let (test, test_calibrated) = match (test_inputs, &data.test) {
+        (Some(inp), Some(ds)) => {
+            let probs = probabilities(inp)?;
+            (Some(metrics_at(&probs, &ds.targets, None)?), Some(metrics_at(&probs, &ds.targets, Some(&cal))?))
+        }
+        _ => (None, None),
     };
 
-    let chosen: Vec<&Peer> = if ensemble { peers.iter().collect() } else { vec![&peers[best_peer]] };
-    let meta = export_meta(cfg, run_dir, arch, data, &val, test.as_ref())?;
-    let nets: Vec<_> = chosen.iter().map(|p| (&p.net, &p.vs)).collect();
+    let meta =
+        export_meta(cfg, run_dir, arch, data, &val, test.as_ref(), &cal, &val_calibrated, test_calibrated.as_ref())?;
+    let nets: Vec<_> = chosen.iter().map(|&k| (&peers[k].net, &peers[k].vs)).collect();
     export_onnx(&nets, arch, &meta, model).context("exporting model.onnx")?;
+    let thresholds_file = thresholds_path(run_dir, model);
+    thresholds::write(&thresholds_file, data.train.classes.names(), &cal)?;
 
     let summary = Summary {
         method: cfg.method.to_string(),
@@ -181,6 +228,9 @@ pub fn finish(
         export: cfg.export.to_string(),
         val,
         test,
+        val_calibrated: Some(val_calibrated),
+        test_calibrated,
+        thresholds: Some(thresholds::summarise(&cal, data.val_unknown_as_negative, &thresholds_file)),
         partial: cfg.partial.clone(),
         realised_fraction: data.observed.realised_fraction,
         model: model.to_path_buf(),
@@ -190,16 +240,36 @@ pub fn finish(
     let summary_path = summary_path(run_dir, model);
     checkpoint::write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("best: peer {best_peer} at epoch {best_epoch}");
-    eprintln!("validation:\n{}", summary.val.table());
-    if let Some(t) = &summary.test {
-        eprintln!("test:\n{}", t.table());
+    let at = format!(
+        "calibrated thresholds (global {:.3}; {} classes with their own, {} at the global one)",
+        cal.global,
+        cal.fallback.iter().filter(|&&f| !f).count(),
+        cal.fallback.iter().filter(|&&f| f).count()
+    );
+    eprintln!("validation at 0.5:\n{}", summary.val.table());
+    if let Some(v) = &summary.val_calibrated {
+        eprintln!("validation at the {at}, chosen on it:\n{}", v.table());
     }
-    eprintln!("exported {}", model.display());
+    if let Some(t) = &summary.test {
+        eprintln!("test at 0.5:\n{}", t.table());
+    }
+    if let Some(t) = &summary.test_calibrated {
+        eprintln!("test at the {at}:\n{}", t.table());
+    }
+    if data.val_unknown_as_negative > 0 {
+        eprintln!(
+            "warning: the thresholds are conservative: {} classes had no verified negative in validation, their \
+             unknown entries counted as negatives",
+            data.val_unknown_as_negative
+        );
+    }
+    eprintln!("exported {} (thresholds in its metadata and in {})", model.display(), thresholds_file.display());
     Ok(())
 }
 
 /// The ONNX metadata: what inference needs (classes, size, normalisation, threshold) and what
 /// a reader of the file wants to know (method, backbone, data, protocol, metrics, config hash).
+#[allow(clippy::too_many_arguments)]
 pub fn export_meta(
     cfg: &TrainConfig,
     run_dir: &Path,
@@ -207,6 +277,9 @@ pub fn export_meta(
     data: &RunData,
     val: &Metrics,
     test: Option<&Metrics>,
+    cal: &Calibration,
+    val_calibrated: &Metrics,
+    test_calibrated: Option<&Metrics>,
 ) -> Result<ExportMeta> {
     let (_, _, eval) = image_sizes(cfg)?;
     let (height, width) = if arch.is_image() { (eval.0 as i64, eval.1 as i64) } else { (0, 0) };
@@ -224,13 +297,20 @@ pub fn export_meta(
     if let Some(t) = test {
         extra.push(("test_metrics".to_string(), brief(t)));
     }
+    extra.push(("val_metrics_calibrated".to_string(), brief(val_calibrated)));
+    if let Some(t) = test_calibrated {
+        extra.push(("test_metrics_calibrated".to_string(), brief(t)));
+    }
+    extra.push(("calibrate_min_positives".to_string(), cal.min_positives.to_string()));
     Ok(ExportMeta {
         classes: data.train.classes.names().to_vec(),
         height,
         width,
         mean: IMAGENET_MEAN,
         std: IMAGENET_STD,
-        threshold: 0.5,
+        threshold: cal.global,
+        thresholds: Some(cal.per_class.clone()),
+        class_ids: data.class_ids.clone(),
         extra,
     })
 }
@@ -243,6 +323,16 @@ pub fn summary_path(run_dir: &Path, model: &Path) -> PathBuf {
         run_dir.join("summary.json")
     } else {
         model.with_extension("summary.json")
+    }
+}
+
+/// Where the thresholds of an export to `model` go: the run's `thresholds.json` for the run's own
+/// `model.onnx`, else `<model stem>.thresholds.json` beside the model.
+pub fn thresholds_path(run_dir: &Path, model: &Path) -> PathBuf {
+    if is_runs_model(run_dir, model) {
+        run_dir.join(thresholds::FILE)
+    } else {
+        model.with_extension(thresholds::FILE)
     }
 }
 
@@ -270,7 +360,7 @@ fn refuse_run_names(flag: &str, run_dir: &Path, out: &Path) -> Result<()> {
     let parent = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let in_run = canon(parent).is_some() && canon(parent) == canon(run_dir);
-    let kept = ["config.toml", "metrics.jsonl", "summary.json", crate::rundir::LOCK_NAME];
+    let kept = ["config.toml", "metrics.jsonl", "summary.json", thresholds::FILE, crate::rundir::LOCK_NAME];
     if in_run && (kept.contains(&name.as_str()) || name.starts_with("best-peer")) {
         bail!("{flag} {}: the run folder keeps that name for its own file; choose another", out.display());
     }
@@ -329,16 +419,21 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which:
         }
     }
     let summary = summary_path(run_dir, &model);
+    let thresholds_file = thresholds_path(run_dir, &model);
     cls_core::fsio::check_output("--out", &model)?;
     if !is_runs_model(run_dir, &model) {
         refuse_run_names("--out", run_dir, &model)?;
         refuse_run_names("--out (its summary)", run_dir, &summary)?;
+        refuse_run_names("--out (its thresholds)", run_dir, &thresholds_file)?;
     }
-    let own = [run_dir.join("model.onnx"), run_dir.join("summary.json")];
+    let own = [run_dir.join("model.onnx"), run_dir.join("summary.json"), run_dir.join(thresholds::FILE)];
     let inputs: Vec<PathBuf> =
         run_files(run_dir).into_iter().filter(|p| !(is_runs_model(run_dir, &model) && own.contains(p))).collect();
     let inputs: Vec<(&str, &Path)> = inputs.iter().map(|p| ("a file of the run", p.as_path())).collect();
-    cls_core::fsio::refuse_overlap(&[("--out", &model), ("the summary of --out", &summary)], &inputs)?;
+    cls_core::fsio::refuse_overlap(
+        &[("--out", &model), ("the summary of --out", &summary), ("the thresholds of --out", &thresholds_file)],
+        &inputs,
+    )?;
     let mut s = setup::prepare(&cfg)?;
     finish(
         &cfg,

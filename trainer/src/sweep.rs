@@ -110,7 +110,7 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
                     cfg.ll_delta = Some(v);
                     name.push(format!("delta{v}"));
                 }
-                cfg.validate().with_context(|| format!("sweep point {}", name.join(" ")))?;
+                cfg.validate_new_run().with_context(|| format!("sweep point {}", name.join(" ")))?;
                 name.push(config_key(&cfg)?);
                 let dir = out.join(name.join("-"));
                 cfg.run_dir = Some(dir.clone());

@@ -104,17 +104,20 @@ pub fn run(
         let t0 = Instant::now();
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut epoch_rng(cfg.seed, epoch, 1));
-        let mut aug_rng = epoch_rng(cfg.seed, epoch, 2);
+        let aug_rng = epoch_rng(cfg.seed, epoch, 2);
         let bar = step_bar(steps_per_epoch, epoch, cfg.epochs, interactive);
         let mut loss_sum = vec![0.0; n_nets];
         let mut sel = vec![SelectionStats::default(); n_nets];
         let mut lr = cfg.lr;
 
-        for (step, idx) in order.chunks(bs).enumerate() {
+        // Images decoded per step (`--cache none`) are decoded ahead, while the step runs; a
+        // failing step drops `batches`, which stops the decoders (loader.rs).
+        let mut batches = train_inputs.batches(order, bs, (!head_only).then_some(aug_rng), devices[0])?;
+        let mut step = 0;
+        while let Some((idx, x)) = batches.next()? {
             lr = cosine_lr(cfg.lr, state.steps_done, total_steps);
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let y = y_all.index_select(0, &idx_t);
-            let x = train_inputs.batch(idx, if head_only { None } else { Some(&mut aug_rng) }, devices[0])?;
             let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
             let out = match train_step(&mut peers, method.as_mut(), &x, &ctx, head_only, &devices, amp) {
                 Ok(out) => out,
@@ -146,7 +149,9 @@ pub fn run(
                 done.min(n_train) as f64 / t0.elapsed().as_secs_f64()
             ));
             bar.inc(1);
+            step += 1;
         }
+        drop(batches);
         bar.finish_and_clear();
         let train_secs = t0.elapsed().as_secs_f64();
 
@@ -278,9 +283,9 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
     let mut out = Array2::<f32>::zeros((n, c));
     tch::no_grad(|| -> Result<()> {
         let bs = inputs.image_size().map_or(EVAL_BATCH, |(h, w)| eval_batch(h, w));
-        for start in (0..n).step_by(bs) {
-            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
-            let x = inputs.batch(&idx, None, device)?;
+        let mut batches = inputs.batches((0..n).collect(), bs, None, device)?;
+        while let Some((idx, x)) = batches.next()? {
+            let start = idx[0];
             let logits = forward(peer, &x, false, head_only, true);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
             let v: Vec<f32> = Vec::try_from(p.view([-1])).context("reading the probabilities")?;
