@@ -8,6 +8,7 @@
 pub mod calibrate;
 pub mod dataset;
 pub mod fsio;
+pub mod html;
 pub mod labels;
 pub mod metrics;
 pub mod preprocess;

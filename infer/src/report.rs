@@ -15,11 +15,12 @@
 //!
 //! This file uses nothing of cls-infer but the crates (cls-core, anyhow, image, ndarray), so the
 //! end-to-end tests include it as a module (`tests/report.rs`) and call [`write_report`] directly.
-//! [`html`] holds the reusable pieces (escaping, sortable tables, SVG line charts, the page shell)
-//! and depends on `std` only.
+//! The page's pieces (escaping, sortable tables, SVG line charts, the page shell) come from
+//! [`cls_core::html`], which `cls-train report`'s comparison page shares.
 
 use anyhow::{bail, Context, Result};
 use cls_core::fsio;
+use cls_core::html;
 use cls_core::labels::{NEG, POS, UNK};
 use cls_core::metrics::Metrics;
 use cls_core::preprocess::{decode_file, squish, DEFAULT_MAX_PIXELS};
@@ -612,6 +613,7 @@ fn page_body(
                     x: r,
                     y: p,
                     label: format!("threshold {:.4}: precision {:.3}, recall {:.3}", s.threshold, p, r),
+                    series: None,
                 });
             }
             let chart = html::Chart {
@@ -626,9 +628,13 @@ fn page_body(
                 y_range: (0.0, 1.0),
                 width: w,
                 height: h,
-                series: vec![html::Series { label: "precision-recall".into(), points: thin(&s.curve, w, h, 600) }],
+                series: vec![html::Series {
+                    label: "precision-recall".into(),
+                    points: thin(&s.curve, w, h, 600),
+                    style: None,
+                }],
                 marks,
-                legend: false,
+                ..Default::default()
             };
             b += &html::line_chart(&chart);
         }
@@ -717,405 +723,11 @@ fn figure(input: &ReportInput, i: usize, c: usize, thumb: Option<&Result<Thumb, 
     )
 }
 
-/// The pieces of a static, self-contained HTML page: escaping, `file://` links, sortable
-/// tables, inline SVG line charts and the page shell (Content-Security-Policy, style, the
-/// sorting script). `std` only, so that any crate of the workspace can take it over.
-#[allow(dead_code)] // A toolkit: not every piece is used by this page (cls-train's comparison page).
-pub mod html {
-    use std::fmt::Write as _;
-    use std::path::Path;
-
-    /// `text` safe as HTML text and inside a double- or single-quoted attribute value.
-    ///
-    /// ```ignore
-    /// assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-    /// ```
-    pub fn escape(text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        for ch in text.chars() {
-            match ch {
-                '&' => out.push_str("&amp;"),
-                '<' => out.push_str("&lt;"),
-                '>' => out.push_str("&gt;"),
-                '"' => out.push_str("&quot;"),
-                '\'' => out.push_str("&#39;"),
-                // Control characters (other than tab and newline) have no business on the page;
-                // NUL would be dropped or replaced by the parser.
-                c if c.is_control() && c != '\t' && c != '\n' => out.push('\u{FFFD}'),
-                c => out.push(c),
-            }
-        }
-        out
-    }
-
-    /// A `file://` URL of `path` (made absolute, links resolved where it exists): every byte but
-    /// the unreserved characters (`A-Z a-z 0-9 - . _ ~`) and `/` percent-encoded, so the URL is
-    /// plain ASCII whatever the name. Escape it with [`escape`] like any attribute value.
-    pub fn file_url(path: &Path) -> String {
-        use std::os::unix::ffi::OsStrExt;
-        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| {
-            if path.is_absolute() {
-                path.to_path_buf()
-            } else {
-                std::env::current_dir().unwrap_or_else(|_| "/".into()).join(path)
-            }
-        });
-        let mut out = String::from("file://");
-        for &b in abs.as_os_str().as_bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-                out.push(b as char);
-            } else {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-        out
-    }
-
-    /// A column of a [`table`]: `key` names it in `#sort=KEY` (ASCII letters, digits, `_`).
-    #[derive(Debug, Clone)]
-    pub struct Column {
-        pub key: String,
-        pub title: String,
-        pub numeric: bool,
-    }
-
-    impl Column {
-        pub fn text(key: &str, title: &str) -> Column {
-            Column { key: key.into(), title: title.into(), numeric: false }
-        }
-        pub fn num(key: &str, title: &str) -> Column {
-            Column { key: key.into(), title: title.into(), numeric: true }
-        }
-    }
-
-    /// A table cell: its markup and the value it sorts by.
-    #[derive(Debug, Clone)]
-    pub struct Cell {
-        /// Markup, already escaped.
-        pub html: String,
-        /// Sort key (`data-v`): a number for numeric columns (NaN sorts last descending), a
-        /// string otherwise; `None` sorts by the cell's text.
-        pub sort: Option<String>,
-    }
-
-    impl Cell {
-        /// Plain text (escaped here).
-        pub fn text(text: &str) -> Cell {
-            Cell { html: escape(text), sort: None }
-        }
-        /// A number shown as `shown` (escaped here), sorted by `value`.
-        pub fn num(value: f64, shown: String) -> Cell {
-            let sort = if value.is_finite() { format!("{value}") } else { String::new() };
-            Cell { html: escape(&shown), sort: Some(sort) }
-        }
-        /// Markup the caller escaped, sorted by the plain text `sort_by` (or the cell's text when
-        /// empty).
-        pub fn markup(sort_by: &str, html: String) -> Cell {
-            Cell { html, sort: (!sort_by.is_empty()).then(|| sort_by.to_string()) }
-        }
-    }
-
-    /// A table the page's script sorts by clicking a header (or opening the page at
-    /// `#sort=KEY` or `#sort=KEY-asc`); `id` must be a plain identifier.
-    pub fn table(id: &str, columns: &[Column], rows: &[Vec<Cell>]) -> String {
-        let mut out = format!("<table class=\"sortable\" id=\"{}\"><thead><tr>", escape(id));
-        for c in columns {
-            let _ = write!(
-                out,
-                "<th data-key=\"{}\"{}>{}</th>",
-                escape(&c.key),
-                if c.numeric { " class=\"num\"" } else { "" },
-                escape(&c.title)
-            );
-        }
-        out.push_str("</tr></thead>\n<tbody>\n");
-        for row in rows {
-            out.push_str("<tr>");
-            for (cell, col) in row.iter().zip(columns) {
-                let class = if col.numeric { " class=\"num\"" } else { "" };
-                match &cell.sort {
-                    Some(v) => {
-                        let _ = write!(out, "<td{class} data-v=\"{}\">{}</td>", escape(v), cell.html);
-                    }
-                    None => {
-                        let _ = write!(out, "<td{class}>{}</td>", cell.html);
-                    }
-                }
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</tbody></table>\n");
-        out
-    }
-
-    /// A series of a [`Chart`], drawn as a polyline in data coordinates.
-    #[derive(Debug, Clone)]
-    pub struct Series {
-        pub label: String,
-        pub points: Vec<(f64, f64)>,
-    }
-
-    /// A marked point, with its label as a tooltip.
-    #[derive(Debug, Clone)]
-    pub struct Mark {
-        pub x: f64,
-        pub y: f64,
-        pub label: String,
-    }
-
-    /// A line chart: series coloured from a fixed palette in order, optional legend.
-    #[derive(Debug, Clone)]
-    pub struct Chart {
-        pub title: String,
-        pub x_label: String,
-        pub y_label: String,
-        pub x_range: (f64, f64),
-        pub y_range: (f64, f64),
-        /// The plot area, in pixels (axes and labels add a margin).
-        pub width: f64,
-        pub height: f64,
-        pub series: Vec<Series>,
-        pub marks: Vec<Mark>,
-        pub legend: bool,
-    }
-
-    /// The colours of the series, in order (then again).
-    pub const PALETTE: [&str; 8] =
-        ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7b83", "#57606a"];
-
-    fn tick(v: f64) -> String {
-        let s = format!("{v:.3}");
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        if s.is_empty() || s == "-" {
-            "0".into()
-        } else {
-            s.into()
-        }
-    }
-
-    /// An inline `<svg>` of `chart` (text escaped; no style attributes, so the page's CSP holds).
-    pub fn line_chart(chart: &Chart) -> String {
-        let (left, top, right, bottom) = (46.0, 26.0, 12.0, 40.0);
-        let legend_h = if chart.legend { 18.0 * chart.series.len() as f64 } else { 0.0 };
-        let (w, h) = (chart.width, chart.height);
-        let (tw, th) = (left + w + right, top + h + bottom + legend_h);
-        let span = |r: (f64, f64)| if r.1 > r.0 { r.1 - r.0 } else { 1.0 };
-        let x = |v: f64| left + (v - chart.x_range.0) / span(chart.x_range) * w;
-        let y = |v: f64| top + h - (v - chart.y_range.0) / span(chart.y_range) * h;
-        let mut out = format!(
-            "<svg class=\"chart\" width=\"{tw:.0}\" height=\"{th:.0}\" viewBox=\"0 0 {tw:.0} {th:.0}\" role=\"img\" aria-label=\"{}\">\n<title>{}</title>\n",
-            escape(&chart.title),
-            escape(&chart.title)
-        );
-        let _ = writeln!(out, "<text class=\"title\" x=\"{left:.1}\" y=\"16\">{}</text>", escape(&chart.title));
-        let _ =
-            writeln!(out, "<rect class=\"frame\" x=\"{left:.1}\" y=\"{top:.1}\" width=\"{w:.1}\" height=\"{h:.1}\"/>");
-        for k in 0..=4 {
-            let f = k as f64 / 4.0;
-            let xv = chart.x_range.0 + f * span(chart.x_range);
-            let yv = chart.y_range.0 + f * span(chart.y_range);
-            let (px, py) = (x(xv), y(yv));
-            let _ = writeln!(
-                out,
-                "<line class=\"grid\" x1=\"{px:.1}\" y1=\"{top:.1}\" x2=\"{px:.1}\" y2=\"{:.1}\"/><line class=\"grid\" x1=\"{left:.1}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\"/>",
-                top + h,
-                left + w
-            );
-            let _ = writeln!(
-                out,
-                "<text class=\"tick\" x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text class=\"tick\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                top + h + 14.0,
-                tick(xv),
-                left - 4.0,
-                py + 4.0,
-                tick(yv)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "<text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            left + w / 2.0,
-            top + h + 32.0,
-            escape(&chart.x_label)
-        );
-        let _ = writeln!(
-            out,
-            "<text class=\"axis\" x=\"12\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 12 {:.1})\">{}</text>",
-            top + h / 2.0,
-            top + h / 2.0,
-            escape(&chart.y_label)
-        );
-        for (k, s) in chart.series.iter().enumerate() {
-            let colour = PALETTE[k % PALETTE.len()];
-            let pts: Vec<String> = s
-                .points
-                .iter()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "<polyline class=\"series\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.6\" points=\"{}\"><title>{}</title></polyline>",
-                pts.join(" "),
-                escape(&s.label)
-            );
-            if chart.legend {
-                let ly = top + h + bottom + 18.0 * k as f64 + 6.0;
-                let _ = writeln!(
-                    out,
-                    "<line x1=\"{left:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/><text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                    left + 24.0,
-                    left + 30.0,
-                    ly + 4.0,
-                    escape(&s.label)
-                );
-            }
-        }
-        for m in chart.marks.iter().filter(|m| m.x.is_finite() && m.y.is_finite()) {
-            let _ = writeln!(
-                out,
-                "<circle class=\"mark\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4.5\"><title>{}</title></circle>",
-                x(m.x),
-                y(m.y),
-                escape(&m.label)
-            );
-        }
-        out.push_str("</svg>\n");
-        out
-    }
-
-    /// 128 random bits, hex: the page's CSP nonce (unguessable to whoever named the files).
-    pub fn nonce() -> String {
-        use std::hash::{BuildHasher, Hasher};
-        let part = |salt: u64| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(salt);
-            h.write_u128(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
-            );
-            h.finish()
-        };
-        format!("{:016x}{:016x}", part(1), part(2))
-    }
-
-    /// The page's stylesheet.
-    pub const STYLE: &str = "
-body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em 2em;color:#1f2328;background:#fff}
-h1{font-size:1.6em;margin:.2em 0 .5em}h2{margin-top:1.6em;border-bottom:1px solid #d0d7de;padding-bottom:.2em}
-h3{margin:.2em 0}h4{margin:.6em 0 .3em;font-size:1em}
-dl.about{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:0 0 1em}dl.about dt{font-weight:600}dl.about dd{margin:0;word-break:break-all}
-table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f6f8fa;white-space:nowrap}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.sortable thead th{cursor:pointer;user-select:none}table.sortable thead th:hover{background:#eaeef2}
-th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}
-table.metrics td{text-align:right;font-variant-numeric:tabular-nums}
-tbody tr:nth-child(even){background:#f9fafb}
-.note{color:#57606a;max-width:60em}nav{margin:1em 0}
-section.class{border:1px solid #d0d7de;border-radius:6px;padding:.6em 1em;margin:1em 0}
-.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
-.thumbs{display:flex;flex-wrap:wrap;gap:.5em}
-figure{margin:0;width:136px;font-size:12px;text-align:center}
-figure img{display:block;margin:0 auto;border:1px solid #d0d7de;max-width:128px;max-height:128px;width:auto;height:auto}
-figcaption .name{word-break:break-all}
-.nothumb{display:flex;align-items:center;justify-content:center;width:128px;height:96px;background:#f6f8fa;border:1px dashed #8c959f;color:#57606a}
-.lab{white-space:nowrap}.lab.missed{color:#cf222e;font-weight:600}.lab.extra{color:#9a6700;font-weight:600}
-td{overflow-wrap:anywhere}
-svg.chart{background:#fff}svg.chart .frame{fill:none;stroke:#8c959f}svg.chart .grid{stroke:#eaeef2}
-svg.chart text{font-size:11px;fill:#57606a}svg.chart .title{font-size:12px;font-weight:600;fill:#1f2328}
-svg.chart .mark{fill:#d1242f;stroke:#fff;stroke-width:1.5}
-";
-
-    /// The page's script: sorting of `table.sortable` (click or Enter on a header; `#sort=KEY` or
-    /// `#sort=KEY-asc` in the URL on opening), then `data-js="ready"` and, once everything has
-    /// loaded, `data-thumbs-loaded` (thumbnails that decoded) on the root element.
-    pub const SCRIPT: &str = r#"
-(function () {
-  'use strict';
-  var root = document.documentElement;
-  function key(cell, numeric) {
-    var v = cell.getAttribute('data-v');
-    if (v === null) v = cell.textContent;
-    if (!numeric) return v.toLowerCase();
-    var f = parseFloat(v);
-    return isNaN(f) ? -Infinity : f;
-  }
-  function sortBy(th, dir) {
-    var row = th.parentNode, body = row.closest('table').tBodies[0];
-    var idx = Array.prototype.indexOf.call(row.children, th);
-    var numeric = th.classList.contains('num');
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = key(a.cells[idx], numeric), y = key(b.cells[idx], numeric);
-      return (x < y ? -1 : x > y ? 1 : 0) * dir;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    Array.prototype.forEach.call(row.children, function (h) { h.removeAttribute('aria-sort'); });
-    th.setAttribute('aria-sort', dir > 0 ? 'ascending' : 'descending');
-  }
-  document.querySelectorAll('table.sortable thead th').forEach(function (th) {
-    th.tabIndex = 0;
-    function go() {
-      var cur = th.getAttribute('aria-sort');
-      sortBy(th, cur ? (cur === 'ascending' ? -1 : 1) : (th.classList.contains('num') ? -1 : 1));
-    }
-    th.addEventListener('click', go);
-    th.addEventListener('keydown', function (e) {
-      if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); go(); }
-    });
-  });
-  var m = /^#sort=([A-Za-z0-9_]+)(?:-(asc|desc))?$/.exec(location.hash);
-  if (m) {
-    var th = document.querySelector('table.sortable thead th[data-key="' + m[1] + '"]');
-    if (th) sortBy(th, m[2] === 'asc' ? 1 : -1);
-  }
-  root.setAttribute('data-js', 'ready');
-  window.addEventListener('load', function () {
-    var ok = 0;
-    document.querySelectorAll('img.thumb').forEach(function (i) { if (i.complete && i.naturalWidth > 0) ok++; });
-    root.setAttribute('data-thumbs-loaded', String(ok));
-  });
-})();
-"#;
-
-    /// A whole page around `body` (markup, escaped by the caller): UTF-8, a Content-Security-Policy
-    /// that forbids every remote load, plugins, forms, `<base>` and any script or style but the
-    /// page's own ([`STYLE`], [`SCRIPT`], by nonce), and allows images from the page's folder
-    /// only.
-    pub fn page(title: &str, body: &str) -> String {
-        let nonce = nonce();
-        format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; object-src 'none'; base-uri 'none'; form-action 'none'\">\n<meta name=\"referrer\" content=\"no-referrer\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<style nonce=\"{nonce}\">{STYLE}</style>\n</head>\n<body>\n{body}\n<script nonce=\"{nonce}\">{SCRIPT}</script>\n</body>\n</html>\n",
-            escape(title)
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::html::{escape, file_url};
     use super::*;
     use cls_core::metrics::evaluate_with;
     use ndarray::{array, Array2};
-
-    #[test]
-    fn escape_leaves_no_markup() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-        assert_eq!(escape("<script>alert(1)</script>"), "&lt;script&gt;alert(1)&lt;/script&gt;");
-        assert_eq!(escape("plain é 漢"), "plain é 漢");
-        assert_eq!(escape("a\0b\u{1b}c\td"), "a\u{FFFD}b\u{FFFD}c\td");
-    }
-
-    #[test]
-    fn file_urls_are_percent_encoded_ascii() {
-        use std::os::unix::ffi::OsStrExt;
-        let p = Path::new("/data/<img src=x onerror=alert(1)>.jpg");
-        assert_eq!(file_url(p), "file:///data/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.jpg");
-        assert_eq!(file_url(Path::new("/d/a\"b&c #?%.jpg")), "file:///d/a%22b%26c%20%23%3F%25.jpg");
-        let odd = std::ffi::OsStr::from_bytes(b"/d/\xff\xc3\xa9.png");
-        assert_eq!(file_url(Path::new(odd)), "file:///d/%FF%C3%A9.png");
-        let rel = file_url(Path::new("no/such/dir/x.png"));
-        assert!(rel.starts_with("file:///") && rel.ends_with("/no/such/dir/x.png"), "{rel}");
-    }
 
     #[test]
     fn pr_curve_follows_the_distinct_thresholds() {
