@@ -2,7 +2,8 @@
 //! headless Chromium (Debian's `chromium`) opens a page written from a generated dataset whose
 //! file and class names are hostile markup, and the test checks the DOM it built (rows,
 //! thumbnails that loaded, names as text, no injected element, no injected script ran, sorting)
-//! and that a screenshot is not blank.
+//! and that a screenshot is not blank. The same for `cls-train report --out FILE.html`'s
+//! comparison page (trainer/src/report.rs) on real tiny runs with hostile run and class names.
 //!
 //! Without Chromium the tests say so and pass, unless `CI` is set (to anything but empty, `0` or
 //! `false`): CI installs it (`.ci/run`), so there a missing browser fails;
@@ -57,7 +58,7 @@ fn run_chromium(browser: &Path, scratch: &Path, url: &str, args: &[&str]) -> Str
 }
 
 fn file_url(p: &Path) -> String {
-    report::html::file_url(p)
+    cls_core::html::file_url(p)
 }
 
 const HOSTILE_FILES: [&str; 3] = [
@@ -260,20 +261,10 @@ fn looks(png: &Path) -> (f64, usize, image::RgbImage) {
     (inked / total, colours.len(), img)
 }
 
-/// The checks every report page must pass in the browser: its own script ran and nothing else
-/// (one script, no event-handler attribute, no foreign element, no remote or `javascript:` URL,
-/// no `data-pwned` mark from an injected handler), `texts` are in the DOM as escaped text,
-/// `originals` are linked by percent-encoded `file://` URLs, the tables have their rows, and
-/// every `<img>` is a hash-named thumbnail under `thumbs/` that exists and loaded. Returns the
-/// tags and the distinct thumbnail files.
-fn check_page(
-    dom: &str,
-    report_dir: &Path,
-    texts: &[&str],
-    originals: &[&Path],
-    class_rows: usize,
-    image_rows: usize,
-) -> (Vec<Tag>, HashSet<String>) {
+/// The checks every page must pass in the browser: its own script ran and nothing else (one
+/// script, by nonce; no event-handler attribute, no foreign element, no remote or `javascript:`
+/// URL, no `data-pwned` mark from an injected handler). Returns the tags.
+fn check_safe(dom: &str) -> Vec<Tag> {
     let all = tags(dom);
     let root = all.iter().find(|t| t.is_start("html")).expect("an <html> element");
     // The page's own script ran (so scripts do run here) and no injected one did.
@@ -299,6 +290,23 @@ fn check_page(
             }
         }
     }
+    all
+}
+
+/// The checks every error-analysis page must pass in the browser: [`check_safe`], `texts` are in
+/// the DOM as escaped text, `originals` are linked by percent-encoded `file://` URLs, the tables
+/// have their rows, and every `<img>` is a hash-named thumbnail under `thumbs/` that exists and
+/// loaded. Returns the tags and the distinct thumbnail files.
+fn check_page(
+    dom: &str,
+    report_dir: &Path,
+    texts: &[&str],
+    originals: &[&Path],
+    class_rows: usize,
+    image_rows: usize,
+) -> (Vec<Tag>, HashSet<String>) {
+    let all = check_safe(dom);
+    let root = all.iter().find(|t| t.is_start("html")).expect("an <html> element");
     for text in texts {
         assert!(dom.contains(text), "{text} is not in the DOM as text");
     }
@@ -533,4 +541,172 @@ fn cls_infer_writes_the_report() {
     );
     let (inked, colours, _) = looks(&shot);
     assert!(inked > 0.01 && colours > 16, "a blank screenshot: {inked} inked, {colours} colours");
+}
+
+/// The texts of the `<text class="tick">` elements of one serialised `<svg>`, in order.
+fn tick_texts(svg: &str) -> Vec<String> {
+    svg.split("<text class=\"tick\"")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').and_then(|(_, rest)| rest.split_once('<')).map(|(text, _)| text.to_string()))
+        .collect()
+}
+
+/// The serialised `<svg>` elements of `dom`, in order.
+fn svgs(dom: &str) -> Vec<&str> {
+    dom.match_indices("<svg").map(|(i, _)| &dom[i..i + dom[i..].find("</svg>").expect("the svg's end")]).collect()
+}
+
+/// `cls-train report RUN... --out FILE.html`: two tiny finished runs (one that selects, one that
+/// does not) and an unfinished one, with hostile run-folder and class names, compared on one page
+/// that Chromium renders: one row per run, the charts' lines, whole-number epoch ticks, the
+/// names as text, nothing injected ran, only the page written, and a screenshot that is not blank.
+#[test]
+fn cls_train_report_writes_a_comparison_page() {
+    let Some(browser) = chromium() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Four label columns, two named with markup.
+    let hostile_classes = ["<script>alert(2)</script>", "<img src=x onerror=document.documentElement.dataset.pwned=4>"];
+    for (name, n, seed) in [("train.csv", 200, 1), ("test.csv", 80, 2)] {
+        let p = dir.join(name);
+        cls_tests::write_csv(&p, n, seed);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let (_, rows) = text.split_once('\n').unwrap();
+        let header = format!("f0,f1,f2,f3,f4,f5,f6,f7,a,{},c,{}\n", hostile_classes[0], hostile_classes[1]);
+        std::fs::write(&p, header + rows).unwrap();
+    }
+    // Run folders named with markup ('/' cannot be in a name, so no closing tags).
+    let runs = ["run<img src=x onerror=document.documentElement.dataset.pwned=1>", "run\"a&b'", "unfinished<b>"];
+    let train = |run: &str, method: &str, seed: &str, extra: &[&str]| {
+        let mut cmd = Command::new(cls_tests::bin("cls-train"));
+        cmd.current_dir(dir)
+            .args(["--data", "train.csv", "--test", "test.csv", "--label-columns", "4", "--backbone", "mlp"])
+            .args(["--mlp-hidden", "16", "--batch-size", "32", "--lr", "0.01", "--partial", "0.5", "--epochs", "2"])
+            .args(["--threads", "1", "--method", method, "--seed", seed, "--run-dir", run])
+            .args(extra);
+        let out = output_within(&mut cmd, RUN_LIMIT);
+        assert!(out.status.success(), "{cmd:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    };
+    train(runs[0], "cls", "1", &[]);
+    train(runs[1], "an", "2", &[]);
+    train(runs[2], "an", "3", &["--stop-after", "1"]);
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut cmd = Command::new(cls_tests::bin("cls-train"));
+    cmd.current_dir(dir).arg("report").args(runs).args([
+        "--out",
+        "out/compare.html",
+        "--title",
+        "<script>alert(3)</script>",
+    ]);
+    let out = output_within(&mut cmd, RUN_LIMIT);
+    assert!(out.status.success(), "{cmd:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    // The page and nothing else: no plot folder, no temporary file.
+    let written: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(written, ["compare.html"]);
+    assert!(!dir.join("compare_plots").exists() && !out_dir.join("compare_plots").exists());
+    assert!(cls_tests::leftover_temps(dir).is_empty(), "{:?}", cls_tests::leftover_temps(dir));
+    // A page inside a run folder is refused, and nothing is written there.
+    let before = cls_tests::snapshot(&dir.join(runs[1]));
+    let err = cls_tests::fails_cleanly(
+        Command::new(cls_tests::bin("cls-train"))
+            .current_dir(dir)
+            .arg("report")
+            .args(runs)
+            .args(["--out", &format!("{}/compare.html", runs[1])]),
+        1,
+    );
+    assert!(err.contains("--out"), "{err}");
+    assert!(cls_tests::snapshot(&dir.join(runs[1])) == before, "a refused report changed the run folder");
+    let page = out_dir.join("compare.html");
+    let source = std::fs::read_to_string(&page).unwrap();
+    assert!(source.contains("http-equiv=\"Content-Security-Policy\"") && source.contains("default-src 'none'"));
+
+    let dom = run_chromium(&browser, dir, &file_url(&page), &["--dump-dom"]);
+    let all = check_safe(&dom);
+    // One row per run, in the order given, each naming its folder as text.
+    let rows = table_rows(&all, "runs-table");
+    assert_eq!(rows.len(), runs.len());
+    for text in [
+        "&lt;script&gt;alert(3)&lt;/script&gt;",
+        "run&lt;img src=x onerror=document.documentElement.dataset.pwned=1&gt;",
+        "run\"a&amp;b'",
+        "unfinished&lt;b&gt;",
+        "&lt;script&gt;alert(2)&lt;/script&gt;",
+        "&lt;img src=x onerror=document.documentElement.dataset.pwned=4&gt;",
+        "1/2 (unfinished)",
+    ] {
+        assert!(dom.contains(text), "{text} is not in the DOM as text");
+    }
+    let cells: Vec<Vec<String>> = dom
+        .split("<tbody>")
+        .nth(1)
+        .unwrap()
+        .split("</tbody>")
+        .next()
+        .unwrap()
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|c| c.split_once('>').unwrap().1.split("</td>").next().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(cells.len(), runs.len());
+    assert!(cells[0][0].contains("run&lt;img src=x") && cells[1][0].contains("run\"a&amp;b'"), "{cells:?}");
+    assert_eq!((cells[0][1].as_str(), cells[1][1].as_str(), cells[2][1].as_str()), ("cls", "an", "an"));
+    assert_eq!((cells[0][3].as_str(), cells[1][3].as_str(), cells[2][3].as_str()), ("1", "2", "3"), "seeds");
+    assert_eq!((cells[0][4].as_str(), cells[1][4].as_str()), ("2/2", "2/2"), "epochs");
+    for row in &cells[..2] {
+        // val and test mAP, CF1, OF1: percentages.
+        for v in &row[6..12] {
+            let v: f64 = v.parse().unwrap_or_else(|_| panic!("not a number: {v} in {row:?}"));
+            assert!((0.0..=100.0).contains(&v), "{row:?}");
+        }
+        assert!(row[12].starts_with("calibrated"), "{row:?}");
+    }
+    // Charts: validation mAP (a line per run: two epochs each, a dot for the unfinished run's one),
+    // the selection's precision and recall (only the cls run selects).
+    let charts = svgs(&dom);
+    assert_eq!(charts.len(), 3, "validation mAP, selection precision and recall");
+    let lines = |svg: &str| -> Vec<usize> {
+        svg.split("<polyline")
+            .skip(1)
+            .map(|p| p.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split_whitespace().count())
+            .collect()
+    };
+    assert_eq!(lines(charts[0]), [2, 2, 1]);
+    assert_eq!(charts[0].matches("<circle class=\"point\"").count(), 1, "the unfinished run's single epoch");
+    assert_eq!(charts[0].matches("<circle class=\"mark-of\"").count(), 2, "the finished runs' best epochs");
+    assert_eq!(lines(charts[1]), [1]);
+    assert_eq!(lines(charts[2]), [1]);
+    assert_eq!(all.iter().filter(|t| t.is_start("polyline")).count(), 5);
+    // Whole-number epoch ticks on x, then the y ticks.
+    for svg in &charts {
+        let ticks = tick_texts(svg);
+        assert_eq!(&ticks[..2], ["1", "2"], "{ticks:?}");
+        assert!(ticks[2..].iter().all(|t| t.parse::<f64>().is_ok_and(|v| v.fract() == 0.0)), "{ticks:?}");
+    }
+    // Per-class AP: a row per class, a column per finished run.
+    assert_eq!(table_rows(&all, "per-class-table").len(), 4);
+
+    // A screenshot: not blank, and the first two runs' lines in their colours.
+    let shot = dir.join("shot.png");
+    run_chromium(
+        &browser,
+        dir,
+        &file_url(&page),
+        &[&format!("--screenshot={}", shot.display()), "--window-size=1200,1400"],
+    );
+    let (inked, colours, img) = looks(&shot);
+    assert!(inked > 0.01 && inked < 0.9 && colours > 16, "a blank screenshot: {inked} inked, {colours} colours");
+    for hex in ["#1f6feb", "#d1242f"] {
+        let v = u32::from_str_radix(&hex[1..], 16).unwrap();
+        let rgb = [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        let near = img.pixels().filter(|p| p.0.iter().zip(rgb).all(|(&a, b)| a.abs_diff(b) < 40)).count();
+        assert!(near > 100, "no line in {hex} on screen ({near} pixels)");
+    }
 }
