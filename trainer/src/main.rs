@@ -83,13 +83,15 @@ enum Command {
         #[arg(long)]
         no_amp: bool,
     },
-    /// Compare runs in one markdown file with tables and plots (mAP per epoch, selection
-    /// precision/recall per epoch, per-class AP).
+    /// Compare runs in one document with tables and plots (mAP per epoch, selection
+    /// precision/recall per epoch, per-class AP): an HTML page or markdown, by --out's extension.
     Report {
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// The markdown file (plots go to <stem>_plots/ beside it).
-        #[arg(long, default_value = "report.md")]
+        /// FILE.html (or .htm): one self-contained HTML page, the same kind as cls-infer --report's
+        /// (sortable tables, inline SVG charts, nothing else written); any other name: markdown,
+        /// with PNG plots in <stem>_plots/ beside it.
+        #[arg(long, default_value = "report.html")]
         out: PathBuf,
         #[arg(long, default_value = "CLS runs")]
         title: String,

@@ -43,7 +43,17 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// A line chart with a legend; y in percent when `percent`.
+/// The `k`th colour of the palette the HTML pages use (`cls_core::html::PALETTE`: dark enough to
+/// read on white), for the PNGs.
+pub fn colour(k: usize) -> RGBColor {
+    let palette = cls_core::html::PALETTE;
+    let hex = palette[k % palette.len()];
+    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
+    RGBColor((v >> 16) as u8, (v >> 8) as u8, v as u8)
+}
+
+/// A line chart with a legend; y in percent when `percent`. An `epoch` axis is labelled at whole
+/// epochs only.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     register_font();
     let all: Vec<(f64, f64)> =
@@ -64,15 +74,26 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .y_label_area_size(60)
             .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let whole_epochs = x_label == "epoch";
+        let x_format = move |x: &f64| {
+            if !whole_epochs {
+                format!("{x}")
+            } else if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        };
         chart
             .configure_mesh()
+            .x_label_formatter(&x_format)
             .x_desc(x_label)
             .y_desc(y_label)
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = colour(i).to_rgba();
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?

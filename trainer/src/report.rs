@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::TrainConfig;
-use crate::plots::{line_chart, Series};
+use crate::plots::{colour, line_chart, Series};
 use crate::runlog::{read as read_log, EpochLog};
 use crate::summary::Summary;
 
@@ -212,13 +212,6 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     crate::checkpoint::write_atomic(out, md.as_bytes())?;
     eprintln!("wrote {} and {}", out.display(), plot_dir.display());
     Ok(())
-}
-
-/// The `k`th colour of the HTML page's palette (dark enough to read on white), for the PNGs.
-fn colour(k: usize) -> RGBColor {
-    let hex = html::PALETTE[k % html::PALETTE.len()];
-    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
-    RGBColor((v >> 16) as u8, (v >> 8) as u8, v as u8)
 }
 
 /// Bars of per-class AP, one colour per run, classes in the first run's descending AP order.
@@ -425,7 +418,7 @@ fn html_body(runs: &[Run], title: &str) -> String {
                 None => "–".to_string(),
                 Some(s) => match &s.thresholds {
                     Some(t) if s.val_calibrated.is_some() => {
-                        format!("calibrated (global {:.3}; {} classes their own)", t.global, t.per_class)
+                        format!("calibrated (global {}; {} classes their own)", significant(t.global), t.per_class)
                     }
                     _ => format!("{}", s.val.threshold),
                 },
@@ -554,6 +547,15 @@ fn write_html(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     Ok(())
 }
 
+/// A threshold with three significant digits (calibrated thresholds can be far below 0.001).
+fn significant(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = (2 - x.abs().log10().floor() as i32).max(0) as usize;
+    format!("{x:.digits$}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,5 +589,12 @@ mod tests {
         assert_eq!(percent_range([0.0].into_iter()), (0.0, 10.0));
         assert_eq!(percent_range([50.0, f64::NAN].into_iter()), (50.0, 60.0));
         assert_eq!(percent_range(std::iter::empty()), (0.0, 100.0));
+    }
+
+    #[test]
+    fn thresholds_keep_three_significant_digits() {
+        assert_eq!(super::significant(5.103e-5), "0.0000510");
+        assert_eq!(super::significant(0.4567), "0.457");
+        assert_eq!(super::significant(0.5), "0.500");
     }
 }
