@@ -36,7 +36,7 @@ fn main() -> Result<()> {
         let order: Vec<usize> = (0..n).collect();
         let mut batches = inputs.batches(order, 64, Some(ChaCha8Rng::seed_from_u64(rep as u64)), tch::Device::Cpu)?;
         let mut seen = 0;
-        while let Some((idx, x)) = batches.next()? {
+        while let Some((idx, x)) = batches.next_batch()? {
             seen += idx.len();
             let _ = std::hint::black_box(x);
         }

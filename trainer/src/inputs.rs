@@ -140,7 +140,7 @@ pub struct Batches<'a> {
 
 impl Batches<'_> {
     /// The next batch's sample indices and inputs; `None` after the last.
-    pub fn next(&mut self) -> Result<Option<(Vec<usize>, Tensor)>> {
+    pub fn next_batch(&mut self) -> Result<Option<(Vec<usize>, Tensor)>> {
         if self.next >= self.order.len() {
             return Ok(None);
         }
@@ -149,7 +149,7 @@ impl Batches<'_> {
         self.next = end;
         let x = match (&mut self.prefetch, self.inputs) {
             (Some(p), Inputs::Files { crop, .. }) => {
-                let buf = p.next()?.context("the image prefetch ended early")?;
+                let buf = p.next_batch()?.context("the image prefetch ended early")?;
                 let x = images_tensor(&buf, idx.len(), *crop, self.device);
                 p.recycle(buf);
                 x
@@ -203,7 +203,7 @@ pub fn features(
     let bs = crate::config::eval_batch(height, width).min(64);
     tch::no_grad(|| -> Result<()> {
         let mut batches = images.batches((0..n).collect(), bs, None, device)?;
-        while let Some((idx, x)) = batches.next()? {
+        while let Some((idx, x)) = batches.next_batch()? {
             parts.push(net.features_t(&x, false).to_kind(Kind::Float).to_device(Device::Cpu));
             bar.inc(idx.len() as u64);
         }

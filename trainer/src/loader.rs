@@ -227,7 +227,7 @@ impl Prefetch {
 
     /// The next batch's normalised CHW values, `None` after the last. An image that could not
     /// be read is an error naming it.
-    pub fn next(&mut self) -> Result<Option<Vec<f32>>> {
+    pub fn next_batch(&mut self) -> Result<Option<Vec<f32>>> {
         if self.received == self.batches {
             return Ok(None);
         }

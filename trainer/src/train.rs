@@ -114,7 +114,7 @@ pub fn run(
         // failing step drops `batches`, which stops the decoders (loader.rs).
         let mut batches = train_inputs.batches(order, bs, (!head_only).then_some(aug_rng), devices[0])?;
         let mut step = 0;
-        while let Some((idx, x)) = batches.next()? {
+        while let Some((idx, x)) = batches.next_batch()? {
             lr = cosine_lr(cfg.lr, state.steps_done, total_steps);
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let y = y_all.index_select(0, &idx_t);
@@ -284,7 +284,7 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
     tch::no_grad(|| -> Result<()> {
         let bs = inputs.image_size().map_or(EVAL_BATCH, |(h, w)| eval_batch(h, w));
         let mut batches = inputs.batches((0..n).collect(), bs, None, device)?;
-        while let Some((idx, x)) = batches.next()? {
+        while let Some((idx, x)) = batches.next_batch()? {
             let start = idx[0];
             let logits = forward(peer, &x, false, head_only, true);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();

@@ -38,7 +38,7 @@ fn files(samples: &[Sample], size: (u32, u32), threads: usize) -> ImageFiles {
 fn pass(inputs: &Inputs, order: &[usize], batch: usize, rng: Option<ChaCha8Rng>) -> Vec<(Vec<usize>, Tensor)> {
     let mut b = inputs.batches(order.to_vec(), batch, rng, Device::Cpu).unwrap();
     let mut out = Vec::new();
-    while let Some(x) = b.next().unwrap() {
+    while let Some(x) = b.next_batch().unwrap() {
         out.push(x);
     }
     out
@@ -86,7 +86,7 @@ fn an_unreadable_image_ends_the_pass_with_its_name() {
     let mut b = streamed.batches((0..9).collect(), 2, None, Device::Cpu).unwrap();
     let mut seen = 0;
     let err = loop {
-        match b.next() {
+        match b.next_batch() {
             Ok(Some((idx, _))) => seen += idx.len(),
             Ok(None) => panic!("the pass ended without the error"),
             Err(e) => break format!("{e:#}"),
@@ -113,7 +113,7 @@ fn a_consumer_that_stops_early_releases_the_decoders_at_once() {
             let mut b =
                 streamed.batches((0..400).collect(), 8, Some(ChaCha8Rng::seed_from_u64(0)), Device::Cpu).unwrap();
             for _ in 0..taken {
-                let _ = b.next().unwrap().unwrap();
+                let _ = b.next_batch().unwrap().unwrap();
             }
             std::thread::sleep(Duration::from_millis(50)); // let the queue fill
         } // dropped here: the producer must stop and be joined

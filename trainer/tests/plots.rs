@@ -30,19 +30,21 @@ fn plotted_series_match_metrics_jsonl_epoch_by_epoch() {
     let data = tmp.path().join("train.csv");
     write_csv(&data, 160);
     let run = tmp.path().join("run");
-    let mut cfg = TrainConfig::default();
-    cfg.data = Some(data);
-    cfg.label_columns = Some(4);
-    cfg.epochs = 4;
-    cfg.batch_size = 32;
-    cfg.lr = 0.01;
-    cfg.tau_h = Some("0.2".into());
-    cfg.e_k = 1.0;
-    cfg.partial = "0.5".into();
-    cfg.mlp_hidden = 16;
-    cfg.threads = Some(1);
-    cfg.run_dir = Some(run.clone());
-    cfg.cache_dir = Some(tmp.path().join("cache"));
+    let cfg = TrainConfig {
+        data: Some(data),
+        label_columns: Some(4),
+        epochs: 4,
+        batch_size: 32,
+        lr: 0.01,
+        tau_h: Some("0.2".into()),
+        e_k: 1.0,
+        partial: "0.5".into(),
+        mlp_hidden: 16,
+        threads: Some(1),
+        run_dir: Some(run.clone()),
+        cache_dir: Some(tmp.path().join("cache")),
+        ..TrainConfig::default()
+    };
     launch::start(cfg).unwrap();
     assert!(run.join("plots/selection.png").is_file() && run.join("plots/val_map.png").is_file());
 
