@@ -108,6 +108,28 @@ fn remove_registered() {
     }
 }
 
+/// A file type in words, for messages: "a regular file", "a directory", "a FIFO", "a character
+/// device", ... (a symbolic link when the type was read without following links).
+pub fn kind_name(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown kind"
+    }
+}
+
 /// What kind of destination a path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {

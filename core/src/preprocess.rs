@@ -286,23 +286,8 @@ fn max_file_bytes(max_pixels: u64) -> u64 {
 
 /// Open `path` if it is a regular file (after following symbolic links), with its length.
 fn open_regular(path: &Path) -> Result<(File, u64), ImageError> {
-    use std::os::unix::fs::FileTypeExt;
     let io = |source| ImageError::Io { path: path.to_path_buf(), source };
-    let kind = |t: std::fs::FileType| {
-        if t.is_dir() {
-            "a directory"
-        } else if t.is_fifo() {
-            "a FIFO"
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_block_device() {
-            "a block device"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "not a file"
-        }
-    };
+    let kind = crate::fsio::kind_name;
     // Checked before opening: opening a FIFO blocks until something writes to it.
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {

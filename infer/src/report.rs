@@ -123,21 +123,7 @@ pub fn check_dir(dir: &Path) -> Result<()> {
 }
 
 fn kind_of(m: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = m.file_type();
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_file() {
-        "a regular file"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "a device"
-    }
+    fsio::kind_name(m.file_type())
 }
 
 /// Write the page and its thumbnails into `dir` (created if missing; see [`check_dir`]). The

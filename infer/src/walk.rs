@@ -105,7 +105,6 @@ pub fn rel_string(rel: &Path) -> String {
 
 /// What a path is when it is not a regular file (after following links), for messages.
 fn not_a_file(path: &Path) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -114,21 +113,10 @@ fn not_a_file(path: &Path) -> Option<String> {
         Err(e) => return Some(e.to_string()),
     };
     let t = meta.file_type();
-    let kind = if t.is_file() {
+    if t.is_file() {
         return None;
-    } else if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "of an unknown kind"
-    };
+    }
+    let kind = cls_core::fsio::kind_name(t);
     Some(format!("not a regular file ({kind})"))
 }
 
