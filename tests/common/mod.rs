@@ -111,34 +111,7 @@ pub fn wait_or_kill(
 /// so a full pipe cannot stall the child); a run past `limit` is killed and fails the test, with
 /// what it printed on stderr so far.
 pub fn output_within(cmd: &mut std::process::Command, limit: std::time::Duration) -> std::process::Output {
-    use std::io::Read;
-    use std::process::Stdio;
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let Some(status) = wait_until(&mut child, limit) else {
-        let stderr = err.join().unwrap_or_default();
-        panic!(
-            "{what} did not end within {limit:?}: killed (a hang). Its stderr:\n{}",
-            String::from_utf8_lossy(&stderr)
-        );
-    };
-    std::process::Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+    run_within(cmd, limit, None)
 }
 
 /// `cmd` (a cls-train or cls-infer run that must be refused) under [`RUN_LIMIT`]: it exits with
@@ -205,19 +178,28 @@ pub fn output_within_input(
     limit: std::time::Duration,
     input: Vec<u8>,
 ) -> std::process::Output {
+    run_within(cmd, limit, Some(input))
+}
+
+/// The one implementation of [`output_within`] and [`output_within_input`].
+fn run_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+    input: Option<Vec<u8>>,
+) -> std::process::Output {
     use std::io::{Read, Write};
     use std::process::Stdio;
     let what = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::piped())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let mut stdin = child.stdin.take();
     let feeder = std::thread::spawn(move || {
-        if let Some(s) = stdin.as_mut() {
-            let _ = s.write_all(&input);
+        if let (Some(s), Some(bytes)) = (stdin.as_mut(), input) {
+            let _ = s.write_all(&bytes);
         }
     });
     fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
