@@ -64,7 +64,7 @@ pub fn read(files: &[PathBuf], base: &Path, classes: &[String], truth: &Truth) -
     }
     tracing::info!(
         "read {} tagged images from {} files{}",
-        seen.len() - failed.min(seen.len()),
+        seen.len(),
         files.len(),
         if failed > 0 { format!(" ({failed} rows of failed images left out)") } else { String::new() }
     );

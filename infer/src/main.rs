@@ -1,14 +1,15 @@
 //! cls-infer: tag a folder of images with an exported CLS model on ONNX Runtime, and optionally
 //! compute the metrics of method.md ("Metrics", through `cls_core::metrics`) against ground truth.
 //!
-//! Exit status: 0 success; 1 some images could not be read and `--strict` was given; 2 bad
-//! usage, unreadable model, no images (or none readable), or any other fatal error; 3 metric
-//! regression against `--baseline` (takes precedence over 1); 141 (128 + SIGPIPE, what a shell
-//! reports for a tool the signal ended) without a message when the reader of the output went away
-//! (`cls-infer ... | head -1`), after removing the temporary files.
+//! Exit status: 0 success; 1 some images could not be read and `--strict` was given, or more
+//! than `--max-errors` failed; 2 bad usage, unreadable model, no images (or none readable), or
+//! any other fatal error; 3 metric regression against `--baseline` (takes precedence over 1);
+//! 141 (128 + SIGPIPE, what a shell reports for a tool the signal ended) without a message when
+//! the reader of the output went away (`cls-infer ... | head -1`), after removing the temporary
+//! files.
 //!
-//! Messages go to stderr through [`say!`], which ignores a failed write: a closed stderr must not
-//! turn into a panic (`eprintln!` panics when it cannot write).
+//! Messages go to stderr through `tracing` (logging.rs: `-q`, `-v`); the panic hook and
+//! `--generate` use [`say!`]. Neither panics on a closed stderr (`eprintln!` would).
 
 /// `eprintln!` that never panics: a message that cannot be written is dropped.
 #[macro_export]

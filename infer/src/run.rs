@@ -133,6 +133,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
     let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
     let format = cli.format;
     let skipped = Arc::new(AtomicUsize::new(0));
+    let mut tar_status = None;
     let (batches, known): (Box<dyn Iterator<Item = Vec<Work>> + Send>, Option<usize>) = match input.images {
         Images::Files(mut items) => {
             let before = items.len();
@@ -155,7 +156,9 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 }
                 hit
             };
-            (Box::new(TarBatches::start(tars, batch, Box::new(skip))), None)
+            let (tar_batches, status) = TarBatches::start(tars, batch, Box::new(skip))?;
+            tar_status = Some(status);
+            (Box::new(tar_batches), None)
         }
     };
     let n_skipped_now = skipped.load(Ordering::Relaxed);
@@ -267,6 +270,11 @@ pub fn run(cli: &Cli) -> Result<u8> {
             Err(e) => return Err(e),
         },
     };
+    // The batches are gone (their reader joined): a tar reader that died must not pass for a
+    // complete run (OUT stays as it was; OUT.partial holds what was tagged).
+    if let (Some(status), None) = (&tar_status, &stopped) {
+        status.check()?;
+    }
     sink.finish()?;
     if let Some(e) = errors_out {
         e.finish()?;

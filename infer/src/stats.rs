@@ -13,9 +13,13 @@ use std::path::{Path, PathBuf};
 
 /// `OUT.stats.json`.
 pub fn stats_path(out: &Path) -> PathBuf {
-    let trimmed = out.to_string_lossy();
-    let trimmed = trimmed.trim_end_matches('/');
-    PathBuf::from(format!("{trimmed}.stats.json"))
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    // Bytes, not text: an --out name that is not UTF-8 keeps its own bytes.
+    let bytes = out.as_os_str().as_bytes();
+    let end = bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    let mut name = bytes[..end].to_vec();
+    name.extend_from_slice(b".stats.json");
+    PathBuf::from(std::ffi::OsString::from_vec(name))
 }
 
 /// The SHA-256 of a file, in hex.
@@ -111,6 +115,14 @@ pub fn missing_shards(stats: &[Option<Stats>]) -> Option<(usize, Vec<usize>)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_stats_file_keeps_the_output_name_s_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let out = Path::new(std::ffi::OsStr::from_bytes(b"tags-\xff.jsonl"));
+        assert_eq!(stats_path(out).as_os_str().as_bytes(), b"tags-\xff.jsonl.stats.json");
+        assert_eq!(stats_path(Path::new("dir/sidecars/")), Path::new("dir/sidecars.stats.json"));
+    }
+
     use super::*;
 
     #[test]

@@ -36,25 +36,53 @@ pub struct TarBatches {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether the shards were read to the end: the reading thread says so when it finishes, so a
+/// reader that died (a panic in a decoder of a hostile archive) cannot pass for a complete run.
+#[derive(Clone, Default)]
+pub struct TarStatus(std::sync::Arc<std::sync::Mutex<Option<Result<(), String>>>>);
+
+impl TarStatus {
+    fn set(&self, r: Result<(), String>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(r);
+        }
+    }
+
+    /// After the batches ran out: an error unless every shard was read (or the run stopped
+    /// the reader itself, which is not a failure of the reader).
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.0.lock().map(|s| s.clone()) {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => anyhow::bail!("reading the tar shards failed: {e}"),
+            _ => anyhow::bail!("the tar shards were not read to the end (their reader stopped)"),
+        }
+    }
+}
+
 /// Members to pass over unread (already in a resumed output).
 pub type Skip = Box<dyn Fn(&Item) -> bool + Send>;
 
 impl TarBatches {
-    pub fn start(tars: Vec<TarFile>, batch: usize, skip: Skip) -> TarBatches {
+    pub fn start(tars: Vec<TarFile>, batch: usize, skip: Skip) -> anyhow::Result<(TarBatches, TarStatus)> {
         let (tx, rx) = bounded::<Vec<Work>>(1);
+        let status = TarStatus::default();
+        let done = status.clone();
         let thread = std::thread::Builder::new()
             .name("cls-tar".into())
             .spawn(move || {
-                let mut reader = Batcher { tx, pending: Vec::new(), bytes: 0, batch: batch.max(1), skip };
-                for tar in &tars {
-                    if read_tar(tar, &mut reader).is_err() {
-                        return; // the pipeline stopped
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut reader = Batcher { tx, pending: Vec::new(), bytes: 0, batch: batch.max(1), skip };
+                    for tar in &tars {
+                        if read_tar(tar, &mut reader).is_err() {
+                            return; // the pipeline stopped: not the reader's failure
+                        }
                     }
-                }
-                let _ = reader.flush();
+                    let _ = reader.flush();
+                }));
+                done.set(read.map_err(|_| "the tar reader crashed".to_string()));
             })
-            .ok();
-        TarBatches { rx: Some(rx), thread }
+            .map_err(|e| anyhow::anyhow!("cannot start the tar reader: {e}"))?;
+        Ok((TarBatches { rx: Some(rx), thread: Some(thread) }, status))
     }
 }
 
@@ -253,6 +281,17 @@ fn read_tar(tar: &TarFile, out: &mut Batcher) -> Result<(), ()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_reader_that_did_not_finish_is_an_error() {
+        let status = TarStatus::default();
+        assert!(status.check().is_err(), "never finished");
+        status.set(Err("the tar reader crashed".into()));
+        assert!(format!("{:#}", status.check().unwrap_err()).contains("crashed"));
+        status.set(Ok(()));
+        assert!(status.check().is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 success (a run stopped by `--stop-after` included); 1 an error, printed as one
 //! line `cls-train: error: ...` (a bug: `cls-train: internal error (please report): ...`); 2 a
-//! usage error (an unknown flag or a value of the wrong shape, from the command-line parser).
+//! usage error (an unknown flag or a value of the wrong shape, from the command-line parser);
+//! 141, without a message, when the reader of the output went away (`cls-train man | head`).
 
 use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
@@ -133,7 +134,8 @@ const LONG_VERSION: &str = concat!(
 
 const AFTER_HELP: &str = "\
 Exit status: 0 ok (also a run stopped by --stop-after, resumable with --resume); 1 an error
-  (one line: cls-train: error: ...); 2 a usage error (unknown flag, value of the wrong shape).
+  (one line: cls-train: error: ...); 2 a usage error (unknown flag, value of the wrong shape);
+  141 the reader of the output went away (cls-train man | head).
 Shell completions: cls-train completions bash|zsh|fish|elvish|powershell; man page: cls-train man.";
 
 /// `--checkpoint`'s parser.
