@@ -511,6 +511,61 @@ fn an_image_backbone_needs_pretrained_weights_or_none() {
 }
 
 #[test]
+fn a_tag_table_with_its_flags_trains_and_says_what_it_skipped() {
+    // A tag table (Kaggle's layout) from a generated manifest: `;`-separated tags, one tag of a
+    // class outside the class list, one image without a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 32, 95, "train");
+    let mut table = String::from("image_name,tags\n");
+    for (i, line) in std::fs::read_to_string(&tr).unwrap().lines().enumerate() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let mut tags: Vec<String> = serde_json::from_value(e["labels"].clone()).unwrap();
+        if i == 3 {
+            tags.push("purple".into());
+        }
+        table += &format!("{},\"{}\"\n", e["image"].as_str().unwrap(), tags.join(";"));
+    }
+    table += "train/missing.png,red\n";
+    let csv = tmp.path().join("tags.csv");
+    std::fs::write(&csv, table).unwrap();
+    std::fs::write(tmp.path().join("classes.txt"), "red\ngreen\nblue\n").unwrap();
+    let run = tmp.path().join("run");
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["--data", csv.to_str().unwrap(), "--tag-sep", ";", "--unlisted", "unknown"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(
+            ["--backbone", "resnet18", "--pretrained", "none", "--resize", "32x32", "--crop", "32x32"]
+                .map(String::from),
+        );
+        a.extend(["--epochs", "1", "--batch-size", "8", "--threads", "2"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // Without the flags: refused, naming what is wrong.
+    let err = train_fails(&strs(&common(&[])), tmp.path(), "refused");
+    assert!(err.contains("purple") || err.contains("missing.png"), "{err}");
+    let cache = tmp.path().join("cache");
+    let extra = [
+        "--skip-other-classes",
+        "--drop-missing",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ];
+    let out = train(&strs(&common(&extra)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("note: training data:") && err.contains("missing.png"), "{err}");
+    let s = read_json(&run.join("summary.json"));
+    assert_eq!(s["partial"], "given");
+    let thresholds = read_json(&run.join("thresholds.json"));
+    let names: Vec<&String> = thresholds.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
 fn a_diverging_loss_stops_the_run_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let tr = tmp.path().join("train.csv");
