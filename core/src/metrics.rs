@@ -297,15 +297,30 @@ fn top_k_of_row(row: ArrayView1<f32>, k: usize) -> Vec<usize> {
     best
 }
 
-/// Confusion counts of one class over its known (non-zero truth) entries.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    tp: usize,
-    fp: usize,
-    fn_: usize,
+/// Confusion counts of one class over its known (non-zero truth) entries: what the threshold
+/// metrics, cls-infer's per-class metrics and its report page all count, one way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub tp: usize,
+    pub fp: usize,
+    pub fn_: usize,
 }
 
 impl Counts {
+    /// One class's counts: `scores` and `truth` are its column, a label predicted when
+    /// `score >= threshold`; unknown (0) entries are left out.
+    pub fn of_class<'a>(
+        scores: impl IntoIterator<Item = &'a f32>,
+        truth: impl IntoIterator<Item = &'a i8>,
+        threshold: f64,
+    ) -> Counts {
+        let mut c = Counts::default();
+        for (&s, &t) in scores.into_iter().zip(truth) {
+            c.add(f64::from(s) >= threshold, t);
+        }
+        c
+    }
+
     fn add(&mut self, predicted: bool, truth: i8) {
         match (predicted, truth) {
             (_, UNK) => {}
@@ -317,13 +332,23 @@ impl Counts {
     }
 
     /// TP/(TP+FP), 0 when nothing is predicted.
-    fn precision(self) -> f64 {
+    pub fn precision(self) -> f64 {
         ratio(self.tp, self.tp + self.fp)
     }
 
     /// TP/(TP+FN), 0 when there is no positive.
-    fn recall(self) -> f64 {
+    pub fn recall(self) -> f64 {
         ratio(self.tp, self.tp + self.fn_)
+    }
+
+    /// The harmonic mean of precision and recall, 0 when both are 0.
+    pub fn f1(self) -> f64 {
+        f1(self.precision(), self.recall())
+    }
+
+    /// The known positives.
+    pub fn support(self) -> usize {
+        self.tp + self.fn_
     }
 }
 

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use cls_core::fsio;
 use cls_core::html;
 use cls_core::labels::{NEG, POS, UNK};
-use cls_core::metrics::Metrics;
+use cls_core::metrics::{Counts, Metrics};
 use cls_core::preprocess::{decode_file, squish, DEFAULT_MAX_PIXELS};
 use ndarray::ArrayView2;
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,9 +246,8 @@ fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 struct ClassStats {
     ap: Option<f64>,
     threshold: f64,
-    tp: usize,
-    fp: usize,
-    fn_: usize,
+    /// TP, FP, FN at the threshold (`cls_core::metrics::Counts`, as the metrics file counts).
+    counts: Counts,
     /// Known negatives.
     negatives: usize,
     unknown: usize,
@@ -258,37 +257,6 @@ struct ClassStats {
     worst_fp: Vec<usize>,
     /// False negatives, lowest score first (at most [`WORST_PER_CLASS`]).
     worst_fn: Vec<usize>,
-}
-
-impl ClassStats {
-    fn support(&self) -> usize {
-        self.tp + self.fn_
-    }
-    /// TP / (TP + FP), 0 when nothing is predicted (as `cls_core::metrics` and `--metrics-out`).
-    fn precision(&self) -> f64 {
-        ratio(self.tp, self.tp + self.fp)
-    }
-    /// TP / (TP + FN), 0 without positives.
-    fn recall(&self) -> f64 {
-        ratio(self.tp, self.tp + self.fn_)
-    }
-    /// The harmonic mean of precision and recall, 0 when both are.
-    fn f1(&self) -> f64 {
-        let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 {
-            0.0
-        } else {
-            2.0 * p * r / (p + r)
-        }
-    }
-}
-
-fn ratio(num: usize, den: usize) -> f64 {
-    if den == 0 {
-        0.0
-    } else {
-        num as f64 / den as f64
-    }
 }
 
 fn class_stats(input: &ReportInput, c: usize) -> ClassStats {
@@ -306,16 +274,8 @@ fn class_stats(input: &ReportInput, c: usize) -> ClassStats {
     // Highest score first; equal scores in image order.
     known.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let predicted = |s: f32| f64::from(s) >= t;
-    let (mut tp, mut fp, mut fn_, mut negatives) = (0, 0, 0, 0);
-    for &(s, _, pos) in &known {
-        match (pos, predicted(s)) {
-            (true, true) => tp += 1,
-            (true, false) => fn_ += 1,
-            (false, true) => fp += 1,
-            (false, false) => {}
-        }
-        negatives += usize::from(!pos);
-    }
+    let counts = Counts::of_class(scores, truth, t);
+    let negatives = known.len() - counts.support();
     let worst_fp = known.iter().filter(|k| !k.2 && predicted(k.0)).take(WORST_PER_CLASS).map(|k| k.1).collect();
     // Lowest score first; equal scores in image order.
     let mut missed: Vec<&(f32, usize, bool)> = known.iter().filter(|k| k.2 && !predicted(k.0)).collect();
@@ -325,9 +285,7 @@ fn class_stats(input: &ReportInput, c: usize) -> ClassStats {
     ClassStats {
         ap: input.metrics.per_class_ap[c],
         threshold: t,
-        tp,
-        fp,
-        fn_,
+        counts,
         negatives,
         unknown,
         curve,
@@ -565,14 +523,14 @@ fn page_body(
             vec![
                 Cell::markup(&input.classes[c], format!("<a href=\"#class-{c}\">{}</a>", escape(&input.classes[c]))),
                 pct(s.ap),
-                pct(Some(s.precision())),
-                pct(Some(s.recall())),
-                pct(Some(s.f1())),
-                count(s.support()),
+                pct(Some(s.counts.precision())),
+                pct(Some(s.counts.recall())),
+                pct(Some(s.counts.f1())),
+                count(s.counts.support()),
                 count(s.negatives),
-                count(s.tp),
-                count(s.fp),
-                count(s.fn_),
+                count(s.counts.tp),
+                count(s.counts.fp),
+                count(s.counts.fn_),
                 Cell::num(s.threshold, format!("{:.4}", s.threshold)),
             ]
         })
@@ -593,8 +551,8 @@ fn page_body(
             let (w, h) = (300.0, 220.0);
             let mut marks = Vec::new();
             // Nothing predicted: no operating point on the curve.
-            if s.tp + s.fp > 0 {
-                let (p, r) = (s.precision(), s.recall());
+            if s.counts.tp + s.counts.fp > 0 {
+                let (p, r) = (s.counts.precision(), s.counts.recall());
                 marks.push(html::Mark {
                     x: r,
                     y: p,
@@ -625,7 +583,9 @@ fn page_body(
             b += &html::line_chart(&chart);
         }
         let _ = writeln!(b, "<div class=\"worst\">");
-        for (what, list, total) in [("False positives", &s.worst_fp, s.fp), ("False negatives", &s.worst_fn, s.fn_)] {
+        for (what, list, total) in
+            [("False positives", &s.worst_fp, s.counts.fp), ("False negatives", &s.worst_fn, s.counts.fn_)]
+        {
             let _ = writeln!(b, "<h4>{what}: {total}</h4><div class=\"thumbs\">");
             if list.is_empty() {
                 let _ = writeln!(b, "<p class=\"none\">none</p>");

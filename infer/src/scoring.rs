@@ -11,8 +11,7 @@
 use crate::thresholds::Decision;
 use crate::truth::Truth;
 use anyhow::{bail, Context, Result};
-use cls_core::labels::{POS, UNK};
-use cls_core::metrics::{comparison_table, evaluate_with, regressions, Metrics};
+use cls_core::metrics::{comparison_table, evaluate_with, regressions, Counts, Metrics};
 use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 use std::path::Path;
@@ -53,24 +52,17 @@ pub fn per_class(
     thresholds: &[f64],
     ap: &[Option<f64>],
 ) -> Vec<ClassMetrics> {
-    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     (0..scores.ncols())
         .map(|c| {
-            let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
-            for (&s, &t) in scores.column(c).iter().zip(truth.column(c)) {
-                if t == UNK {
-                    continue;
-                }
-                match (f64::from(s) >= thresholds[c], t == POS) {
-                    (true, true) => tp += 1,
-                    (true, false) => fp += 1,
-                    (false, true) => fn_ += 1,
-                    (false, false) => {}
-                }
+            let n = Counts::of_class(scores.column(c), truth.column(c), thresholds[c]);
+            ClassMetrics {
+                ap: ap[c],
+                precision: n.precision(),
+                recall: n.recall(),
+                f1: n.f1(),
+                support: n.support(),
+                threshold: thresholds[c],
             }
-            let (precision, recall) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
-            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-            ClassMetrics { ap: ap[c], precision, recall, f1, support: tp + fn_, threshold: thresholds[c] }
         })
         .collect()
 }
