@@ -905,7 +905,12 @@ fn kills_at_random_moments_leave_the_log_and_the_checkpoint_in_agreement() {
     let tmp = tempfile::tempdir().unwrap();
     let tr = tmp.path().join("train.csv");
     write_csv(&tr, 96, 10);
-    let epochs = "150";
+    // Long enough that the 24 rounds (each killed within 0.9 s of its start, or just after a
+    // checkpoint) end before the run does, also on a fast, idle machine: at 150 epochs an idle
+    // machine finished the run by the tenth round, leaving the rest unkilled.
+    const EPOCHS: usize = 400;
+    let epochs = EPOCHS.to_string();
+    let epochs = epochs.as_str();
     let args = |run: &Path| csv_run(&tr, run, &["--epochs", epochs, "--seed", "4", "--tau-h", "0.1", "--e-k", "2"]);
     let whole = tmp.path().join("whole");
     train(&strs(&args(&whole)));
@@ -953,8 +958,8 @@ fn kills_at_random_moments_leave_the_log_and_the_checkpoint_in_agreement() {
     }
     assert!(kills >= 12, "only {kills} of 24 runs were killed: lengthen the run");
     train(&["--resume", run.to_str().unwrap()]);
-    assert_eq!(check_agreement(&run), 150);
-    assert_eq!(logged_epochs(&run), (1..=150).collect::<Vec<_>>(), "each epoch exactly once, in order");
+    assert_eq!(check_agreement(&run), EPOCHS as u64);
+    assert_eq!(logged_epochs(&run), (1..=EPOCHS as u64).collect::<Vec<_>>(), "each epoch exactly once, in order");
     assert!(leftover_temps(&run).is_empty(), "temporary files left: {:?}", leftover_temps(&run));
     // The same numbers as the run that was never killed.
     let read = |r: &Path| -> Vec<Value> {
