@@ -17,6 +17,7 @@ use tch::Tensor;
 
 use crate::graph::{Emitter, Padding};
 use crate::resnet::bn;
+use crate::torch_default_init;
 
 pub(crate) const STEM_CHANNELS: i64 = 32;
 pub(crate) const HEAD_CHANNELS: i64 = 1280;
@@ -84,7 +85,10 @@ struct SameConv {
 
 impl SameConv {
     fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64) -> SameConv {
-        let cfg = nn::ConvConfig { stride, padding: 0, groups, bias: false, ..Default::default() };
+        // lukemelas's Conv2dStaticSamePadding keeps nn.Conv2d's default init.
+        let fan_in = cin / groups * kernel * kernel;
+        let cfg =
+            nn::ConvConfig { stride, padding: 0, groups, bias: false, ws_init: torch_default_init(fan_in), ..Default::default() };
         SameConv { conv: nn::conv2d(p, cin, cout, kernel, cfg), kernel, stride, groups }
     }
 

@@ -151,6 +151,15 @@ impl std::fmt::Debug for Net {
     }
 }
 
+/// PyTorch's default initialisation of `nn.Linear` and `nn.Conv2d` weights (and of their biases):
+/// `kaiming_uniform_(a = √5)`, which is U(−1/√fan_in, +1/√fan_in), fan_in = inputs × kernel area
+/// (÷ groups). tch's own default, Kaiming-uniform with the ReLU gain, draws U(±√(6/fan_in)): √6 ≈
+/// 2.45× wider, enough to change how a freshly initialised classifier fine-tunes.
+pub(crate) fn torch_default_init(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
 /// `log(p / (1 - p))`.
 pub fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
@@ -163,8 +172,12 @@ impl Net {
     /// `_conv_head`, `_bn1`, classifier `_fc`; MLP: `layers.0` (Linear), `layers.1` (BatchNorm1d),
     /// classifier `fc`).
     ///
-    /// With `prior = Some(p)` the classifier bias starts at `logit(p)` for every class (method.md:
-    /// the bias starts at logit(0.01)); otherwise it keeps PyTorch's default uniform init.
+    /// Weights not loaded from a checkpoint start as their PyTorch originals initialise them: the
+    /// classifier (and the MLP's hidden layer) as `nn.Linear`, EfficientNet's convolutions as
+    /// lukemelas's (PyTorch's `nn.Conv2d` default), ResNet's as torchvision's (Kaiming-normal,
+    /// fan-out); batch norms at weight 1, bias 0. With `prior = Some(p)` the classifier bias
+    /// starts at `logit(p)` for every class (docs/method.md: logit(0.01)); otherwise it keeps
+    /// `nn.Linear`'s uniform init.
     ///
     /// Panics on invalid sizes or prior (see [`Net::try_new`], which returns them as errors).
     pub fn new(root: &nn::Path, arch: &Arch, num_classes: i64, prior: Option<f64>) -> Net {
@@ -195,7 +208,8 @@ impl Net {
                 Backbone::Mlp(mlp::Mlp::new(root, *in_dim, *hidden))
             }
         };
-        let fc = nn::linear(root / classifier_prefix(arch), arch.feature_dim(), num_classes, Default::default());
+        let fc_cfg = nn::LinearConfig { ws_init: torch_default_init(arch.feature_dim()), ..Default::default() };
+        let fc = nn::linear(root / classifier_prefix(arch), arch.feature_dim(), num_classes, fc_cfg);
         if let (Some(p), Some(bs)) = (prior, &fc.bs) {
             tch::no_grad(|| {
                 let _ = bs.shallow_clone().fill_(logit(p));

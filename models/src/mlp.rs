@@ -8,6 +8,7 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::graph::Emitter;
+use crate::torch_default_init;
 
 const BN_EPS: f64 = 1e-5;
 
@@ -19,7 +20,8 @@ impl Mlp {
     pub fn new(root: &nn::Path, in_dim: i64, hidden: i64) -> Mlp {
         let layers = root / "layers";
         let hidden = (hidden > 0).then(|| {
-            let lin = nn::linear(&layers / "0", in_dim, hidden, Default::default());
+            let lin_cfg = nn::LinearConfig { ws_init: torch_default_init(in_dim), ..Default::default() };
+            let lin = nn::linear(&layers / "0", in_dim, hidden, lin_cfg);
             let cfg = nn::BatchNormConfig {
                 eps: BN_EPS,
                 ws_init: nn::Init::Const(1.0),

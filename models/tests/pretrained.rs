@@ -359,3 +359,53 @@ fn invalid_sizes_and_priors_are_errors() {
         assert!(Net::try_new(&root, &Arch::Mlp { in_dim: 2, hidden: 0 }, 3, Some(p)).is_err(), "prior {p}");
     }
 }
+
+/// Standard deviation and largest magnitude of a tensor's values.
+fn spread(t: &Tensor) -> (f64, f64) {
+    let v = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (var.sqrt(), v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())))
+}
+
+/// Weights not loaded from a checkpoint start as PyTorch initialises them: `nn.Linear` and
+/// `nn.Conv2d` (the classifier, the MLP's hidden layer, lukemelas's EfficientNet convolutions) draw
+/// U(±1/√fan_in), whose standard deviation is bound/√3; torchvision's ResNet convolutions draw
+/// N(0, 2/fan_out). tch's default (U(±√(6/fan_in))) is √6 times wider and fails this test.
+#[test]
+fn fresh_weights_have_pytorchs_initial_scale() {
+    tch::manual_seed(3);
+    let check = |name: &str, t: &Tensor, fan_in: f64| {
+        let bound = 1.0 / fan_in.sqrt();
+        let (std, max) = spread(t);
+        assert!(max <= bound * (1.0 + 1e-6), "{name}: |w| reaches {max}, bound {bound}");
+        let want = bound / 3f64.sqrt();
+        assert!((std / want - 1.0).abs() < 0.05, "{name}: std {std}, nn.Linear/Conv2d give {want}");
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::EfficientNetLite0, 374, Some(0.01));
+    let v = vs.variables();
+    check("_fc.weight", &v["_fc.weight"], 1280.0);
+    check("_conv_head.weight", &v["_conv_head.weight"], 320.0);
+    check("_blocks.15._depthwise_conv.weight", &v["_blocks.15._depthwise_conv.weight"], 9.0);
+    check("_conv_stem.weight", &v["_conv_stem.weight"], 27.0);
+    assert_eq!(spread(&v["_bn1.weight"]), (0.0, 1.0));
+
+    let vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::Mlp { in_dim: 294, hidden: 512 }, 6, None);
+    let v = vs.variables();
+    check("layers.0.weight", &v["layers.0.weight"], 294.0);
+    check("layers.0.bias", &v["layers.0.bias"], 294.0);
+    check("fc.weight", &v["fc.weight"], 512.0);
+    // Six values: only their bound is testable.
+    assert!(spread(&v["fc.bias"]).1 <= 1.0 / 512f64.sqrt(), "fc.bias without a prior keeps nn.Linear's bound");
+
+    let vs = VarStore::new(Device::Cpu);
+    let _net = Net::new(&vs.root(), &Arch::ResNet18, 20, Some(0.01));
+    let v = vs.variables();
+    check("fc.weight", &v["fc.weight"], 512.0);
+    let (std, _) = spread(&v["conv1.weight"]);
+    let want = (2.0f64 / (64.0 * 49.0)).sqrt();
+    assert!((std / want - 1.0).abs() < 0.05, "conv1: std {std}, torchvision's kaiming_normal gives {want}");
+}

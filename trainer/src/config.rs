@@ -143,6 +143,20 @@ impl std::str::FromStr for Export {
     }
 }
 
+/// How the learning rate moves over the run (after `--warmup-epochs`, if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to 0 at the last step (the paper's).
+    #[default]
+    Cosine,
+    /// The same rate throughout: end-to-end comparisons where a network's peak and decline must
+    /// fall inside the run.
+    Constant,
+    /// Multiplied by --lr-gamma every --lr-step-epochs epochs (PyTorch's StepLR).
+    Step,
+}
+
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -236,7 +250,8 @@ pub struct TrainConfig {
     /// --expected-positives). Default: method.md's table for VOC/COCO/NUS-WIDE, else 0.012.
     #[arg(long, value_parser = tau_h_flag, help_heading = "Method")]
     pub tau_h: Option<String>,
-    /// τ_l: final rate of self removal of low-loss negatives. Default: 0.02 VOC, else 0.06.
+    /// τ_l: final rate of self removal of low-loss negatives. Default: 0.02 for VOC (whatever
+    /// --partial), else 0.06.
     #[arg(long, help_heading = "Method")]
     pub tau_l: Option<f64>,
     /// E_k: epochs over which the removal rates ramp up.
@@ -257,18 +272,22 @@ pub struct TrainConfig {
     /// JoCoR's λ.
     #[arg(long, default_value_t = 0.5, help_heading = "Method")]
     pub jocor_lambda: f64,
-    /// EM's entropy weight α.
-    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
-    pub em_alpha: f64,
+    /// EM's entropy weight α. Default: 0.2 for VOC, else 0.1.
+    #[arg(long, help_heading = "Method")]
+    pub em_alpha: Option<f64>,
     /// Co-teaching+: epochs of plain Co-teaching before it keeps to the peers' disagreements.
     #[arg(long, default_value_t = 1, help_heading = "Method")]
     pub coteach_plus_warmup: usize,
-    /// AN-LS: label smoothing ε (targets become ε/2 and 1 − ε/2).
+    /// AN-LS: label smoothing ε (observed positives trained towards 1 − ε, the rest towards ε).
     #[arg(long, default_value_t = 0.1, help_heading = "Method")]
     pub label_smoothing: f64,
     /// ROLE: the label estimates' learning rate as a multiple of the network's.
     #[arg(long, default_value_t = 10.0, help_heading = "Method")]
     pub role_lr_mult: f64,
+    /// ASL: let the gradient flow through the focal weights too (the official training, and
+    /// this default, treat them as constants).
+    #[arg(long, help_heading = "Method")]
+    pub asl_focal_grad: bool,
 
     // ---------------------------------------------------------------- model
     /// Backbone (mlp: for feature tables) [default: resnet50 for images, mlp for tables].
@@ -285,8 +304,9 @@ pub struct TrainConfig {
     /// The classifier's learning rate as a multiple of the backbone's.
     #[arg(long, default_value_t = 10.0, help_heading = "Model")]
     pub head_lr_mult: f64,
-    /// The classifier bias starts at logit(prior); default: the observed positive rate of the
-    /// training labels (at least 0.001).
+    /// The classifier bias starts at logit(prior); default: k/C with --expected-positives k, else
+    /// 0.01 (a classifier that starts near the labels' rarity fine-tunes; one that starts at 0.5
+    /// collapses).
     #[arg(long, help_heading = "Model")]
     pub bias_prior: Option<f64>,
     /// Hidden width of the MLP backbone.
@@ -312,9 +332,22 @@ pub struct TrainConfig {
     pub epochs: usize,
     #[arg(long, default_value_t = 120, help_heading = "Optimisation")]
     pub batch_size: usize,
-    /// Learning rate (of the backbone; cosine decay to 0 over the run).
+    /// Learning rate (of the backbone; the classifier's is --head-lr-mult times it).
     #[arg(long, default_value_t = 4e-5, help_heading = "Optimisation")]
     pub lr: f64,
+    /// Learning-rate schedule over the run.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine, help_heading = "Optimisation")]
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up from near 0 to --lr before the schedule starts (cosine then
+    /// decays over the remaining steps).
+    #[arg(long, default_value_t = 0, help_heading = "Optimisation")]
+    pub warmup_epochs: usize,
+    /// With --schedule step: epochs between two decays (default: a third of --epochs).
+    #[arg(long, help_heading = "Optimisation")]
+    pub lr_step_epochs: Option<usize>,
+    /// With --schedule step: the factor of each decay.
+    #[arg(long, default_value_t = 0.1, help_heading = "Optimisation")]
+    pub lr_gamma: f64,
     #[arg(long, default_value_t = 1e-4, help_heading = "Optimisation")]
     pub weight_decay: f64,
     /// Seed for initialisation, label hiding, shuffling and augmentation.
@@ -500,6 +533,16 @@ impl TrainConfig {
             bail!("--mlp-hidden {}: must be between 0 (no hidden layer) and {MAX_MLP_HIDDEN}", self.mlp_hidden);
         }
         check_range("lr", self.lr, 0.0, true, f64::INFINITY)?;
+        if self.warmup_epochs >= self.epochs {
+            bail!("--warmup-epochs {}: must be below --epochs {}", self.warmup_epochs, self.epochs);
+        }
+        if let Some(n) = self.lr_step_epochs {
+            check_count("lr-step-epochs", n, 1, MAX_EPOCHS)?;
+        }
+        check_range("lr-gamma", self.lr_gamma, 0.0, true, 1.0)?;
+        if self.schedule != Schedule::Step && (self.lr_step_epochs.is_some() || self.lr_gamma != 0.1) {
+            bail!("--lr-step-epochs and --lr-gamma apply to --schedule step (this run: --schedule {})", format!("{:?}", self.schedule).to_lowercase());
+        }
         check_range("weight-decay", self.weight_decay, 0.0, false, f64::INFINITY)?;
         check_range("head-lr-mult", self.head_lr_mult, 0.0, true, f64::INFINITY)?;
         check_range("val-fraction", self.val_fraction, 0.0, true, 1.0)?;
@@ -643,10 +686,11 @@ impl TrainConfig {
             ll_delta: self.ll_delta,
             forget_rate: self.forget_rate,
             jocor_lambda: self.jocor_lambda,
-            em_alpha: self.em_alpha,
+            em_alpha: self.em_alpha.unwrap_or(0.1),
             coteach_plus_warmup: self.coteach_plus_warmup,
             label_smoothing: self.label_smoothing,
             role_lr_mult: self.role_lr_mult,
+            asl_focal_grad: self.asl_focal_grad,
         })
     }
 }

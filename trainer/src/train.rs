@@ -22,15 +22,11 @@ use crate::data::RunData;
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
+use crate::optim::LrSchedule;
 pub use crate::peer::Peer;
 use crate::runlog;
 pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
 use crate::setup::Setup;
-
-/// Cosine decay from `lr` to 0 over `total` steps.
-pub fn cosine_lr(lr: f64, step: usize, total: usize) -> f64 {
-    lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
-}
 
 /// Seeds derived per epoch and per step so that a resumed run draws exactly the numbers an
 /// uninterrupted one would.
@@ -81,7 +77,7 @@ pub fn run(
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
     let steps_per_epoch = n_train.div_ceil(bs);
-    let total_steps = steps_per_epoch * cfg.epochs;
+    let schedule = LrSchedule::new(cfg, steps_per_epoch);
     if state.best.len() != n_nets {
         state.best = vec![None; n_nets];
     }
@@ -115,7 +111,7 @@ pub fn run(
         let mut batches = train_inputs.batches(order, bs, (!head_only).then_some(aug_rng), devices[0])?;
         let mut step = 0;
         while let Some((idx, x)) = batches.next_batch()? {
-            lr = cosine_lr(cfg.lr, state.steps_done, total_steps);
+            lr = schedule.at(state.steps_done);
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let y = y_all.index_select(0, &idx_t);
             let ctx = StepCtx { y: &y, indices: &idx_t, epoch, lr };
@@ -265,18 +261,22 @@ pub fn train_step(
 }
 
 /// One network's logits: the classifier alone on features (`head_only`), else the whole net
-/// (channels-last inside, see `Net::features_t`); on CUDA with `amp`, in bf16 autocast.
+/// (channels-last inside, see `Net::features_t`). On CUDA with `amp` the backbone runs in bf16
+/// autocast and the classifier in f32 on its features cast back: bf16 logits would put large
+/// groups of entries at equal loss, where the selection's cut falls (docs/method.md).
 pub fn forward(p: &Peer, x: &Tensor, train: bool, head_only: bool, amp: bool) -> Tensor {
     if head_only {
         return p.net.head(x);
     }
     if amp && x.device().is_cuda() {
-        return tch::autocast(true, || p.net.forward_t(x, train));
+        let features = tch::autocast(true, || p.net.features_t(x, train));
+        return p.net.head(&features.to_kind(Kind::Float));
     }
     p.net.forward_t(x, train)
 }
 
-/// Probabilities of `peer` on every sample of `inputs`, in order.
+/// Probabilities of `peer` on every sample of `inputs`, in order, computed in f32 whatever the
+/// training precision.
 pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) -> Result<Array2<f32>> {
     let n = inputs.len();
     let c = peer.net.num_classes() as usize;
@@ -286,7 +286,8 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
         let mut batches = inputs.batches((0..n).collect(), bs, None, device)?;
         while let Some((idx, x)) = batches.next_batch()? {
             let start = idx[0];
-            let logits = forward(peer, &x, false, head_only, true);
+            // Always f32 (no autocast): evaluation must agree with the f32 ONNX export.
+            let logits = forward(peer, &x, false, head_only, false);
             let p = logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu).contiguous();
             let v: Vec<f32> = Vec::try_from(p.view([-1])).context("reading the probabilities")?;
             let rows = ndarray::ArrayView2::from_shape((idx.len(), c), &v).context("the network's output shape")?;
