@@ -139,7 +139,14 @@ fn every_method_trains_two_epochs_and_writes_a_run_folder() {
         if m == "cls" {
             // Peer selection only starts after the first epoch (R_h(0) = 1); in the second it
             // flags entries and the log measures them against the hidden truth.
+            // An `epoch + 1` slip in the wiring would flag entries in the first epoch already.
             let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+            let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+            assert_eq!(first["r_h"].as_f64(), Some(1.0), "{first}");
+            let flagged_first: u64 = first["selection"]
+                .as_array()
+                .map_or(0, |nets| nets.iter().map(|n| n["flagged"].as_u64().unwrap()).sum());
+            assert_eq!(flagged_first, 0, "peer selection flagged entries in the first epoch: {first}");
             let second: Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
             assert!(second["r_h"].as_f64().unwrap() < 1.0);
             assert!(second["selection"][0]["flagged"].as_u64().unwrap() > 0, "{second}");
@@ -217,16 +224,31 @@ fn image_backbone_trains_from_the_cache_and_frozen_features_work() {
     assert!(std::fs::read_dir(cache.join("features")).unwrap().count() >= 3, "train/val/test features cached");
 }
 
+/// The checkpoint's weights, optimizer moments and method state (ROLE's estimates and their
+/// optimizer, LL-Cp's corrections), byte for byte; files a method does not write are skipped.
 fn weights(run: &Path) -> Vec<u8> {
     let mut all = Vec::new();
-    for f in ["checkpoint/peer0.safetensors", "checkpoint/peer1.safetensors", "checkpoint/adam0.safetensors"] {
-        all.extend(std::fs::read(run.join(f)).unwrap());
+    for f in ["peer0", "peer1", "adam0", "adam1", "method"] {
+        let path = run.join(format!("checkpoint/{f}.safetensors"));
+        if f == "peer0" || f == "adam0" || path.exists() {
+            all.extend(std::fs::read(&path).unwrap());
+        }
     }
     all
 }
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
+    resume_reproduces("cls");
+}
+
+/// ROLE keeps an estimate matrix with its own Adam: both belong to the checkpoint.
+#[test]
+fn a_resumed_role_run_continues_its_estimates_and_their_optimizer() {
+    resume_reproduces("role");
+}
+
+fn resume_reproduces(method: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
     write_csv(&tr, 400, 11);
@@ -251,6 +273,8 @@ fn resume_reproduces_the_uninterrupted_run() {
             "2",
             "--seed",
             "7",
+            "--method",
+            method,
             "--threads",
             "1",
             "--run-dir",
@@ -1219,4 +1243,81 @@ fn a_full_disk_fails_cleanly_and_resume_continues_once_there_is_room() {
     assert_eq!(check_agreement(&run), 4);
     assert!(leftover_temps(&run).is_empty(), "{:?}", leftover_temps(&run));
     assert!(run.join("summary.json").is_file());
+}
+
+/// A version-1 `.npy` of `rows` × `cols` f32 values (numpy's format, written by hand).
+fn write_npy(path: &Path, values: &[Vec<f32>]) {
+    let (rows, cols) = (values.len(), values[0].len());
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for v in values.iter().flatten() {
+        bytes.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The 0/1 labels of a `write_csv` table (its last four columns), row by row.
+fn csv_labels(path: &Path) -> Vec<Vec<f32>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().skip(1).map(|l| l.split(',').skip(8).map(|v| v.parse().unwrap()).collect()).collect()
+}
+
+/// An `--observed` .npy covers every image of --data (a published split); with the default
+/// hold-out its held-out rows are left out, aligned by row: observed labels equal to the truth
+/// then leave every positive observed. A file that fits neither --data nor the training rows
+/// says what it needs.
+#[test]
+fn observed_labels_for_all_of_data_follow_the_holdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    write_csv(&tr, 200, 31);
+    write_csv(&te, 60, 32);
+    let npy = tmp.path().join("observed.npy");
+    write_npy(&npy, &csv_labels(&tr));
+    let run = tmp.path().join("run");
+    let cache = tmp.path().join("cache");
+    let args = |run: &Path, npy: &Path| -> Vec<String> {
+        let a = [
+            "--data",
+            tr.to_str().unwrap(),
+            "--label-columns",
+            "4",
+            "--test",
+            te.to_str().unwrap(),
+            "--observed",
+            npy.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--threads",
+            "1",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let a = args(&run, &npy);
+    let out = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--observed gives the labels of the 160 training images"), "{err}");
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["realised_fraction"].as_f64(), Some(1.0), "{summary}");
+
+    let short = tmp.path().join("short.npy");
+    write_npy(&short, &csv_labels(&tr)[..7]);
+    let a = args(&tmp.path().join("run-short"), &short);
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(&a), 1);
+    for want in ["200 images", "40 of them are held out for validation", "one row per image of --data", "--val"] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!tmp.path().join("run-short/summary.json").exists());
 }

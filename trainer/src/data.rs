@@ -107,14 +107,21 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
         bail!("{}: no training samples", train_path.display());
     }
 
-    let (train, val) = match &cfg.val {
+    // With a hold-out, `whole` keeps --data and the rows of it that train (an --observed file
+    // may cover them all).
+    let (train, val, whole) = match &cfg.val {
         Some(v) => {
             let opts = read_options(cfg, cfg.val_images.as_ref().or(cfg.images.as_ref()), &test_split);
             let val = read(v, &opts, "validation data")?.dataset;
             check_same_classes(&full, &val, v)?;
-            (full, val)
+            (full, val, None)
         }
-        None => holdout(full, cfg.val_fraction)?,
+        None => {
+            let (t, v) = holdout_rows(full.len(), cfg.val_fraction)?;
+            let train = full.subset(&t, &format!("{}-train", full.name));
+            let val = full.subset(&v, &format!("{}-val", full.name));
+            (train, val, Some((full, t)))
+        }
     };
 
     let test = match &test_path {
@@ -153,7 +160,8 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
             val.num_classes()
         );
     }
-    let observed = observe(cfg, &train)?;
+    let observed = observe(cfg, &train, whole.as_ref().map(|(full, rows)| (full, rows.as_slice())))?;
+    drop(whole);
     let family = family_of(&train_path, &train);
     Ok(RunData { train, val, test, observed, family, class_ids, val_unknown_as_negative })
 }
@@ -192,10 +200,15 @@ fn check_same_classes(train: &Dataset, other: &Dataset, path: &Path) -> Result<(
 /// Hold out `fraction` of train for validation with a fixed seed (method.md: "When a dataset
 /// has no validation split, hold out 20% of train with a fixed seed").
 pub fn holdout(full: Dataset, fraction: f64) -> Result<(Dataset, Dataset)> {
+    let (t, v) = holdout_rows(full.len(), fraction)?;
+    Ok((full.subset(&t, &format!("{}-train", full.name)), full.subset(&v, &format!("{}-val", full.name))))
+}
+
+/// The rows of [`holdout`]: (training rows, validation rows) of `n` samples, each sorted.
+pub fn holdout_rows(n: usize, fraction: f64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
         bail!("--val-fraction must be in (0, 1), got {fraction}");
     }
-    let n = full.len();
     let n_val = ((n as f64) * fraction).round().max(1.0) as usize;
     if n_val >= n {
         bail!("only {n} training samples: too few to hold out a validation split (give --val)");
@@ -206,17 +219,17 @@ pub fn holdout(full: Dataset, fraction: f64) -> Result<(Dataset, Dataset)> {
     let (mut v, mut t) = (v.to_vec(), t.to_vec());
     v.sort_unstable();
     t.sort_unstable();
-    Ok((full.subset(&t, &format!("{}-train", full.name)), full.subset(&v, &format!("{}-val", full.name))))
+    Ok((t, v))
 }
 
 /// The observed training labels: an external file, or a protocol applied to the ground truth.
-fn observe(cfg: &TrainConfig, train: &Dataset) -> Result<Observed> {
+///
+/// With a hold-out (`whole`: --data and its training rows), an `--observed` file is read
+/// against the whole of --data and its rows for the held-out images are left out; a `.npy` with
+/// exactly one row per remaining training image is taken as it is.
+fn observe(cfg: &TrainConfig, train: &Dataset, whole: Option<(&Dataset, &[usize])>) -> Result<Observed> {
     if let Some(file) = &cfg.observed {
-        let obs: Array2<i8> = if file.extension().is_some_and(|e| e == "npy") {
-            readers::read_observed_npy(file, train.len(), train.num_classes())?
-        } else {
-            readers::read_observed_txt(file, train)?
-        };
+        let obs = read_observed(file, train, whole, cfg.val_fraction)?;
         return protocol::merge_external(train.targets.view(), obs.view())
             .with_context(|| format!("--observed {}", file.display()));
     }
@@ -224,6 +237,44 @@ fn observe(cfg: &TrainConfig, train: &Dataset) -> Result<Observed> {
         Labels::Given => given(train.targets.view()),
         Labels::Simulated(partial) => protocol::apply(train.targets.view(), &partial, cfg.seed, cfg.allow_empty),
     })
+}
+
+fn read_observed(file: &Path, train: &Dataset, whole: Option<(&Dataset, &[usize])>, fraction: f64) -> Result<Array2<i8>> {
+    let Some((full, kept)) = whole else {
+        return Ok(if file.extension().is_some_and(|e| e == "npy") {
+            readers::read_observed_npy(file, train.len(), train.num_classes())?
+        } else {
+            readers::read_observed_txt(file, train)?
+        });
+    };
+    let held_out = full.len() - kept.len();
+    if file.extension().is_some_and(|e| e == "npy") {
+        let whole = readers::read_observed_npy(file, full.len(), full.num_classes());
+        let obs = match whole {
+            Ok(all) => all.select(ndarray::Axis(0), kept),
+            Err(whole_err) => readers::read_observed_npy(file, train.len(), train.num_classes()).map_err(|_| {
+                anyhow::anyhow!(
+                    "{whole_err}. --data has {} images and {held_out} of them are held out for validation \
+                     (--val-fraction {}), leaving {} to train: an --observed .npy needs one row per image of --data, \
+                     in --data's order ({} × {}); or give --val a separate validation set, and then one row per \
+                     image of --data",
+                    full.len(),
+                    fraction,
+                    train.len(),
+                    full.len(),
+                    full.num_classes()
+                )
+            })?,
+        };
+        eprintln!(
+            "note: --observed gives the labels of the {} training images; the {held_out} held out for validation \
+             are scored on --data's own labels",
+            kept.len()
+        );
+        return Ok(obs);
+    }
+    let all = readers::read_observed_txt(file, full)?;
+    Ok(all.select(ndarray::Axis(0), kept))
 }
 
 /// The labels as the data gives them: positives observed (`1`), verified negatives observed

@@ -120,7 +120,7 @@ pub fn pretrained_file(spec: &str, arch: &Arch) -> Result<PathBuf> {
 
 fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Result<(f64, f64)> {
     let table = methods::default_tau(&data.family, &cfg.partial);
-    let tau_l = cfg.tau_l.or(table.map(|t| t.1)).unwrap_or(0.06);
+    let tau_l = cfg.tau_l.or(table.map(|t| t.1)).or(methods::paper_tau_l(&data.family)).unwrap_or(0.06);
     let tau_h = match cfg.tau_h.as_deref() {
         None => table.map(|t| t.0).unwrap_or(0.012),
         Some("auto") => {
@@ -169,7 +169,10 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         );
     }
     let (tau_h, tau_l) = resolve_tau(cfg, &data, expected_positives)?;
-    let mcfg = cfg.method_config(tau_h, tau_l, expected_positives)?;
+    let mut mcfg = cfg.method_config(tau_h, tau_l, expected_positives)?;
+    mcfg.em_alpha = cfg.em_alpha.unwrap_or(methods::paper_em_alpha(&data.family));
+    // Seeded: a method's own random state (ROLE's initial estimates) is part of the run.
+    tch::manual_seed((cfg.seed as i64).wrapping_mul(7919).wrapping_sub(1));
     let method = methods::build(cfg.method.as_str(), &mcfg, n_train as i64, n_classes as i64, device)?;
     let n_nets = method.num_networks();
     let devices: Vec<Device> = match &cfg.devices {
@@ -183,9 +186,13 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         None => vec![device; n_nets],
     };
     let device = devices[0];
-    let observed_rate =
-        data.observed.labels.iter().filter(|&&v| v == 1).count() as f64 / data.observed.labels.len().max(1) as f64;
-    let prior = cfg.bias_prior.unwrap_or(observed_rate.max(1e-3)).clamp(1e-4, 0.5);
+    // The classifier bias starts at the prior (docs/method.md, fine-tuning): --bias-prior, else
+    // k/C with --expected-positives k, else 0.01.
+    let prior = cfg
+        .bias_prior
+        .or(cfg.expected_positives.map(|k| k / n_classes as f64))
+        .unwrap_or(0.01)
+        .clamp(1e-4, 0.5);
 
     if cfg.pretrained.is_some() && !arch.is_image() {
         bail!("--pretrained applies to image backbones; the MLP of a feature table starts from random weights");

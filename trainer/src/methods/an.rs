@@ -8,7 +8,7 @@ use super::{Method, StepCtx, StepOut};
 /// AN and its two variants; every entry counts, with the sum reduction.
 pub struct An {
     name: &'static str,
-    /// ε of AN-LS: targets y(1 − ε) + ε/2 on both sides (0 for AN and WAN).
+    /// ε of AN-LS: targets y(1 − ε) + (1 − y)ε, so 1 − ε and ε (0 for AN and WAN).
     smoothing: f64,
     /// Weight of the unannotated-negative terms: 1 for AN/AN-LS, 1/(C − 1) for WAN.
     unannotated_weight: f64,
@@ -20,7 +20,8 @@ impl An {
         An { name: "an", smoothing: 0.0, unannotated_weight: 1.0 }
     }
 
-    /// AN-LS: BCE against targets 1 − ε/2 (positives) and ε/2 (everything else).
+    /// AN-LS as Cole et al. apply it: BCE against targets 1 − ε (observed positives) and ε
+    /// (everything else), y(1 − ε) + (1 − y)ε.
     pub fn label_smoothing(epsilon: f64) -> An {
         An { name: "an-ls", smoothing: epsilon, unannotated_weight: 1.0 }
     }
@@ -45,7 +46,7 @@ impl Method for An {
     fn step(&mut self, logits: &[Tensor], ctx: &StepCtx) -> StepOut {
         let x = f32_logits(&logits[0]);
         let labels = Labels::of(ctx.y);
-        let target = labels.target() * (1.0 - self.smoothing) + self.smoothing / 2.0;
+        let target = labels.target() * (1.0 - 2.0 * self.smoothing) + self.smoothing;
         let w = weight(&labels.unann) * (self.unannotated_weight - 1.0) + 1.0;
         let loss = sum_over_batch(&(bce(&x, &target) * w));
         StepOut { per_net: vec![value(&loss)], loss, flagged: vec![] }

@@ -1,10 +1,13 @@
 //! LL-R / LL-Ct / LL-Cp, "Large Loss Matters" (Kim et al. 2022; method.md "Baselines").
 //!
 //! BCE with unannotated entries as negatives, except that among the unannotated entries of the
-//! flattened batch the floor(e·Δ/100 · B·C) with the largest loss (e = completed epochs, so none in
-//! the first epoch; ties to the lower flat index) are rejected (R: loss 0), corrected for this step
-//! (Ct: trained as positive) or corrected permanently (Cp: the stored label becomes 1 and stays a
-//! positive in every later step). Counts use floor, as CLS does (decision: the LL code uses ceil).
+//! flattened batch those with the largest loss (ties to the lower flat index) are rejected (R: loss
+//! 0), corrected for this step (Ct: trained as positive) or corrected permanently (Cp: the stored
+//! label becomes 1 and stays a positive in every later step). How many, per step:
+//! - R and Ct: floor(e·Δ/100 · B·C), e = completed epochs, so none in the first epoch and Δ more
+//!   each epoch (floor, as CLS counts; decision: the LL code uses ceil);
+//! - Cp: the constant ceil(Δ/100 · B·C) from the second epoch on, as the official code does
+//!   (corrections are permanent: a growing count would turn most unannotated entries positive).
 
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
@@ -36,6 +39,21 @@ impl Mode {
 }
 
 const STATE_CORRECTED: &str = "ll-cp.corrected";
+
+/// How many unannotated entries of a batch of `entries` (B·C) the step rejects or corrects in
+/// epoch `epoch` (0-based: completed epochs), with Δ = `delta_percent` % (see the module comment).
+pub fn ll_count(mode: Mode, epoch: usize, delta_percent: f64, entries: i64) -> i64 {
+    match mode {
+        Mode::CorrectPermanent if epoch == 0 => 0,
+        Mode::CorrectPermanent => {
+            let c = (delta_percent / 100.0 * entries as f64 - 1e-9).ceil();
+            (c.max(0.0) as i64).min(entries)
+        }
+        Mode::Reject | Mode::CorrectTemporary => {
+            floor_count((epoch as f64 * delta_percent / 100.0).min(1.0), entries)
+        }
+    }
+}
 
 /// One of the three LL methods.
 pub struct LargeLoss {
@@ -81,8 +99,7 @@ impl Method for LargeLoss {
         }
         let target = labels.target();
         let loss_an = bce(&x, &target);
-        let fraction = (ctx.epoch as f64 * self.delta_percent / 100.0).min(1.0);
-        let count = floor_count(fraction, x.numel() as i64);
+        let count = ll_count(self.mode, ctx.epoch, self.delta_percent, x.numel() as i64);
         let large = pick(&loss_an, &labels.unann, count, true);
         let per_entry = match self.mode {
             Mode::Reject => &loss_an * (1.0 - weight(&large)),

@@ -43,7 +43,8 @@ pub struct MethodConfig {
     pub e_k: f64,
     /// Reduction of eq. (7)–(8) for the CLS family; every other method always uses [`Reduction::Sum`].
     pub reduction: Reduction,
-    /// k, the expected number of positives per image (EPR, ROLE, `--tau-h auto`), default 3.0.
+    /// k, the expected number of positives per image (EPR, ROLE, `--tau-h auto`); 3.0 in the
+    /// default config, while the trainer passes `--expected-positives` or the training set's mean.
     pub expected_positives: f64,
     /// LL-R/LL-Ct/LL-Cp growth of the rejected fraction per epoch, in percent of the B·C entries;
     /// `None` → the method's default (0.5 / 0.2 / 0.1).
@@ -52,14 +53,16 @@ pub struct MethodConfig {
     pub forget_rate: f64,
     /// JoCoR's λ, default 0.5.
     pub jocor_lambda: f64,
-    /// EM's entropy weight α, default 0.1.
+    /// EM's entropy weight α, default 0.1 (the trainer passes 0.2 for VOC).
     pub em_alpha: f64,
     /// Epochs of plain Co-teaching before Co-teaching+ restricts itself to disagreements, default 1.
     pub coteach_plus_warmup: usize,
-    /// AN-LS smoothing ε (targets become ε/2 and 1 − ε/2), default 0.1.
+    /// AN-LS smoothing ε (targets become ε and 1 − ε), default 0.1.
     pub label_smoothing: f64,
     /// ROLE's estimate learning rate as a multiple of the network's, default 10.
     pub role_lr_mult: f64,
+    /// ASL: let the gradient flow through the focal weights (the official training detaches them).
+    pub asl_focal_grad: bool,
 }
 
 impl Default for MethodConfig {
@@ -77,6 +80,7 @@ impl Default for MethodConfig {
             coteach_plus_warmup: 1,
             label_smoothing: 0.1,
             role_lr_mult: 10.0,
+            asl_focal_grad: false,
         }
     }
 }
@@ -290,7 +294,7 @@ pub fn build(name: &str, cfg: &MethodConfig, n_train: i64, n_classes: i64, devic
         M::Wan => Box::new(an::An::weighted(n_classes)),
         M::Epr => Box::new(epr::Epr::new(cfg.expected_positives)),
         M::Role => Box::new(role::Role::new(cfg, n_train, n_classes, device)?),
-        M::Asl => Box::new(asl::Asl::default()),
+        M::Asl => Box::new(asl::Asl::new(cfg.asl_focal_grad)),
         M::Hill => Box::new(hill::Hill::default()),
         M::Splc => Box::new(splc::Splc::default()),
         M::LlR => Box::new(ll::LargeLoss::new(ll::Mode::Reject, cfg.ll_delta, n_train, n_classes, device)),
@@ -302,6 +306,28 @@ pub fn build(name: &str, cfg: &MethodConfig, n_train: i64, n_classes: i64, devic
         M::Jocor => Box::new(jocor::JoCoR::new(cfg)),
     };
     Ok(m)
+}
+
+/// τ_l's paper default for the dataset family ("Paper defaults"), whatever the protocol: 0.02
+/// for VOC, 0.06 for COCO and NUS-WIDE; `None` for other data.
+pub fn paper_tau_l(dataset_hint: &str) -> Option<f64> {
+    let hint = dataset_hint.to_ascii_lowercase();
+    if hint.contains("voc") {
+        Some(0.02)
+    } else if hint.contains("coco") || hint.contains("nus") {
+        Some(0.06)
+    } else {
+        None
+    }
+}
+
+/// EM's entropy weight α for the dataset family ("Baselines"): 0.2 for VOC, else 0.1.
+pub fn paper_em_alpha(dataset_hint: &str) -> f64 {
+    if dataset_hint.to_ascii_lowercase().contains("voc") {
+        0.2
+    } else {
+        0.1
+    }
 }
 
 /// The paper's (τ_h, τ_l) for VOC 2007, COCO and NUS-WIDE ("Paper defaults").

@@ -4,7 +4,8 @@
 //! network. Per entry, with p the network's and q the estimate's probability (sg = stop-gradient):
 //! `0.5·(−log p − log q)` on observed positives, plus on every entry that is not an observed
 //! negative the cross terms `0.5·[BCE(sg(q), p) + BCE(sg(p), q)]`; the batch loss is the sum over
-//! entries divided by B plus `0.5·(EPR(p) + EPR(q))` with EPR = (mean_i Σ_j · − k)²/C².
+//! entries divided by B plus `0.5·(EPR(p) + EPR(q))` with EPR = (mean_i Σ_j · − k)²/C (C², over C times smaller a data
+//! term, in Cole et al.; see `epr`).
 //! Decision (ours): observed negatives give both p and q a plain negative BCE instead of the
 //! cross terms, so they count as negatives everywhere.
 //!
@@ -12,11 +13,14 @@
 //! [logit(0.4), logit(0.6)]. The observed labels are not known at construction, so every row starts
 //! uniform and its observed positives are set to logit(0.995) the first time the row appears in a
 //! batch, before it is used. The estimate's Adam (no weight decay) gives zero updates to rows that
-//! never had a gradient, so this equals initialising the whole matrix up front.
+//! never had a gradient, so this equals initialising the whole matrix up front. That Adam's moments
+//! are part of the method's state, so a resumed run continues bit for bit.
 
 use anyhow::{bail, Context, Result};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
+
+use crate::optim::Adam;
 
 use super::epr::expected_positive_regulariser;
 use super::losses::{bce, f32_logits, neg_log_1mp, neg_log_p, sum_over_batch, value, weight, Labels};
@@ -28,6 +32,8 @@ fn logit(p: f64) -> f64 {
 
 const STATE_ESTIMATES: &str = "role.estimates";
 const STATE_INITIALISED: &str = "role.initialised";
+/// Prefix of the estimate optimizer's tensors in the state (`role.adam.step`, `role.adam.m.…`).
+const STATE_ADAM: &str = "role.adam.";
 
 /// ROLE with its own estimate matrix, VarStore and Adam.
 pub struct Role {
@@ -37,7 +43,7 @@ pub struct Role {
     estimates: Tensor,
     /// [n_train] bool: rows whose observed positives were set to logit(0.995).
     initialised: Tensor,
-    opt: nn::Optimizer,
+    opt: Adam,
 }
 
 impl Role {
@@ -45,7 +51,7 @@ impl Role {
     pub fn new(cfg: &MethodConfig, n_train: i64, n_classes: i64, device: Device) -> Result<Role> {
         let vs = nn::VarStore::new(device);
         let estimates = vs.root().uniform("estimates", &[n_train, n_classes], logit(0.4), logit(0.6));
-        let opt = nn::adam(0.9, 0.999, 0.0).build(&vs, 1e-3).context("ROLE: building the estimate optimizer")?;
+        let opt = Adam::new(vec![("estimates".to_string(), estimates.shallow_clone(), 1.0)], 0.0);
         let initialised = Tensor::zeros([n_train], (Kind::Bool, device));
         Ok(Role { k: cfg.expected_positives, lr_mult: cfg.role_lr_mult, vs, estimates, initialised, opt })
     }
@@ -92,16 +98,17 @@ impl Method for Role {
 
     /// One Adam step on the estimates at lr = role_lr_mult × ctx.lr, then clears their gradient.
     fn after_backward(&mut self, ctx: &StepCtx) {
-        self.opt.set_lr(self.lr_mult * ctx.lr);
-        self.opt.step();
+        self.opt.step(self.lr_mult * ctx.lr);
         self.opt.zero_grad();
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        vec![
+        let mut state = vec![
             (STATE_ESTIMATES.to_string(), self.estimates.detach().copy()),
             (STATE_INITIALISED.to_string(), self.initialised.copy()),
-        ]
+        ];
+        state.extend(self.opt.state().into_iter().map(|(n, t)| (format!("{STATE_ADAM}{n}"), t.copy())));
+        state
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<()> {
@@ -117,6 +124,16 @@ impl Method for Role {
                 self.estimates.size(),
                 self.initialised.size()
             );
+        }
+        let adam: Vec<(String, Tensor)> = state
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix(STATE_ADAM).map(|n| (n.to_string(), t.shallow_clone())))
+            .collect();
+        if adam.is_empty() {
+            // A checkpoint from before the moments were saved: the estimates continue with fresh ones.
+            eprintln!("note: this ROLE checkpoint has no estimate-optimizer state; its moments restart from zero");
+        } else {
+            self.opt.load_state(&adam).context("ROLE's estimate optimizer")?;
         }
         tch::no_grad(|| {
             self.estimates.copy_(&est.to_kind(Kind::Float));

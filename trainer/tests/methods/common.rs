@@ -128,7 +128,8 @@ pub fn sum_ref(x: &M, y: &M, per_entry: impl Fn(f64, f64) -> f64) -> f64 {
 pub fn epr_reg(p: &M, k: f64) -> f64 {
     let c = p[0].len() as f64;
     let mean: f64 = p.iter().map(|row| row.iter().sum::<f64>()).sum::<f64>() / p.len() as f64;
-    (mean - k).powi(2) / (c * c)
+    // Cole et al.'s /C² times C: the data term here sums over C classes instead of averaging.
+    (mean - k).powi(2) / c
 }
 
 pub fn sigm(x: &M) -> M {

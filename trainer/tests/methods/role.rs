@@ -64,7 +64,7 @@ fn role_loss_initialisation_updates_and_state_round_trip() {
             let (a, q) = (x[i][j], e[i][j]);
             let p = sig(a);
             let mean: f64 = (0..3).map(|r| (0..c).map(|k| sig(x[r][k])).sum::<f64>()).sum::<f64>() / 3.0;
-            let reg = 0.5 * 2.0 * (mean - 3.0) / (c * c) as f64 / 3.0 * p * (1.0 - p);
+            let reg = 0.5 * 2.0 * (mean - 3.0) / c as f64 / 3.0 * p * (1.0 - p);
             let own = match y[i][j] {
                 1.0 => 0.5 * (p - 1.0) + 0.5 * (p - sig(q)),
                 0.0 => 0.5 * (p - sig(q)),
