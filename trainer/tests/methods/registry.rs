@@ -50,6 +50,15 @@ fn paper_tau_table_and_auto_tau() {
     assert_eq!(default_tau("corel5k", "single"), None);
     assert_eq!(default_tau("coco", "0.6"), None);
     assert_eq!(default_tau("coco", "full"), None);
+    // τ_l and EM's α follow the family whatever the protocol column (labels as given included).
+    for partial in ["given", "full", "entry:0.3", "0.6"] {
+        assert_eq!(default_tau("voc", partial), None);
+    }
+    assert_eq!(paper_tau_l("VOCdevkit/VOC2007"), Some(0.02));
+    assert_eq!(paper_tau_l("coco2014"), Some(0.06));
+    assert_eq!(paper_tau_l("nus-wide"), Some(0.06));
+    assert_eq!(paper_tau_l("corel5k"), None);
+    assert_eq!((paper_em_alpha("VOC2012"), paper_em_alpha("coco"), paper_em_alpha("mine")), (0.2, 0.1, 0.1));
     // h = (k − k_obs)/(C − k_obs): (2.9 − 1)/(80 − 1) = 0.02405; τ_h = h/2.
     close(auto_tau_h(2.9, 1.0, 80.0), 1.9 / 79.0 / 2.0, "COCO single");
     assert_eq!(auto_tau_h(1.0, 2.0, 80.0), 0.0);
