@@ -45,6 +45,28 @@ fn versions_name_the_commit_and_the_runtime() {
     assert!(infer.contains("commit ") && infer.contains("ONNX Runtime: 1."), "{infer}");
 }
 
+/// libgomp reads OMP_WAIT_POLICY when libtorch is loaded, before `main`: cls-train restarts itself
+/// with PASSIVE when the user chose nothing (`info` reports what libgomp saw at start, from
+/// /proc/self/environ, which a `set_var` inside `main` would not change), and leaves a user's
+/// choice alone.
+#[test]
+fn openmp_waits_passively_unless_the_user_chose() {
+    let policy = |value: Option<&str>| {
+        let mut cmd = Command::new(bin("cls-train"));
+        cmd.arg("info");
+        match value {
+            Some(v) => cmd.env("OMP_WAIT_POLICY", v),
+            None => cmd.env_remove("OMP_WAIT_POLICY"),
+        };
+        let out = output_within(&mut cmd, RUN_LIMIT);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        info["omp_wait_policy"].as_str().map(str::to_string)
+    };
+    assert_eq!(policy(None).as_deref(), Some("PASSIVE"));
+    assert_eq!(policy(Some("ACTIVE")).as_deref(), Some("ACTIVE"));
+}
+
 /// Completion scripts that bash really loads, and man pages that start as roff does.
 #[test]
 fn completions_load_in_bash_and_man_pages_are_roff() {

@@ -143,14 +143,48 @@ fn weights_flag(s: &str) -> Result<Weights> {
     s.parse().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn main() -> ExitCode {
-    // libtorch's OpenMP threads spin while waiting; on a shared or busy machine that turns small
-    // operations into long stalls (measured here: a linear-head epoch took 4-12 s instead of
-    // 0.4 s with another process on the cores). Passive waiting unless the user chose otherwise;
-    // set before libtorch starts its thread pool.
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+/// libtorch's OpenMP threads (GNU libgomp) spin while they wait; on a shared or busy machine that
+/// stalls every parallel operation. Measured on 2 cores (BENCHMARKS.md): two EfficientNet-Lite0
+/// training steps side by side took 3.17 s per step spinning and 1.33-1.49 s waiting passively;
+/// alone, passive waiting costs about 3%. libgomp reads `OMP_WAIT_POLICY` when it is loaded,
+/// before `main`, so setting it here would change nothing: when the user has not chosen, the
+/// binary runs itself again with `OMP_WAIT_POLICY=PASSIVE` (about 0.2 s).
+fn wait_passively() {
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
     }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_else(|| "cls-train".into());
+        // This binary's path (so that ps and pgrep still say cls-train); /proc/self/exe when the
+        // file was replaced since it started (it still names the running file).
+        let exe = std::env::current_exe()
+            .ok()
+            .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
+            .unwrap_or_else(|| "/proc/self/exe".into());
+        let err = std::process::Command::new(exe)
+            .arg0(argv0)
+            .args(args)
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .exec();
+        // Only reached when exec failed: train with libgomp's default instead.
+        eprintln!("cls-train: note: could not restart with OMP_WAIT_POLICY=PASSIVE ({err}); OpenMP threads spin while waiting");
+    }
+}
+
+/// `OMP_WAIT_POLICY` as this process started with it (what libgomp read), not as changed since.
+fn wait_policy_at_start() -> Option<String> {
+    let environ = std::fs::read("/proc/self/environ").ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"OMP_WAIT_POLICY="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn main() -> ExitCode {
+    wait_passively();
     let matches = Cli::command().get_matches();
     // Temporary files (checkpoints, caches, outputs) are removed if the run is interrupted.
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
@@ -291,6 +325,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 "cuda_devices": tch::Cuda::device_count(),
                 "cudnn_available": tch::Cuda::cudnn_is_available(),
                 "threads": tch::get_num_threads(),
+                "omp_wait_policy": wait_policy_at_start(),
                 "version": env!("CARGO_PKG_VERSION"),
             });
             println!("{info}");
