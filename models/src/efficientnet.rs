@@ -87,8 +87,14 @@ impl SameConv {
     fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64) -> SameConv {
         // lukemelas's Conv2dStaticSamePadding keeps nn.Conv2d's default init.
         let fan_in = cin / groups * kernel * kernel;
-        let cfg =
-            nn::ConvConfig { stride, padding: 0, groups, bias: false, ws_init: torch_default_init(fan_in), ..Default::default() };
+        let cfg = nn::ConvConfig {
+            stride,
+            padding: 0,
+            groups,
+            bias: false,
+            ws_init: torch_default_init(fan_in),
+            ..Default::default()
+        };
         SameConv { conv: nn::conv2d(p, cin, cout, kernel, cfg), kernel, stride, groups }
     }
 

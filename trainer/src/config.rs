@@ -541,7 +541,10 @@ impl TrainConfig {
         }
         check_range("lr-gamma", self.lr_gamma, 0.0, true, 1.0)?;
         if self.schedule != Schedule::Step && (self.lr_step_epochs.is_some() || self.lr_gamma != 0.1) {
-            bail!("--lr-step-epochs and --lr-gamma apply to --schedule step (this run: --schedule {})", format!("{:?}", self.schedule).to_lowercase());
+            bail!(
+                "--lr-step-epochs and --lr-gamma apply to --schedule step (this run: --schedule {})",
+                format!("{:?}", self.schedule).to_lowercase()
+            );
         }
         check_range("weight-decay", self.weight_decay, 0.0, false, f64::INFINITY)?;
         check_range("head-lr-mult", self.head_lr_mult, 0.0, true, f64::INFINITY)?;

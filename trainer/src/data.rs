@@ -239,7 +239,12 @@ fn observe(cfg: &TrainConfig, train: &Dataset, whole: Option<(&Dataset, &[usize]
     })
 }
 
-fn read_observed(file: &Path, train: &Dataset, whole: Option<(&Dataset, &[usize])>, fraction: f64) -> Result<Array2<i8>> {
+fn read_observed(
+    file: &Path,
+    train: &Dataset,
+    whole: Option<(&Dataset, &[usize])>,
+    fraction: f64,
+) -> Result<Array2<i8>> {
     let Some((full, kept)) = whole else {
         return Ok(if file.extension().is_some_and(|e| e == "npy") {
             readers::read_observed_npy(file, train.len(), train.num_classes())?

@@ -164,11 +164,7 @@ fn wait_passively() {
             .ok()
             .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
             .unwrap_or_else(|| "/proc/self/exe".into());
-        let err = std::process::Command::new(exe)
-            .arg0(argv0)
-            .args(args)
-            .env("OMP_WAIT_POLICY", "PASSIVE")
-            .exec();
+        let err = std::process::Command::new(exe).arg0(argv0).args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
         // Only reached when exec failed: train with libgomp's default instead.
         eprintln!("cls-train: note: could not restart with OMP_WAIT_POLICY=PASSIVE ({err}); OpenMP threads spin while waiting");
     }

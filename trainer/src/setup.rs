@@ -188,11 +188,8 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     let device = devices[0];
     // The classifier bias starts at the prior (docs/method.md, fine-tuning): --bias-prior, else
     // k/C with --expected-positives k, else 0.01.
-    let prior = cfg
-        .bias_prior
-        .or(cfg.expected_positives.map(|k| k / n_classes as f64))
-        .unwrap_or(0.01)
-        .clamp(1e-4, 0.5);
+    let prior =
+        cfg.bias_prior.or(cfg.expected_positives.map(|k| k / n_classes as f64)).unwrap_or(0.01).clamp(1e-4, 0.5);
 
     if cfg.pretrained.is_some() && !arch.is_image() {
         bail!("--pretrained applies to image backbones; the MLP of a feature table starts from random weights");

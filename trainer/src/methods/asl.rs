@@ -45,8 +45,7 @@ impl Method for Asl {
         let y = weight(&Labels::of(ctx.y).pos);
         let p = x.sigmoid();
         let p_m = (&p - self.margin).clamp_min(0.0);
-        let (w_pos, w_neg) =
-            ((-&p + 1.0).pow_tensor_scalar(self.gamma_pos), p_m.pow_tensor_scalar(self.gamma_neg));
+        let (w_pos, w_neg) = ((-&p + 1.0).pow_tensor_scalar(self.gamma_pos), p_m.pow_tensor_scalar(self.gamma_neg));
         let (w_pos, w_neg) = if self.focal_grad { (w_pos, w_neg) } else { (w_pos.detach(), w_neg.detach()) };
         let positive = w_pos * neg_log_p(&x);
         // 1 − p_m ≥ m > 0 whenever p_m > 0, so the log is finite; clamp guards m = 0.

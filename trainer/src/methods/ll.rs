@@ -49,9 +49,7 @@ pub fn ll_count(mode: Mode, epoch: usize, delta_percent: f64, entries: i64) -> i
             let c = (delta_percent / 100.0 * entries as f64 - 1e-9).ceil();
             (c.max(0.0) as i64).min(entries)
         }
-        Mode::Reject | Mode::CorrectTemporary => {
-            floor_count((epoch as f64 * delta_percent / 100.0).min(1.0), entries)
-        }
+        Mode::Reject | Mode::CorrectTemporary => floor_count((epoch as f64 * delta_percent / 100.0).min(1.0), entries),
     }
 }
 

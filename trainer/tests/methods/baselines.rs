@@ -115,7 +115,11 @@ fn ll_ref(x: &M, y: &M, epoch: usize, delta: f64, mode: &str) -> (f64, Vec<usize
     // LL-R/Ct grow by Δ each epoch (floor); LL-Cp corrects the constant ceil(Δ·B·C) per step from
     // the second epoch on (the official code).
     let count = if mode == "ll-cp" {
-        if epoch == 0 { 0 } else { (delta / 100.0 * yf.len() as f64 - 1e-9).ceil() as usize }
+        if epoch == 0 {
+            0
+        } else {
+            (delta / 100.0 * yf.len() as f64 - 1e-9).ceil() as usize
+        }
     } else {
         count_ref((epoch as f64 * delta / 100.0).min(1.0), yf.len())
     }
