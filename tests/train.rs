@@ -1321,3 +1321,71 @@ fn observed_labels_for_all_of_data_follow_the_holdout() {
     }
     assert!(!tmp.path().join("run-short/summary.json").exists());
 }
+
+/// The learning rate each epoch logs (that of its last step) follows --schedule: constant keeps
+/// --lr, step multiplies it by --lr-gamma every --lr-step-epochs, a warm-up rises to it first;
+/// flags of another schedule are refused before anything is created.
+#[test]
+fn learning_rate_schedules_reach_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    write_csv(&tr, 100, 41);
+    write_csv(&te, 30, 42);
+    let cache = tmp.path().join("cache");
+    let lrs = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let run = tmp.path().join(name);
+        let mut a = vec![
+            "--data",
+            tr.to_str().unwrap(),
+            "--label-columns",
+            "4",
+            "--test",
+            te.to_str().unwrap(),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "20",
+            "--lr",
+            "0.01",
+            "--threads",
+            "1",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        train(&a);
+        let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["lr"].as_f64().unwrap()).collect()
+    };
+    let close = |got: &[f64], want: &[f64]| {
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{got:?} against {want:?}");
+        }
+    };
+    close(&lrs("constant", &["--schedule", "constant"]), &[0.01; 4]);
+    close(
+        &lrs("step", &["--schedule", "step", "--lr-step-epochs", "1", "--lr-gamma", "0.5"]),
+        &[0.01, 0.005, 0.0025, 0.00125],
+    );
+    // Warm-up over the first two epochs (10 steps): the first epoch's last step is at half the rate.
+    close(&lrs("warm", &["--schedule", "constant", "--warmup-epochs", "2"]), &[0.005, 0.01, 0.01, 0.01]);
+    let cosine = lrs("cosine", &[]);
+    assert!(cosine.windows(2).all(|w| w[1] < w[0]) && cosine[3] < 1e-4, "{cosine:?}");
+
+    let base = ["--data", tr.to_str().unwrap(), "--label-columns", "4", "--epochs", "4", "--threads", "1"];
+    for (extra, want) in [
+        (&["--lr-gamma", "0.5"][..], "apply to --schedule step"),
+        (&["--schedule", "constant", "--lr-step-epochs", "2"][..], "apply to --schedule step"),
+        (&["--warmup-epochs", "4"][..], "--warmup-epochs 4"),
+        (&["--schedule", "step", "--lr-gamma", "1.5"][..], "--lr-gamma 1.5"),
+    ] {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        let err = train_fails(&a, tmp.path(), "refused");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(!tmp.path().join("refused").exists(), "{extra:?} created the run folder");
+    }
+}
