@@ -33,6 +33,25 @@ fn train_fails(args: &[&str], tmp: &Path, run: &str) -> String {
     err
 }
 
+/// The arguments of a run on a `write_csv` table (`tr`, `te`): the data flags, one thread, the run
+/// folder and the cache, then `extra`.
+fn table_run(tr: &Path, te: &Path, run: &Path, cache: &Path, extra: &[&str]) -> Vec<String> {
+    let paths = [tr, te, run, cache].map(|p| p.to_str().unwrap().to_string());
+    let [tr, te, run, cache] = paths;
+    let mut a: Vec<String> = ["--data", &tr, "--label-columns", "4", "--test", &te, "--threads", "1"]
+        .iter()
+        .chain(&["--run-dir", run.as_str(), "--cache-dir", cache.as_str()])
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// [`train`] with owned arguments.
+fn train_with(args: &[String]) -> Output {
+    train(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
@@ -253,47 +272,18 @@ fn resume_reproduces(method: &str) {
     let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
     write_csv(&tr, 400, 11);
     write_csv(&te, 100, 12);
-    let common = |run: &Path| -> Vec<String> {
-        [
-            "--data",
-            tr.to_str().unwrap(),
-            "--label-columns",
-            "4",
-            "--test",
-            te.to_str().unwrap(),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "32",
-            "--lr",
-            "0.01",
-            "--tau-h",
-            "0.1",
-            "--e-k",
-            "2",
-            "--seed",
-            "7",
-            "--method",
-            method,
-            "--threads",
-            "1",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--cache-dir",
-            tmp.path().join("cache").to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    let cache = tmp.path().join("cache");
+    let common = |run: &Path, extra: &[&str]| {
+        let mut a = vec!["--epochs", "4", "--batch-size", "32", "--lr", "0.01", "--tau-h", "0.1", "--e-k", "2"];
+        a.extend_from_slice(&["--seed", "7", "--method", method]);
+        a.extend_from_slice(extra);
+        table_run(&tr, &te, run, &cache, &a)
     };
     let whole = tmp.path().join("whole");
-    let a: Vec<String> = common(&whole);
-    train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    train_with(&common(&whole, &[]));
 
     let parts = tmp.path().join("parts");
-    let mut b = common(&parts);
-    b.extend(["--stop-after".into(), "2".into()]);
-    train(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    train_with(&common(&parts, &["--stop-after", "2"]));
     assert!(!parts.join("summary.json").exists(), "stopped early: no summary yet");
     train(&["--resume", parts.to_str().unwrap()]);
 
@@ -1282,31 +1272,10 @@ fn observed_labels_for_all_of_data_follow_the_holdout() {
     write_npy(&npy, &csv_labels(&tr));
     let run = tmp.path().join("run");
     let cache = tmp.path().join("cache");
-    let args = |run: &Path, npy: &Path| -> Vec<String> {
-        let a = [
-            "--data",
-            tr.to_str().unwrap(),
-            "--label-columns",
-            "4",
-            "--test",
-            te.to_str().unwrap(),
-            "--observed",
-            npy.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--threads",
-            "1",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ];
-        a.iter().map(|s| s.to_string()).collect()
+    let args = |run: &Path, npy: &Path| {
+        table_run(&tr, &te, run, &cache, &["--observed", npy.to_str().unwrap(), "--epochs", "1", "--batch-size", "32"])
     };
-    let a = args(&run, &npy);
-    let out = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = train_with(&args(&run, &npy));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--observed gives the labels of the 160 training images"), "{err}");
     let summary = read_json(&run.join("summary.json"));
@@ -1334,28 +1303,9 @@ fn learning_rate_schedules_reach_the_log() {
     let cache = tmp.path().join("cache");
     let lrs = |name: &str, extra: &[&str]| -> Vec<f64> {
         let run = tmp.path().join(name);
-        let mut a = vec![
-            "--data",
-            tr.to_str().unwrap(),
-            "--label-columns",
-            "4",
-            "--test",
-            te.to_str().unwrap(),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "20",
-            "--lr",
-            "0.01",
-            "--threads",
-            "1",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ];
+        let mut a = vec!["--epochs", "4", "--batch-size", "20", "--lr", "0.01"];
         a.extend_from_slice(extra);
-        train(&a);
+        train_with(&table_run(&tr, &te, &run, &cache, &a));
         let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["lr"].as_f64().unwrap()).collect()
     };
