@@ -127,7 +127,7 @@ fn every_method_trains_two_epochs_and_writes_a_run_folder() {
     write_csv(&te, 100, 2);
     for &m in ALL {
         let run = tmp.path().join(format!("run-{m}"));
-        train(&[
+        let out = train(&[
             "--data",
             tr.to_str().unwrap(),
             "--label-columns",
@@ -153,6 +153,14 @@ fn every_method_trains_two_epochs_and_writes_a_run_folder() {
             "--cache-dir",
             tmp.path().join("cache").to_str().unwrap(),
         ]);
+        // The log says what the protocol left, as the summary does.
+        let err = String::from_utf8_lossy(&out.stderr);
+        let summary = read_json(&run.join("summary.json"));
+        let realised = summary["realised_fraction"].as_f64().unwrap();
+        assert!(realised > 0.3 && realised < 0.9, "{realised}");
+        let said = format!("{:.1}% of the true positives observed", 100.0 * realised);
+        assert!(err.contains("training labels (0.5): ") && err.contains(&said), "{said} not in:\n{err}");
+        assert!(summary["restored_images"].as_u64().is_some(), "{summary}");
         let nets = if TWO_NET.contains(&m) { 2 } else { 1 };
         check_run(&run, m, 2, nets);
         if m == "cls" {

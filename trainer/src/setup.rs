@@ -134,6 +134,32 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
     Ok((tau_h, tau_l))
 }
 
+/// What the training labels hold, for the log (docs/method.md, protocols: log the realised
+/// fraction): observed positives against the true ones, and what the protocol did.
+fn labels_line(cfg: &TrainConfig, observed: &cls_core::protocol::Observed) -> String {
+    let obs = &observed.labels;
+    let count = |v: i8| obs.iter().filter(|&&x| x == v).count();
+    let (pos, neg) = (count(1), count(-1));
+    let mut line = format!(
+        "training labels ({}): {pos} observed positives in {} images ({:.2} per image), {neg} verified negatives, \
+         {:.1}% of the true positives observed",
+        cfg.observed.as_ref().map_or(cfg.partial.clone(), |f| format!("--observed {}", f.display())),
+        obs.nrows(),
+        pos as f64 / obs.nrows().max(1) as f64,
+        100.0 * observed.realised_fraction
+    );
+    if observed.n_restored > 0 {
+        line += &format!(
+            "; {} images that lost every positive got one back (--allow-empty keeps them empty)",
+            observed.n_restored
+        );
+    }
+    if observed.n_observed_not_true > 0 {
+        line += &format!("; {} observed positives the ground truth does not list", observed.n_observed_not_true);
+    }
+    line
+}
+
 pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     cfg.validate()?;
     if let Some(n) = cfg.threads {
@@ -142,6 +168,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     }
     let device = parse_device(&cfg.device)?;
     let data = data::load(cfg)?;
+    eprintln!("{}", labels_line(cfg, &data.observed));
     let arch = arch_for(cfg, &data)?;
     let (n_train, n_classes) = (data.train.len(), data.train.num_classes());
     // The label matrices go to the device as f32 (and ROLE keeps one more of that size).

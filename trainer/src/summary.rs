@@ -46,6 +46,9 @@ pub struct Summary {
     pub thresholds: Option<ThresholdsSummary>,
     pub partial: String,
     pub realised_fraction: f64,
+    /// Images that lost every positive to the protocol and got one back.
+    #[serde(default)]
+    pub restored_images: usize,
     pub model: PathBuf,
     /// Epochs the exported weights' run had completed, of `epochs` configured (absent in
     /// summaries of older versions).
@@ -233,6 +236,7 @@ pub fn finish(
         thresholds: Some(thresholds::summarise(&cal, data.val_unknown_as_negative, &thresholds_file)),
         partial: cfg.partial.clone(),
         realised_fraction: data.observed.realised_fraction,
+        restored_images: data.observed.n_restored,
         model: model.to_path_buf(),
         epochs_done: Some(state.epochs_done),
         epochs: Some(cfg.epochs),
