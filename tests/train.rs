@@ -1347,3 +1347,30 @@ fn learning_rate_schedules_reach_the_log() {
         assert!(!tmp.path().join("refused").exists(), "{extra:?} created the run folder");
     }
 }
+
+/// `--tau-h auto` on a feature table (cheap to train) validates candidates around h before the
+/// run: the sweep under RUN_DIR/tau-h-auto picks the best validation mAP, and the run trains with
+/// that τ_h (its config records the number, so --resume needs no sweep) and reproduces the point.
+#[test]
+fn tau_h_auto_validates_candidates_where_training_is_cheap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    write_csv(&tr, 200, 51);
+    write_csv(&te, 60, 52);
+    let run = tmp.path().join("run");
+    let extra = ["--epochs", "3", "--batch-size", "32", "--partial", "single", "--tau-h", "auto", "--e-k", "1"];
+    let out = train_with(&table_run(&tr, &te, &run, &tmp.path().join("cache"), &extra));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tau-h auto: h = ") && err.contains("validating τ_h in"), "{err}");
+    let sweep = read_json(&run.join("tau-h-auto/sweep.json"));
+    let points = sweep["points"].as_array().unwrap();
+    assert!(points.len() >= 3, "{sweep}");
+    let best = &points[sweep["best"].as_u64().unwrap() as usize];
+    let top = points.iter().map(|p| p["val_map"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(best["val_map"].as_f64(), Some(top));
+    let chosen = best["tau_h"].as_f64().unwrap();
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains(&format!("tau_h = \"{chosen}\"")), "τ_h {chosen} not recorded:\n{config}");
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["val"]["mAP"].as_f64(), best["val_map"].as_f64(), "the run reproduces its sweep point");
+}

@@ -42,7 +42,8 @@ fn holds_run(run_dir: &Path) -> bool {
     checkpoint::latest(run_dir).is_some() || run_dir.join("summary.json").exists()
 }
 
-fn refuse_existing(run_dir: &Path) -> Result<()> {
+/// Refuse a folder that holds a run (a new one must not overwrite it).
+pub fn refuse_existing(run_dir: &Path) -> Result<()> {
     if holds_run(run_dir) {
         bail!("{} already holds a run: continue it with --resume {0}, or choose another --run-dir", run_dir.display());
     }

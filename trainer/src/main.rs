@@ -349,7 +349,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         return launch::resume(&run_dir, &overrides);
     }
     let cfg = resolve(cli.train, cli.config.as_deref(), &explicit)?;
-    launch::start(cfg)?;
+    sweep::start_with_auto_tau_h(cfg)?;
     Ok(())
 }
 

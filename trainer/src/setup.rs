@@ -118,6 +118,21 @@ pub fn pretrained_file(spec: &str, arch: &Arch) -> Result<PathBuf> {
         .with_context(|| format!("ImageNet weights for efficientnet-lite0 not found (looked for {name} in CLS_WEIGHTS_DIR and weights/): run scripts/setup"))
 }
 
+/// k, the expected number of positives per image: --expected-positives, else the training set's
+/// true mean (known in simulation; with labels as given, the observed mean).
+pub fn expected_positives(cfg: &TrainConfig, data: &RunData) -> f64 {
+    let n = data.train.len().max(1) as f64;
+    cfg.expected_positives.unwrap_or_else(|| data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n)
+}
+
+/// h, the share of the unannotated training entries that are hidden positives
+/// (`methods::hidden_positive_share` with k from [`expected_positives`]).
+pub fn hidden_positive_share(cfg: &TrainConfig, data: &RunData) -> f64 {
+    let obs = &data.observed.labels;
+    let k_obs = obs.iter().filter(|&&v| v == 1).count() as f64 / obs.nrows().max(1) as f64;
+    methods::hidden_positive_share(expected_positives(cfg, data), k_obs, obs.ncols() as f64)
+}
+
 fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Result<(f64, f64)> {
     let table = methods::default_tau(&data.family, &cfg.partial);
     let tau_l = cfg.tau_l.or(table.map(|t| t.1)).or(methods::paper_tau_l(&data.family)).unwrap_or(0.06);
@@ -186,7 +201,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
 
     // k: given, else the training set's true mean number of positives (known in simulation).
     let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
-    let expected_positives = cfg.expected_positives.unwrap_or(k_true);
+    let expected_positives = expected_positives(cfg, &data);
     let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
     if uses_k && cfg.expected_positives.is_none() && cfg.labels()? == Labels::Given && cfg.observed.is_none() {
         // Without simulation the training labels may themselves be the partial ones.

@@ -172,6 +172,61 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
     Ok(result)
 }
 
+/// The candidates `--tau-h auto` validates: h/2, h, 2h and 3h (h the share of unannotated
+/// entries that are hidden positives) and the default 0.012, within [0, 0.5], ascending, once
+/// each. Measured (BENCHMARKS.md): h/2 alone was below the default on Corel5k and scene, and the τ_h
+/// validation preferred lay between h and 3h.
+pub fn auto_tau_h_grid(h: f64) -> Vec<f64> {
+    let mut grid: Vec<f64> =
+        [h / 2.0, h, 2.0 * h, 3.0 * h, 0.012].iter().map(|v| (v.clamp(0.0, 0.5) * 1e6).round() / 1e6).collect();
+    grid.sort_by(f64::total_cmp);
+    grid.dedup();
+    grid
+}
+
+/// Train a new run whose `--tau-h` is `auto`. Where training is cheap (a frozen backbone or a
+/// feature table) and the method removes high-loss negatives, the candidates of
+/// [`auto_tau_h_grid`] are trained first, under `RUN_DIR/tau-h-auto/` (a sweep: resumable,
+/// `sweep.json`, picked on validation mAP, never test), and the run then trains at the chosen τ_h,
+/// which its config.toml records. Otherwise the single-run rule applies (τ_h = h/2, in `setup`).
+pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
+    let uses_tau_h = matches!(cfg.method.as_str(), "cls" | "cls-l" | "clc");
+    if cfg.tau_h.as_deref() != Some("auto") || !uses_tau_h {
+        return launch::start(cfg);
+    }
+    cfg.validate_new_run()?;
+    let data = crate::data::load(&cfg)?;
+    let cheap = cfg.freeze_backbone || !crate::setup::arch_for(&cfg, &data)?.is_image();
+    if !cheap {
+        eprintln!(
+            "note: --tau-h auto on end-to-end training uses the rule τ_h = h/2 (a validation sweep would train the \
+             network {} times); `cls-train sweep --tau-h-grid …` validates candidates",
+            auto_tau_h_grid(0.01).len()
+        );
+        return launch::start(cfg);
+    }
+    let h = crate::setup::hidden_positive_share(&cfg, &data);
+    drop(data);
+    let grid = auto_tau_h_grid(h);
+    let run_dir = cfg.run_dir.clone().unwrap_or_else(|| launch::default_run_dir(&cfg));
+    launch::refuse_existing(&run_dir)?;
+    eprintln!(
+        "--tau-h auto: h = {h:.4} of the unannotated entries are hidden positives; validating τ_h in {grid:?} under {}",
+        run_dir.join("tau-h-auto").display()
+    );
+    let mut base = cfg.clone();
+    base.tau_h = None;
+    base.run_dir = None;
+    base.stop_after = None;
+    let result = run(&base, &run_dir.join("tau-h-auto"), &grid, &[], &[])?;
+    let chosen = result.points[result.best].tau_h.context("the τ_h sweep chose no value")?;
+    eprintln!("--tau-h auto: τ_h {chosen} has the best validation mAP; training the run with it");
+    let mut cfg = cfg;
+    cfg.tau_h = Some(chosen.to_string());
+    cfg.run_dir = Some(run_dir);
+    launch::start(cfg)
+}
+
 /// One sensitivity curve per swept knob, the others fixed at the best point's values.
 fn plot(r: &SweepResult, out: &Path) -> Result<()> {
     let b = &r.points[r.best];
@@ -204,4 +259,19 @@ fn plot(r: &SweepResult, out: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_grid_brackets_h_and_keeps_the_default() {
+        // Corel5k single positive: h ≈ 0.0064.
+        assert_eq!(auto_tau_h_grid(0.0064), vec![0.0032, 0.0064, 0.012, 0.0128, 0.0192]);
+        // A dense label set: the large candidates stop at 0.5, each once.
+        assert_eq!(auto_tau_h_grid(0.25), vec![0.012, 0.125, 0.25, 0.5]);
+        // Nothing hidden: 0 and the default.
+        assert_eq!(auto_tau_h_grid(0.0), vec![0.0, 0.012]);
+    }
 }

@@ -355,13 +355,20 @@ pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
     Some((tau_hs[column], tau_l))
 }
 
-/// `--tau-h auto` ("Paper defaults"): h = (k − k_obs)/(C − k_obs), the share of unannotated
-/// entries that are hidden positives; τ_h = h/2, clamped to [0, 0.5] (0 when undefined).
-pub fn auto_tau_h(k_expected: f64, k_observed: f64, n_classes: f64) -> f64 {
+/// h = (k − k_obs)/(C − k_obs), the share of unannotated entries that are hidden positives, with
+/// k the expected and k_obs the observed positives per image; in [0, 1], 0 when undefined.
+pub fn hidden_positive_share(k_expected: f64, k_observed: f64, n_classes: f64) -> f64 {
     let h = (k_expected - k_observed) / (n_classes - k_observed);
     if h.is_finite() && n_classes > k_observed {
-        (h / 2.0).clamp(0.0, 0.5)
+        h.clamp(0.0, 1.0)
     } else {
         0.0
     }
+}
+
+/// `--tau-h auto` on a single run ("Paper defaults"): τ_h = h/2 ([`hidden_positive_share`]),
+/// clamped to [0, 0.5]. Where training is cheap, `cls-train` validates candidates around h
+/// instead (`sweep::auto_tau_h_grid`).
+pub fn auto_tau_h(k_expected: f64, k_observed: f64, n_classes: f64) -> f64 {
+    (hidden_positive_share(k_expected, k_observed, n_classes) / 2.0).clamp(0.0, 0.5)
 }
