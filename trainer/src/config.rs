@@ -246,8 +246,11 @@ pub struct TrainConfig {
     /// The training method (CLS, its ablations, or a baseline; docs/method.md).
     #[arg(long, value_enum, default_value_t = MethodName::Cls, hide_possible_values = false, help_heading = "Method")]
     pub method: MethodName,
-    /// τ_h: final rate of peer removal of high-loss negatives, or `auto` (needs
-    /// --expected-positives). Default: method.md's table for VOC/COCO/NUS-WIDE, else 0.012.
+    /// τ_h: final rate of peer removal of high-loss negatives, or `auto`: from h, the share of
+    /// unannotated entries that are hidden positives (k from --expected-positives, else the
+    /// training labels' mean): on a frozen backbone or a feature table, the best of h/2, h, 2h, 3h
+    /// and 0.012 on validation (trained first under RUN_DIR/tau-h-auto); end to end, h/2.
+    /// Default: the paper's table for VOC/COCO/NUS-WIDE, else 0.012.
     #[arg(long, value_parser = tau_h_flag, help_heading = "Method")]
     pub tau_h: Option<String>,
     /// τ_l: final rate of self removal of low-loss negatives. Default: 0.02 for VOC (whatever
