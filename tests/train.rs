@@ -33,23 +33,21 @@ fn train_fails(args: &[&str], tmp: &Path, run: &str) -> String {
     err
 }
 
-/// The arguments of a run on a `write_csv` table (`tr`, `te`): the data flags, one thread, the run
-/// folder and the cache, then `extra`.
-fn table_run(tr: &Path, te: &Path, run: &Path, cache: &Path, extra: &[&str]) -> Vec<String> {
-    let paths = [tr, te, run, cache].map(|p| p.to_str().unwrap().to_string());
-    let [tr, te, run, cache] = paths;
-    let mut a: Vec<String> = ["--data", &tr, "--label-columns", "4", "--test", &te, "--threads", "1"]
-        .iter()
-        .chain(&["--run-dir", run.as_str(), "--cache-dir", cache.as_str()])
-        .map(|s| s.to_string())
-        .collect();
+/// The arguments of a run on a `write_csv` table `tr` (4 classes, one thread) in `run`: with
+/// `--test te` and `--cache-dir cache` when given, then `extra`.
+fn table_run(tr: &Path, te: Option<&Path>, run: &Path, cache: Option<&Path>, extra: &[&str]) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let mut a: Vec<String> =
+        ["--data", "--label-columns", "4", "--threads", "1", "--run-dir"].map(String::from).to_vec();
+    a.insert(1, path(tr));
+    a.push(path(run));
+    for (flag, p) in [("--test", te), ("--cache-dir", cache)] {
+        if let Some(p) = p {
+            a.extend([flag.to_string(), path(p)]);
+        }
+    }
     a.extend(extra.iter().map(|s| s.to_string()));
     a
-}
-
-/// [`train`] with owned arguments.
-fn train_with(args: &[String]) -> Output {
-    train(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn read_json(p: &Path) -> Value {
@@ -127,32 +125,9 @@ fn every_method_trains_two_epochs_and_writes_a_run_folder() {
     write_csv(&te, 100, 2);
     for &m in ALL {
         let run = tmp.path().join(format!("run-{m}"));
-        let out = train(&[
-            "--data",
-            tr.to_str().unwrap(),
-            "--label-columns",
-            "4",
-            "--test",
-            te.to_str().unwrap(),
-            "--method",
-            m,
-            "--epochs",
-            "2",
-            "--batch-size",
-            "32",
-            "--lr",
-            "0.01",
-            "--partial",
-            "0.5",
-            "--seed",
-            "3",
-            "--threads",
-            "1",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--cache-dir",
-            tmp.path().join("cache").to_str().unwrap(),
-        ]);
+        let extra =
+            ["--method", m, "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--partial", "0.5", "--seed", "3"];
+        let out = train(&strs(&table_run(&tr, Some(&te), &run, Some(&tmp.path().join("cache")), &extra)));
         // The log says what the protocol left, as the summary does.
         let err = String::from_utf8_lossy(&out.stderr);
         let summary = read_json(&run.join("summary.json"));
@@ -285,13 +260,13 @@ fn resume_reproduces(method: &str) {
         let mut a = vec!["--epochs", "4", "--batch-size", "32", "--lr", "0.01", "--tau-h", "0.1", "--e-k", "2"];
         a.extend_from_slice(&["--seed", "7", "--method", method]);
         a.extend_from_slice(extra);
-        table_run(&tr, &te, run, &cache, &a)
+        table_run(&tr, Some(&te), run, Some(&cache), &a)
     };
     let whole = tmp.path().join("whole");
-    train_with(&common(&whole, &[]));
+    train(&strs(&common(&whole, &[])));
 
     let parts = tmp.path().join("parts");
-    train_with(&common(&parts, &["--stop-after", "2"]));
+    train(&strs(&common(&parts, &["--stop-after", "2"])));
     assert!(!parts.join("summary.json").exists(), "stopped early: no summary yet");
     train(&["--resume", parts.to_str().unwrap()]);
 
@@ -699,16 +674,9 @@ fn methods_that_need_k_say_where_it_came_from_on_unsimulated_labels() {
     assert!(!run(&["--partial", "single"], "c").contains("pass --expected-positives"));
 }
 
-/// Arguments of a tiny feature-table run in `run` (data `tr`, 4 classes, one thread).
+/// [`table_run`] of a small, fast MLP (batch 32, lr 0.01, 16 hidden units), no test set.
 fn csv_run(tr: &Path, run: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["--data", tr.to_str().unwrap(), "--label-columns", "4", "--batch-size", "32"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    a.extend(["--lr", "0.01", "--threads", "1", "--mlp-hidden", "16", "--run-dir"].map(String::from));
-    a.push(run.to_str().unwrap().to_string());
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
+    table_run(tr, None, run, None, &[&["--batch-size", "32", "--lr", "0.01", "--mlp-hidden", "16"], extra].concat())
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -1281,9 +1249,15 @@ fn observed_labels_for_all_of_data_follow_the_holdout() {
     let run = tmp.path().join("run");
     let cache = tmp.path().join("cache");
     let args = |run: &Path, npy: &Path| {
-        table_run(&tr, &te, run, &cache, &["--observed", npy.to_str().unwrap(), "--epochs", "1", "--batch-size", "32"])
+        table_run(
+            &tr,
+            Some(&te),
+            run,
+            Some(&cache),
+            &["--observed", npy.to_str().unwrap(), "--epochs", "1", "--batch-size", "32"],
+        )
     };
-    let out = train_with(&args(&run, &npy));
+    let out = train(&strs(&args(&run, &npy)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--observed gives the labels of the 160 training images"), "{err}");
     let summary = read_json(&run.join("summary.json"));
@@ -1313,7 +1287,7 @@ fn learning_rate_schedules_reach_the_log() {
         let run = tmp.path().join(name);
         let mut a = vec!["--epochs", "4", "--batch-size", "20", "--lr", "0.01"];
         a.extend_from_slice(extra);
-        train_with(&table_run(&tr, &te, &run, &cache, &a));
+        train(&strs(&table_run(&tr, Some(&te), &run, Some(&cache), &a)));
         let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["lr"].as_f64().unwrap()).collect()
     };
@@ -1359,7 +1333,7 @@ fn tau_h_auto_validates_candidates_where_training_is_cheap() {
     write_csv(&te, 60, 52);
     let run = tmp.path().join("run");
     let extra = ["--epochs", "3", "--batch-size", "32", "--partial", "single", "--tau-h", "auto", "--e-k", "1"];
-    let out = train_with(&table_run(&tr, &te, &run, &tmp.path().join("cache"), &extra));
+    let out = train(&strs(&table_run(&tr, Some(&te), &run, Some(&tmp.path().join("cache")), &extra)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tau-h auto: h = ") && err.contains("validating τ_h in"), "{err}");
     let sweep = read_json(&run.join("tau-h-auto/sweep.json"));
