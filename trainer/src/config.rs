@@ -307,9 +307,9 @@ pub struct TrainConfig {
     /// The classifier's learning rate as a multiple of the backbone's.
     #[arg(long, default_value_t = 10.0, help_heading = "Model")]
     pub head_lr_mult: f64,
-    /// The classifier bias starts at logit(prior); default: k/C with --expected-positives k, else
-    /// 0.01 (a classifier that starts near the labels' rarity fine-tunes; one that starts at 0.5
-    /// collapses).
+    /// The classifier bias starts at logit(prior); default: k/C, k the expected positives per image
+    /// (--expected-positives, else the training labels' mean; Corel5k: 0.009). A classifier that
+    /// starts near the labels' rarity fine-tunes; one that starts at 0.5 collapses.
     #[arg(long, help_heading = "Model")]
     pub bias_prior: Option<f64>,
     /// Hidden width of the MLP backbone.
