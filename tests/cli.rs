@@ -45,26 +45,31 @@ fn versions_name_the_commit_and_the_runtime() {
     assert!(infer.contains("commit ") && infer.contains("ONNX Runtime: 1."), "{infer}");
 }
 
-/// libgomp reads OMP_WAIT_POLICY when libtorch is loaded, before `main`: cls-train restarts itself
-/// with PASSIVE when the user chose nothing (`info` reports what libgomp saw at start, from
-/// /proc/self/environ, which a `set_var` inside `main` would not change), and leaves a user's
-/// choice alone.
+/// libgomp reads its settings when libtorch is loaded, before `main`: cls-train restarts itself
+/// with a short spin (GOMP_SPINCOUNT=1000) when the user chose neither a wait policy nor a spin
+/// count (`info` reports what libgomp saw at start, from /proc/self/environ, which a `set_var`
+/// inside `main` would not change), and leaves a user's choice alone.
 #[test]
-fn openmp_waits_passively_unless_the_user_chose() {
-    let policy = |value: Option<&str>| {
+fn openmp_spins_briefly_unless_the_user_chose() {
+    let seen = |env: &[(&str, Option<&str>)]| {
         let mut cmd = Command::new(bin("cls-train"));
         cmd.arg("info");
-        match value {
-            Some(v) => cmd.env("OMP_WAIT_POLICY", v),
-            None => cmd.env_remove("OMP_WAIT_POLICY"),
-        };
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let out = output_within(&mut cmd, RUN_LIMIT);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        info["omp_wait_policy"].as_str().map(str::to_string)
+        let get = |k: &str| info[k].as_str().map(str::to_string);
+        (get("omp_wait_policy"), get("gomp_spincount"))
     };
-    assert_eq!(policy(None).as_deref(), Some("PASSIVE"));
-    assert_eq!(policy(Some("ACTIVE")).as_deref(), Some("ACTIVE"));
+    let unset = [("OMP_WAIT_POLICY", None), ("GOMP_SPINCOUNT", None)];
+    assert_eq!(seen(&unset), (None, Some("1000".into())));
+    assert_eq!(seen(&[("OMP_WAIT_POLICY", Some("ACTIVE")), ("GOMP_SPINCOUNT", None)]), (Some("ACTIVE".into()), None));
+    assert_eq!(seen(&[("OMP_WAIT_POLICY", None), ("GOMP_SPINCOUNT", Some("0"))]), (None, Some("0".into())));
 }
 
 /// Completion scripts that bash really loads, and man pages that start as roff does.

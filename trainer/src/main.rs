@@ -143,14 +143,16 @@ fn weights_flag(s: &str) -> Result<Weights> {
     s.parse().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// libtorch's OpenMP threads (GNU libgomp) spin while they wait; on a shared or busy machine that
-/// stalls every parallel operation. Measured on 2 cores (BENCHMARKS.md): two EfficientNet-Lite0
-/// training steps side by side took 3.17 s per step spinning and 1.33-1.49 s waiting passively;
-/// alone, passive waiting costs about 3%. libgomp reads `OMP_WAIT_POLICY` when it is loaded,
-/// before `main`, so setting it here would change nothing: when the user has not chosen, the
-/// binary runs itself again with `OMP_WAIT_POLICY=PASSIVE` (about 0.2 s).
-fn wait_passively() {
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+/// libtorch's OpenMP threads (GNU libgomp) spin while they wait, by default for about 300,000
+/// iterations before they sleep; on a shared or busy machine that stalls every parallel operation.
+/// Measured on 2 cores (BENCHMARKS.md), EfficientNet-Lite0's AN training step: alone 715 ms
+/// spinning, 814 waiting passively, 709 with a spin of 1,000 iterations; two processes side by
+/// side 5,288 / 4,539 (libgomp's default of 300,000, roughly) / 1,325 / 1,395 ms. libgomp reads its
+/// settings when it is loaded, before `main`, so setting them here would change nothing: when the
+/// user has chosen neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT`, the binary runs itself again
+/// with `GOMP_SPINCOUNT=1000` (about 0.2 s).
+fn wait_briefly() {
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some() {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -164,23 +166,27 @@ fn wait_passively() {
             .ok()
             .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
             .unwrap_or_else(|| "/proc/self/exe".into());
-        let err = std::process::Command::new(exe).arg0(argv0).args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+        let err = std::process::Command::new(exe).arg0(argv0).args(args).env("GOMP_SPINCOUNT", "1000").exec();
         // Only reached when exec failed: train with libgomp's default instead.
-        eprintln!("cls-train: note: could not restart with OMP_WAIT_POLICY=PASSIVE ({err}); OpenMP threads spin while waiting");
+        eprintln!(
+            "cls-train: note: could not restart with GOMP_SPINCOUNT=1000 ({err}); OpenMP threads spin while waiting"
+        );
     }
 }
 
-/// `OMP_WAIT_POLICY` as this process started with it (what libgomp read), not as changed since.
-fn wait_policy_at_start() -> Option<String> {
+/// An environment variable as this process started with it (what libgomp read), not as changed
+/// since.
+fn env_at_start(name: &str) -> Option<String> {
     let environ = std::fs::read("/proc/self/environ").ok()?;
+    let prefix = format!("{name}=");
     environ
         .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"OMP_WAIT_POLICY="))
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 fn main() -> ExitCode {
-    wait_passively();
+    wait_briefly();
     let matches = Cli::command().get_matches();
     // Temporary files (checkpoints, caches, outputs) are removed if the run is interrupted.
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
@@ -321,7 +327,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 "cuda_devices": tch::Cuda::device_count(),
                 "cudnn_available": tch::Cuda::cudnn_is_available(),
                 "threads": tch::get_num_threads(),
-                "omp_wait_policy": wait_policy_at_start(),
+                "omp_wait_policy": env_at_start("OMP_WAIT_POLICY"),
+                "gomp_spincount": env_at_start("GOMP_SPINCOUNT"),
                 "version": env!("CARGO_PKG_VERSION"),
             });
             println!("{info}");
