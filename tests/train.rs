@@ -1304,6 +1304,10 @@ fn learning_rate_schedules_reach_the_log() {
     );
     // Warm-up over the first two epochs (10 steps): the first epoch's last step is at half the rate.
     close(&lrs("warm", &["--schedule", "constant", "--warmup-epochs", "2"]), &[0.005, 0.01, 0.01, 0.01]);
+    // The step interval is resolved when the run starts (a resume with another --epochs keeps it).
+    lrs("step-default", &["--schedule", "step", "--lr-gamma", "0.5"]);
+    let config = std::fs::read_to_string(tmp.path().join("step-default/config.toml")).unwrap();
+    assert!(config.contains("lr_step_epochs = 1"), "{config}");
     let cosine = lrs("cosine", &[]);
     assert!(cosine.windows(2).all(|w| w[1] < w[0]) && cosine[3] < 1e-4, "{cosine:?}");
 
@@ -1347,4 +1351,15 @@ fn tau_h_auto_validates_candidates_where_training_is_cheap() {
     assert!(config.contains(&format!("tau_h = \"{chosen}\"")), "τ_h {chosen} not recorded:\n{config}");
     let summary = read_json(&run.join("summary.json"));
     assert_eq!(summary["val"]["mAP"].as_f64(), best["val_map"].as_f64(), "the run reproduces its sweep point");
+
+    // --stop-after cannot stop the candidates: refused before anything trains.
+    let mut a = extra.to_vec();
+    a.extend(["--stop-after", "1"]);
+    let refused = tmp.path().join("refused");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train")).args(table_run(&tr, Some(&te), &refused, Some(&tmp.path().join("cache")), &a)),
+        1,
+    );
+    assert!(err.contains("--stop-after does not apply with --tau-h auto"), "{err}");
+    assert!(!refused.join("tau-h-auto").exists(), "a candidate trained");
 }

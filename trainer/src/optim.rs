@@ -10,7 +10,8 @@ use crate::config::{Schedule, TrainConfig};
 
 /// The learning rate of every step of a run (`--lr`, `--schedule`, `--warmup-epochs`,
 /// `--lr-step-epochs`, `--lr-gamma`). Steps count from 0 over the whole run, so a resumed run
-/// continues the same curve.
+/// continues the same curve (unless a resume changes `--epochs`: the cosine then stretches; the
+/// step schedule's interval is resolved into config.toml when the run starts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LrSchedule {
     pub base: f64,

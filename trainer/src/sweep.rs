@@ -118,6 +118,9 @@ pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delt
             }
         }
     }
+    if base.tau_h.as_deref() == Some("auto") {
+        eprintln!("note: in a sweep, --tau-h auto is the single-run rule τ_h = h/2 at every point (give --tau-h-grid to sweep it)");
+    }
     std::fs::create_dir_all(out).with_context(|| format!("sweep: cannot create --out {}", out.display()))?;
     let sweep_json = out.join("sweep.json");
     cls_core::fsio::check_output("--out", &sweep_json)?;
@@ -204,6 +207,12 @@ pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
             auto_tau_h_grid(0.01).len()
         );
         return launch::start(cfg);
+    }
+    if cfg.stop_after.is_some() {
+        bail!(
+            "--stop-after does not apply with --tau-h auto here: the candidates of τ_h train to the end first; \
+             drop --stop-after, or give --tau-h a number"
+        );
     }
     let h = crate::setup::hidden_positive_share(&cfg, &data);
     drop(data);

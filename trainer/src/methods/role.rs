@@ -130,11 +130,9 @@ impl Method for Role {
             .filter_map(|(n, t)| n.strip_prefix(STATE_ADAM).map(|n| (n.to_string(), t.shallow_clone())))
             .collect();
         if adam.is_empty() {
-            // A checkpoint from before the moments were saved: the estimates continue with fresh ones.
-            eprintln!("note: this ROLE checkpoint has no estimate-optimizer state; its moments restart from zero");
-        } else {
-            self.opt.load_state(&adam).context("ROLE's estimate optimizer")?;
+            bail!("ROLE state lacks its estimate optimizer (a checkpoint written before 2026-11-30 cannot resume exactly): start the run again");
         }
+        self.opt.load_state(&adam).context("ROLE's estimate optimizer")?;
         tch::no_grad(|| {
             self.estimates.copy_(&est.to_kind(Kind::Float));
             self.initialised.copy_(&init.to_kind(Kind::Bool));
