@@ -681,6 +681,11 @@ impl TrainConfig {
         Ok(self.reduction)
     }
 
+    /// `--schedule step`'s interval in epochs: --lr-step-epochs, else a third of --epochs.
+    pub fn lr_step_interval(&self) -> usize {
+        self.lr_step_epochs.unwrap_or((self.epochs / 3).max(1))
+    }
+
     /// The method's knobs, with τ resolved by the caller (dataset- and protocol-dependent).
     pub fn method_config(&self, tau_h: f64, tau_l: f64, expected_positives: f64) -> Result<MethodConfig> {
         Ok(MethodConfig {

@@ -197,14 +197,9 @@ fn check_same_classes(train: &Dataset, other: &Dataset, path: &Path) -> Result<(
     Ok(())
 }
 
-/// Hold out `fraction` of train for validation with a fixed seed (method.md: "When a dataset
-/// has no validation split, hold out 20% of train with a fixed seed").
-pub fn holdout(full: Dataset, fraction: f64) -> Result<(Dataset, Dataset)> {
-    let (t, v) = holdout_rows(full.len(), fraction)?;
-    Ok((full.subset(&t, &format!("{}-train", full.name)), full.subset(&v, &format!("{}-val", full.name))))
-}
-
-/// The rows of [`holdout`]: (training rows, validation rows) of `n` samples, each sorted.
+/// Hold out `fraction` of `n` training samples for validation with a fixed seed (method.md: "When
+/// a dataset has no validation split, hold out 20% of train with a fixed seed"): (training rows,
+/// validation rows), each sorted.
 pub fn holdout_rows(n: usize, fraction: f64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
         bail!("--val-fraction must be in (0, 1), got {fraction}");
@@ -245,15 +240,16 @@ fn read_observed(
     whole: Option<(&Dataset, &[usize])>,
     fraction: f64,
 ) -> Result<Array2<i8>> {
+    let npy = file.extension().is_some_and(|e| e == "npy");
     let Some((full, kept)) = whole else {
-        return Ok(if file.extension().is_some_and(|e| e == "npy") {
+        return Ok(if npy {
             readers::read_observed_npy(file, train.len(), train.num_classes())?
         } else {
             readers::read_observed_txt(file, train)?
         });
     };
     let held_out = full.len() - kept.len();
-    if file.extension().is_some_and(|e| e == "npy") {
+    if npy {
         let whole = readers::read_observed_npy(file, full.len(), full.num_classes());
         let obs = match whole {
             Ok(all) => all.select(ndarray::Axis(0), kept),

@@ -80,8 +80,8 @@ pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
     }
     cfg.run_dir = Some(run_dir.clone());
     // Resolved once, so that a resume with another --epochs keeps the same decays.
-    if cfg.schedule == crate::config::Schedule::Step && cfg.lr_step_epochs.is_none() {
-        cfg.lr_step_epochs = Some((cfg.epochs / 3).max(1));
+    if cfg.schedule == crate::config::Schedule::Step {
+        cfg.lr_step_epochs = Some(cfg.lr_step_interval());
     }
     if let Err(e) = checkpoint::save_config(&cfg, &run_dir) {
         lock.abandon();

@@ -32,7 +32,7 @@ impl LrSchedule {
             steps_per_epoch: steps_per_epoch.max(1),
             epochs: cfg.epochs,
             warmup_epochs: cfg.warmup_epochs,
-            step_epochs: cfg.lr_step_epochs.unwrap_or((cfg.epochs / 3).max(1)),
+            step_epochs: cfg.lr_step_interval(),
             gamma: cfg.lr_gamma,
         }
     }

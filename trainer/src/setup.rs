@@ -125,24 +125,25 @@ pub fn expected_positives(cfg: &TrainConfig, data: &RunData) -> f64 {
     cfg.expected_positives.unwrap_or_else(|| data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n)
 }
 
+/// k_obs, the observed positives per training image.
+fn observed_per_image(data: &RunData) -> f64 {
+    let obs = &data.observed.labels;
+    obs.iter().filter(|&&v| v == 1).count() as f64 / obs.nrows().max(1) as f64
+}
+
 /// h, the share of the unannotated training entries that are hidden positives
 /// (`methods::hidden_positive_share` with k from [`expected_positives`]).
 pub fn hidden_positive_share(cfg: &TrainConfig, data: &RunData) -> f64 {
-    let obs = &data.observed.labels;
-    let k_obs = obs.iter().filter(|&&v| v == 1).count() as f64 / obs.nrows().max(1) as f64;
-    methods::hidden_positive_share(expected_positives(cfg, data), k_obs, obs.ncols() as f64)
+    let c = data.observed.labels.ncols() as f64;
+    methods::hidden_positive_share(expected_positives(cfg, data), observed_per_image(data), c)
 }
 
 fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Result<(f64, f64)> {
-    let table = methods::default_tau(&data.family, &cfg.partial);
-    let tau_l = cfg.tau_l.or(table.map(|t| t.1)).or(methods::paper_tau_l(&data.family)).unwrap_or(0.06);
+    let tau_l = cfg.tau_l.or(methods::paper_tau_l(&data.family)).unwrap_or(0.06);
     let tau_h = match cfg.tau_h.as_deref() {
-        None => table.map(|t| t.0).unwrap_or(0.012),
+        None => methods::default_tau(&data.family, &cfg.partial).map_or(0.012, |t| t.0),
         Some("auto") => {
-            let c = data.observed.labels.ncols() as f64;
-            let k_obs = data.observed.labels.iter().filter(|&&v| v == 1).count() as f64
-                / data.observed.labels.nrows().max(1) as f64;
-            methods::auto_tau_h(expected_positives, k_obs, c)
+            methods::auto_tau_h(expected_positives, observed_per_image(data), data.observed.labels.ncols() as f64)
         }
         Some(v) => v.parse::<f64>().with_context(|| format!("--tau-h {v}: expected a number or `auto`"))?,
     };
@@ -199,14 +200,12 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         );
     }
 
-    // k: given, else the training set's true mean number of positives (known in simulation).
-    let k_true = data.train.targets.iter().filter(|&&v| v == 1).count() as f64 / n_train as f64;
     let expected_positives = expected_positives(cfg, &data);
     let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
     if uses_k && cfg.expected_positives.is_none() && cfg.labels()? == Labels::Given && cfg.observed.is_none() {
         // Without simulation the training labels may themselves be the partial ones.
         eprintln!(
-            "note: k, the expected number of positives per image, defaults to the mean of the training labels ({k_true:.2}); \
+            "note: k, the expected number of positives per image, defaults to the mean of the training labels ({expected_positives:.2}); \
              if those are incomplete the true mean is higher: pass --expected-positives"
         );
     }

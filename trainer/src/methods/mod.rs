@@ -308,22 +308,37 @@ pub fn build(name: &str, cfg: &MethodConfig, n_train: i64, n_classes: i64, devic
     Ok(m)
 }
 
-/// τ_l's paper default for the dataset family ("Paper defaults"), whatever the protocol: 0.02
-/// for VOC, 0.06 for COCO and NUS-WIDE; `None` for other data.
-pub fn paper_tau_l(dataset_hint: &str) -> Option<f64> {
+/// The datasets the paper gives defaults for, recognised case-insensitively by substring of a
+/// dataset's path or name ("voc", "coco", "nus").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PaperFamily {
+    Voc,
+    Coco,
+    NusWide,
+}
+
+fn paper_family(dataset_hint: &str) -> Option<PaperFamily> {
     let hint = dataset_hint.to_ascii_lowercase();
     if hint.contains("voc") {
-        Some(0.02)
-    } else if hint.contains("coco") || hint.contains("nus") {
-        Some(0.06)
+        Some(PaperFamily::Voc)
+    } else if hint.contains("coco") {
+        Some(PaperFamily::Coco)
+    } else if hint.contains("nus") {
+        Some(PaperFamily::NusWide)
     } else {
         None
     }
 }
 
+/// τ_l's paper default for the dataset family ("Paper defaults"), whatever the protocol: 0.02
+/// for VOC, 0.06 for COCO and NUS-WIDE; `None` for other data.
+pub fn paper_tau_l(dataset_hint: &str) -> Option<f64> {
+    paper_family(dataset_hint).map(|f| if f == PaperFamily::Voc { 0.02 } else { 0.06 })
+}
+
 /// EM's entropy weight α for the dataset family ("Baselines"): 0.2 for VOC, else 0.1.
 pub fn paper_em_alpha(dataset_hint: &str) -> f64 {
-    if dataset_hint.to_ascii_lowercase().contains("voc") {
+    if paper_family(dataset_hint) == Some(PaperFamily::Voc) {
         0.2
     } else {
         0.1
@@ -335,15 +350,11 @@ pub fn paper_em_alpha(dataset_hint: &str) -> f64 {
 /// `dataset_hint` is matched case-insensitively by substring ("voc", "coco", "nus");
 /// `partial` is the fraction of positives left (0.75, 0.5, 0.25) or "single". `None` otherwise.
 pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
-    let hint = dataset_hint.to_ascii_lowercase();
-    let (tau_hs, tau_l) = if hint.contains("voc") {
-        ([0.002, 0.003, 0.005, 0.005], 0.02)
-    } else if hint.contains("coco") {
-        ([0.005, 0.010, 0.012, 0.012], 0.06)
-    } else if hint.contains("nus") {
-        ([0.006, 0.012, 0.020, 0.020], 0.06)
-    } else {
-        return None;
+    let family = paper_family(dataset_hint)?;
+    let tau_hs = match family {
+        PaperFamily::Voc => [0.002, 0.003, 0.005, 0.005],
+        PaperFamily::Coco => [0.005, 0.010, 0.012, 0.012],
+        PaperFamily::NusWide => [0.006, 0.012, 0.020, 0.020],
     };
     let p = partial.trim().to_ascii_lowercase();
     let column = if p == "single" {
@@ -352,7 +363,7 @@ pub fn default_tau(dataset_hint: &str, partial: &str) -> Option<(f64, f64)> {
         let f: f64 = p.parse().ok()?;
         [0.75, 0.5, 0.25].iter().position(|&v| (v - f).abs() < 1e-9)?
     };
-    Some((tau_hs[column], tau_l))
+    Some((tau_hs[column], paper_tau_l(dataset_hint)?))
 }
 
 /// h = (k − k_obs)/(C − k_obs), the share of unannotated entries that are hidden positives, with
