@@ -70,6 +70,11 @@ fn openmp_spins_briefly_unless_the_user_chose() {
     assert_eq!(seen(&unset), (None, Some("1000".into())));
     assert_eq!(seen(&[("OMP_WAIT_POLICY", Some("ACTIVE")), ("GOMP_SPINCOUNT", None)]), (Some("ACTIVE".into()), None));
     assert_eq!(seen(&[("OMP_WAIT_POLICY", None), ("GOMP_SPINCOUNT", Some("0"))]), (None, Some("0".into())));
+    // An empty value is no choice (libgomp ignores it too).
+    assert_eq!(
+        seen(&[("OMP_WAIT_POLICY", Some("")), ("GOMP_SPINCOUNT", None)]),
+        (Some(String::new()), Some("1000".into()))
+    );
 }
 
 /// Completion scripts that bash really loads, and man pages that start as roff does.

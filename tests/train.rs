@@ -1363,3 +1363,47 @@ fn tau_h_auto_validates_candidates_where_training_is_cheap() {
     assert!(err.contains("--stop-after does not apply with --tau-h auto"), "{err}");
     assert!(!refused.join("tau-h-auto").exists(), "a candidate trained");
 }
+
+/// A `--tau-h auto` run killed during its sweep: a second process is refused while the first
+/// holds the folder, and `--resume RUN_DIR` continues the sweep (the finished candidates reused)
+/// and then trains the run at the chosen τ_h.
+#[test]
+fn an_interrupted_tau_h_auto_sweep_continues_with_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    write_csv(&tr, 2000, 53);
+    write_csv(&te, 60, 54);
+    let run = tmp.path().join("run");
+    // Small batches, so that a candidate takes a second or two: the kill must come mid-sweep.
+    let extra = ["--epochs", "6", "--batch-size", "4", "--partial", "single", "--tau-h", "auto", "--e-k", "1"];
+    let args = table_run(&tr, Some(&te), &run, Some(&tmp.path().join("cache")), &extra);
+    let mut child = Command::new(bin("cls-train")).args(&args).stderr(Stdio::null()).spawn().unwrap();
+    let first_done = || {
+        std::fs::read_dir(run.join("tau-h-auto"))
+            .map(|d| d.flatten().any(|e| e.path().join("summary.json").is_file()))
+            .unwrap_or(false)
+    };
+    let start = Instant::now();
+    while !first_done() {
+        if start.elapsed() > RUN_LIMIT || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("no candidate of the sweep finished");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(&args), 1);
+    assert!(err.contains(&format!("{} is in use by another cls-train", run.display())), "a second process: {err}");
+    child.kill().unwrap();
+    let status = cls_tests::wait_or_kill(&mut child, RUN_LIMIT, "cls-train");
+    assert!(!status.success(), "the run finished before it could be killed: make it longer");
+    assert!(!run.join("summary.json").exists() && !run.join("checkpoint").exists());
+
+    let out = train(&["--resume", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("continuing the --tau-h auto sweep") && err.contains("finished earlier, reused"), "{err}");
+    let sweep = read_json(&run.join("tau-h-auto/sweep.json"));
+    let best = &sweep["points"][sweep["best"].as_u64().unwrap() as usize];
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains(&format!("tau_h = \"{}\"", best["tau_h"].as_f64().unwrap())), "{config}");
+    assert_eq!(read_json(&run.join("summary.json"))["val"]["mAP"].as_f64(), best["val_map"].as_f64());
+}

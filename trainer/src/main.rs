@@ -149,23 +149,32 @@ fn weights_flag(s: &str) -> Result<Weights> {
 /// spinning, 814 waiting passively, 709 with a spin of 1,000 iterations; two processes side by
 /// side 5,288 / 4,539 (libgomp's default of 300,000, roughly) / 1,325 / 1,395 ms. libgomp reads its
 /// settings when it is loaded, before `main`, so setting them here would change nothing: when the
-/// user has chosen neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT`, the binary runs itself again
-/// with `GOMP_SPINCOUNT=1000` (about 0.2 s).
-fn wait_briefly() {
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some() {
+/// user has chosen neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT` (an empty value is no choice, as
+/// for libgomp), a command that runs libtorch's threads (training, `sweep`, `bench-step`, and `info`,
+/// which reports what they would see) runs the binary again with `GOMP_SPINCOUNT=1000` (about
+/// 0.2 s); the others (`export`, `report`, `man`, `completions`, help) start once. Not when the
+/// binary was started through the dynamic loader (`ld.so ./cls-train`): its path is the loader's.
+fn wait_briefly(matches: &ArgMatches) {
+    let chosen = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if chosen("OMP_WAIT_POLICY") || chosen("GOMP_SPINCOUNT") {
+        return;
+    }
+    if !matches!(matches.subcommand_name(), None | Some("sweep" | "bench-step" | "info")) {
         return;
     }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        let mut args = std::env::args_os();
-        let argv0 = args.next().unwrap_or_else(|| "cls-train".into());
+        let Ok(exe) = std::env::current_exe() else { return };
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("ld-") || name.starts_with("ld.so") {
+            return;
+        }
         // This binary's path (so that ps and pgrep still say cls-train); /proc/self/exe when the
         // file was replaced since it started (it still names the running file).
-        let exe = std::env::current_exe()
-            .ok()
-            .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
-            .unwrap_or_else(|| "/proc/self/exe".into());
+        let exe = if exe.to_string_lossy().ends_with(" (deleted)") { "/proc/self/exe".into() } else { exe };
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_else(|| "cls-train".into());
         let err = std::process::Command::new(exe).arg0(argv0).args(args).env("GOMP_SPINCOUNT", "1000").exec();
         // Only reached when exec failed: train with libgomp's default instead.
         eprintln!(
@@ -186,8 +195,8 @@ fn env_at_start(name: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    wait_briefly();
     let matches = Cli::command().get_matches();
+    wait_briefly(&matches);
     // Temporary files (checkpoints, caches, outputs) are removed if the run is interrupted.
     if let Err(e) = cls_core::fsio::install_cleanup_handler() {
         eprintln!("cls-train: warning: {e:#}");
@@ -353,7 +362,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             device: given("device").then(|| cli.train.device.clone()),
             threads: if given("threads") { cli.train.threads } else { None },
         };
-        return launch::resume(&run_dir, &overrides);
+        return sweep::resume(&run_dir, &overrides);
     }
     let cfg = resolve(cli.train, cli.config.as_deref(), &explicit)?;
     sweep::start_with_auto_tau_h(cfg)?;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::TrainConfig;
 use crate::launch::{self, Overrides};
 use crate::plots::{line_chart, Series};
+use crate::rundir::RunLock;
 use crate::summary::Summary;
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +220,14 @@ pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
     let grid = auto_tau_h_grid(h);
     let run_dir = cfg.run_dir.clone().unwrap_or_else(|| launch::default_run_dir(&cfg));
     launch::refuse_existing(&run_dir)?;
+    // One process per run folder, the sweep included; config.toml (τ_h still "auto") lets
+    // `--resume RUN_DIR` continue an interrupted sweep ([`resume`]).
+    let lock = RunLock::create(&run_dir)?;
+    launch::refuse_existing(&run_dir)?;
+    let mut recorded = cfg.clone();
+    recorded.run_dir = Some(run_dir.clone());
+    recorded.stop_after = None;
+    crate::checkpoint::save_config(&recorded, &run_dir)?;
     eprintln!(
         "--tau-h auto: h = {h:.4} of the unannotated entries are hidden positives; validating τ_h in {grid:?} under {}",
         run_dir.join("tau-h-auto").display()
@@ -230,10 +239,28 @@ pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
     let result = run(&base, &run_dir.join("tau-h-auto"), &grid, &[], &[])?;
     let chosen = result.points[result.best].tau_h.context("the τ_h sweep chose no value")?;
     eprintln!("--tau-h auto: τ_h {chosen} has the best validation mAP; training the run with it");
+    // The run takes the folder's lock itself (and checks again that no other process made a run).
+    drop(lock);
     let mut cfg = cfg;
     cfg.tau_h = Some(chosen.to_string());
     cfg.run_dir = Some(run_dir);
     launch::start(cfg)
+}
+
+/// `--resume RUN_DIR`. A run whose `--tau-h auto` sweep was interrupted (config.toml still says
+/// auto and the run itself has no checkpoint yet) continues the sweep, reusing its finished
+/// candidates, then trains the run; any other run continues from its last checkpoint.
+pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
+    if crate::checkpoint::latest(run_dir).is_none() && run_dir.join("tau-h-auto").is_dir() {
+        let mut cfg = launch::resumed_config(run_dir, o)?;
+        if cfg.tau_h.as_deref() == Some("auto") {
+            eprintln!("{}: continuing the --tau-h auto sweep", run_dir.display());
+            cfg.run_dir = Some(run_dir.to_path_buf());
+            start_with_auto_tau_h(cfg)?;
+            return Ok(());
+        }
+    }
+    launch::resume(run_dir, o)
 }
 
 /// One sensitivity curve per swept knob, the others fixed at the best point's values.
