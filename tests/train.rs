@@ -752,6 +752,38 @@ fn resume_takes_each_documented_override_and_refuses_the_rest() {
     assert_eq!(read_json(&run.join("summary.json"))["epochs_done"], 7);
 }
 
+/// A checkpoint written before a method's objective changed (state.json without the objective
+/// revision, as earlier versions wrote it) is refused by `--resume` for that method, saying what
+/// changed and leaving the folder as it was; a method whose objective did not change continues.
+#[test]
+fn resume_refuses_a_checkpoint_of_an_earlier_objective() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 120, 7);
+    let as_older_version = |run: &Path| {
+        let state = run.join("checkpoint/state.json");
+        let mut v = read_json(&state);
+        assert_eq!(v["objective"], 2, "the checkpoint records its objective revision");
+        v.as_object_mut().unwrap().remove("objective");
+        std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    for (method, changed) in [("epr", true), ("an-ls", true), ("an", false), ("ll-r", false)] {
+        let run = tmp.path().join(method);
+        train(&strs(&csv_run(&tr, &run, &["--method", method, "--epochs", "2", "--stop-after", "1"])));
+        as_older_version(&run);
+        let before = run_files(&run);
+        let resume = ["--resume", run.to_str().unwrap()];
+        if changed {
+            let err = fails_cleanly(Command::new(bin("cls-train")).args(resume), 1);
+            assert!(err.contains(&format!("whose {method} objective differs")), "{method}: {err}");
+            assert!(run_files(&run) == before, "{method}: a refused --resume changed the run folder");
+        } else {
+            train(&resume);
+            assert_eq!(logged_epochs(&run), [1, 2], "{method}");
+        }
+    }
+}
+
 #[test]
 fn one_process_at_a_time_per_run_folder() {
     let tmp = tempfile::tempdir().unwrap();

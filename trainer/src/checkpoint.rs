@@ -45,6 +45,35 @@ pub struct RunState {
     /// checkpoints): `--resume` refuses a `config.toml` that changes what training does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// The [`OBJECTIVE_REVISION`] the checkpoint was trained under (absent: revision 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<u32>,
+}
+
+/// The revision of the training objectives. A change of what a method's loss computes (for the
+/// same configuration) raises it, and [`CHANGED_OBJECTIVES`] says which methods changed, so that
+/// `--resume` refuses to continue such a run under another objective than it started with.
+pub const OBJECTIVE_REVISION: u32 = 2;
+
+/// Per revision, the methods whose objective changed on the way to it, and how.
+pub const CHANGED_OBJECTIVES: &[(u32, &str, &str)] = &[
+    (2, "epr", "the expected-positive regulariser (S̄ − k)² is divided by C"),
+    (2, "role", "the expected-positive regulariser (S̄ − k)² is divided by C"),
+    (2, "ll-cp", "a constant count of corrections per step from the second epoch"),
+    (2, "an-ls", "targets 0.9 / 0.1 (were 0.95 / 0.05)"),
+    (2, "asl", "the focal weights are detached (--asl-focal-grad keeps their gradient)"),
+];
+
+/// Why a checkpoint of objective revision `saved` (None: 1) cannot continue as `method` today;
+/// None when the method's objective is the same.
+pub fn objective_change(method: &str, saved: Option<u32>) -> Option<String> {
+    let saved = saved.unwrap_or(1);
+    let what: Vec<&str> = CHANGED_OBJECTIVES
+        .iter()
+        .filter(|(rev, m, _)| *m == method && *rev > saved && *rev <= OBJECTIVE_REVISION)
+        .map(|(_, _, what)| *what)
+        .collect();
+    (!what.is_empty()).then(|| what.join("; "))
 }
 
 /// The configuration fields that may differ between a checkpoint and the `config.toml` it is

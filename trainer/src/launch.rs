@@ -182,6 +182,16 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
             );
         }
     }
+    if let Some(what) = checkpoint::objective_change(cfg.method.as_str(), state.objective) {
+        bail!(
+            "{}: the checkpoint was trained by an earlier cls-train, whose {} objective differs from today's ({what}): \
+             continuing would mix two objectives in one run. Start the run again (or export the weights it has: \
+             cls-train export {})",
+            run_dir.display(),
+            cfg.method,
+            run_dir.display()
+        );
+    }
     if let Some(saved) = &state.config {
         let now = serde_json::to_value(&cfg).context("recording the configuration")?;
         let changes = checkpoint::config_changes(saved, &now);

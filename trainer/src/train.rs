@@ -196,6 +196,7 @@ pub fn run(
         state.epochs_done = epoch + 1;
         state.shape = Some(shape.clone());
         state.config = Some(config.clone());
+        state.objective = Some(checkpoint::OBJECTIVE_REVISION);
         state.log.push(log.clone());
         checkpoint::save(
             run_dir,
