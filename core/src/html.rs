@@ -327,7 +327,7 @@ pub fn line_chart(chart: &Chart) -> String {
         let look = match m.series {
             Some(k) => format!(
                 "class=\"mark-of\" fill=\"{}\" stroke=\"#fff\" stroke-width=\"1.5\"",
-                PALETTE[k % PALETTE.len()]
+                PALETTE[chart.series.get(k).and_then(|s| s.style).unwrap_or(k) % PALETTE.len()]
             ),
             None => "class=\"mark\"".to_string(),
         };

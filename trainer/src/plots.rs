@@ -41,6 +41,10 @@ pub fn save_png(
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Its colour and line as those of the series at this index (as in `cls_core::html::Series`:
+    /// the palette's colour `k % 8`, solid for `k < 8`, then dashed, then dotted). `None`: its own
+    /// index.
+    pub style: Option<usize>,
 }
 
 /// The `k`th colour of the palette the HTML pages use (`cls_core::html::PALETTE`: dark enough to
@@ -93,12 +97,31 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (i, s) in series.iter().enumerate() {
-            let color = colour(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            let k = s.style.unwrap_or(i);
+            let color = colour(k).to_rgba();
+            let line = color.stroke_width(2);
+            let points = s.points.iter().copied();
+            // The pattern's pieces as (start, end) pixels, for the line and the legend's sample.
+            let (dash, gap) = match (k / cls_core::html::PALETTE.len()) % 3 {
+                0 => (0, 0),
+                1 => (7, 4),
+                _ => (2, 4),
+            };
+            let drawn = if dash == 0 {
+                chart.draw_series(LineSeries::new(points, line))
+            } else {
+                chart.draw_series(DashedLineSeries::new(points, dash, gap, line))
+            };
+            // The legend's sample of the line: three pieces, joined for a solid line.
+            let sample: [(i32, i32); 3] = match dash {
+                0 => [(0, 6), (6, 12), (12, 18)],
+                7 => [(0, 7), (11, 18), (18, 18)],
+                _ => [(0, 2), (8, 10), (16, 18)],
+            };
+            drawn.map_err(|e| anyhow::anyhow!("{e}"))?.label(s.name.clone()).legend(move |(x, y)| {
+                let piece = |(a, b): (i32, i32)| PathElement::new(vec![(a, 0), (b, 0)], line);
+                EmptyElement::at((x, y)) + piece(sample[0]) + piece(sample[1]) + piece(sample[2])
+            });
             chart
                 .draw_series(s.points.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -123,6 +146,7 @@ pub fn val_map_series(log: &[EpochLog]) -> Vec<Series> {
         .map(|k| Series {
             name: format!("peer {k}"),
             points: log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect(),
+            style: None,
         })
         .collect()
 }
@@ -145,6 +169,8 @@ pub fn selection_series(log: &[EpochLog]) -> Vec<Series> {
                         Some((l.epoch as f64, 100.0 * v))
                     })
                     .collect(),
+                // A colour per network, the recall dashed.
+                style: Some(k + if precision { 0 } else { cls_core::html::PALETTE.len() }),
             });
         }
     }

@@ -39,6 +39,31 @@ struct Run {
     classes: Option<Vec<String>>,
 }
 
+/// The look of each run's curves (a style index of `cls_core::html::Series`): a colour per method,
+/// in order of first appearance, and the second, third, ... run of a method (its other seeds or
+/// settings) dashed, then dotted, so that several seeds of a few methods read as groups.
+fn run_styles(runs: &[Run]) -> Vec<usize> {
+    let mut methods: Vec<String> = Vec::new();
+    let mut seen: Vec<usize> = Vec::new();
+    runs.iter()
+        .map(|r| {
+            let method = r
+                .config
+                .as_ref()
+                .map(|c| c.method.to_string())
+                .or_else(|| r.summary.as_ref().map(|s| s.method.clone()))
+                .unwrap_or_else(|| r.label.clone());
+            let m = methods.iter().position(|x| *x == method).unwrap_or_else(|| {
+                methods.push(method);
+                seen.push(0);
+                methods.len() - 1
+            });
+            seen[m] += 1;
+            m % html::PALETTE.len() + html::PALETTE.len() * (seen[m] - 1)
+        })
+        .collect()
+}
+
 impl Run {
     /// The network whose curves are shown: the exported (best) peer, or network 0 when unfinished.
     fn peer(&self) -> usize {
@@ -163,21 +188,26 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     }
 
     // Validation mAP per epoch: the exported (best) peer of each run, or peer 0 when unfinished.
+    let styles = run_styles(&runs);
     let curves: Vec<Series> = runs
         .iter()
-        .map(|r| {
+        .zip(&styles)
+        .map(|(r, &style)| {
             let k = r.summary.as_ref().map_or(0, |s| s.best_peer);
             Series {
                 name: r.label.clone(),
                 points: r.log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect(),
+                style: Some(style),
             }
         })
         .collect();
     line_chart(&plot_dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &curves)?;
     let _ = writeln!(md, "\n## Validation mAP per epoch\n\n![validation mAP]({stem}_plots/val_map.png)\n");
 
+    // A colour per run, the precision solid and the recall dashed.
     let mut sel = Vec::new();
     for r in &runs {
+        let colour = sel.len() / 2 % cls_core::html::PALETTE.len();
         for (what, prec) in [("precision", true), ("recall", false)] {
             let points: Vec<(f64, f64)> = r
                 .log
@@ -190,7 +220,8 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
                 })
                 .collect();
             if !points.is_empty() {
-                sel.push(Series { name: format!("{} {what}", r.label), points });
+                let style = colour + if prec { 0 } else { cls_core::html::PALETTE.len() };
+                sel.push(Series { name: format!("{} {what}", r.label), points, style: Some(style) });
             }
         }
     }
@@ -453,8 +484,12 @@ fn html_body(runs: &[Run], title: &str) -> String {
     b += &html::table("runs-table", &columns, &rows);
 
     // Validation mAP per epoch.
-    let series: Vec<html::Series> =
-        runs.iter().map(|r| html::Series { label: r.label.clone(), points: val_map_points(r), style: None }).collect();
+    let styles = run_styles(runs);
+    let series: Vec<html::Series> = runs
+        .iter()
+        .zip(&styles)
+        .map(|(r, &style)| html::Series { label: r.label.clone(), points: val_map_points(r), style: Some(style) })
+        .collect();
     let marks: Vec<html::Mark> = runs
         .iter()
         .enumerate()
@@ -487,7 +522,7 @@ fn html_body(runs: &[Run], title: &str) -> String {
                 .map(|&(k, r)| html::Series {
                     label: r.label.clone(),
                     points: selection_points(r, precision),
-                    style: Some(k),
+                    style: Some(styles[k]),
                 })
                 .collect();
             b += &epoch_chart(
@@ -559,6 +594,22 @@ fn significant(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_one_method_share_a_colour_and_differ_in_line() {
+        let run = |method: &str| Run {
+            dir: PathBuf::from(method),
+            label: method.into(),
+            summary: None,
+            log: Vec::new(),
+            config: None,
+            classes: None,
+        };
+        let runs: Vec<Run> = ["cls", "an", "cls", "an", "cls", "ll-r"].iter().map(|m| run(m)).collect();
+        let n = html::PALETTE.len();
+        // Colours by method (cls 0, an 1, ll-r 2); the second and third run of a method dashed, dotted.
+        assert_eq!(run_styles(&runs), [0, 1, n, 1 + n, 2 * n, 2]);
+    }
 
     #[test]
     fn the_extension_picks_the_form() {

@@ -279,11 +279,13 @@ fn plot(r: &SweepResult, out: &Path) -> Result<()> {
         let mut series = vec![Series {
             name: "validation".into(),
             points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.val_map)).collect(),
+            style: None,
         }];
         if pts.iter().all(|p| p.test_map.is_some()) {
             series.push(Series {
                 name: "test".into(),
                 points: pts.iter().map(|p| (get(p).unwrap_or(0.0), 100.0 * p.test_map.unwrap_or(0.0))).collect(),
+                style: None,
             });
         }
         line_chart(
