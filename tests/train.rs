@@ -1303,6 +1303,20 @@ fn observed_labels_for_all_of_data_follow_the_holdout() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(!tmp.path().join("run-short/summary.json").exists());
+
+    // A file of the right shape with a wrong value says so, not what shape it needs.
+    let mut labels = csv_labels(&tr);
+    labels[3][2] = 2.0;
+    let bad = tmp.path().join("bad.npy");
+    write_npy(&bad, &labels);
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(args(&tmp.path().join("run-bad"), &bad)), 1);
+    assert!(err.contains("row 3, class 2") && err.contains("value 2 is not 1, 0 or -1"), "{err}");
+    assert!(!err.contains("one row per image"), "{err}");
+    // One row per training image (after the hold-out) is taken as it is.
+    let train_rows = tmp.path().join("train-rows.npy");
+    write_npy(&train_rows, &csv_labels(&tr)[..160]);
+    train(&strs(&args(&tmp.path().join("run-train-rows"), &train_rows)));
+    assert!(tmp.path().join("run-train-rows/summary.json").is_file());
 }
 
 /// The learning rate each epoch logs (that of its last step) follows --schedule: constant keeps

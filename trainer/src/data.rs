@@ -250,22 +250,27 @@ fn read_observed(
     };
     let held_out = full.len() - kept.len();
     if npy {
-        let whole = readers::read_observed_npy(file, full.len(), full.num_classes());
-        let obs = match whole {
-            Ok(all) => all.select(ndarray::Axis(0), kept),
-            Err(whole_err) => readers::read_observed_npy(file, train.len(), train.num_classes()).map_err(|_| {
-                anyhow::anyhow!(
-                    "{whole_err}. --data has {} images and {held_out} of them are held out for validation \
-                     (--val-fraction {}), leaving {} to train: an --observed .npy needs one row per image of --data, \
-                     in --data's order ({} × {}); or give --val a separate validation set, and then one row per \
-                     image of --data",
-                    full.len(),
-                    fraction,
-                    train.len(),
-                    full.len(),
-                    full.num_classes()
-                )
-            })?,
+        // Which rows the file covers, from its header: all of --data (the held-out rows are then
+        // left out), or the training rows alone; a file that fits neither says what it needs.
+        let classes = full.num_classes() as u64;
+        let shape = readers::npy_shape(file)?;
+        let obs = if shape == [full.len() as u64, classes] {
+            readers::read_observed_npy(file, full.len(), full.num_classes())?.select(ndarray::Axis(0), kept)
+        } else if shape == [train.len() as u64, classes] {
+            readers::read_observed_npy(file, train.len(), train.num_classes())?
+        } else {
+            bail!(
+                "{}: shape {shape:?}, but --data has {} images ({} classes) and {held_out} of them are held out for \
+                 validation (--val-fraction {fraction}), leaving {} to train: an --observed .npy needs one row per \
+                 image of --data, in --data's order ({} × {}); or give --val a separate validation set, and then \
+                 one row per image of --data",
+                file.display(),
+                full.len(),
+                classes,
+                train.len(),
+                full.len(),
+                classes
+            );
         };
         eprintln!(
             "note: --observed gives the labels of the {} training images; the {held_out} held out for validation \

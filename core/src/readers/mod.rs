@@ -41,7 +41,7 @@ pub use csv::{read_csv, LabelColumns};
 pub use error::{DataError, Loc};
 pub use jsonl::{read_jsonl, read_jsonl_with};
 pub use nuswide::read_nuswide;
-pub use observed::{read_observed_npy, read_observed_txt};
+pub use observed::{npy_shape, read_observed_npy, read_observed_txt};
 pub use openimages::{read_open_images, read_open_images_classes, OpenImagesClasses, DESCRIPTION_FILES};
 pub use tags::{read_tag_table, IMAGE_COLUMNS, IMAGE_EXTENSIONS, TAG_COLUMNS};
 pub use voc::{read_voc, VOC_CLASSES};

@@ -10,6 +10,15 @@ use ndarray::Array2;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The shape of a `.npy` file, from its header (to tell which rows an `--observed` file covers
+/// before reading it).
+pub fn npy_shape(path: &Path) -> Result<Vec<u64>, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| DataError::malformed(Loc::entry(path, "header"), format!("not a readable .npy file: {e}")))?;
+    Ok(npy.shape().to_vec())
+}
+
 /// Read an SPML observed-label `.npy` (with the `npyz` crate): a 2-D array of shape
 /// `(n_images, n_classes)`, C or Fortran order, holding 1 (observed positive), 0 (unannotated)
 /// or -1 (observed negative), of any float, integer or boolean dtype in either byte order.
