@@ -328,6 +328,29 @@ fn an_open_images_csv_trains_as_given_and_exports_its_thresholds_and_mids() {
     let t2 = check_thresholds(&again, &again.with_extension("thresholds.json"), &s2, &classes);
     assert_eq!(t1, t2);
     assert_eq!(metadata(&again)["class_ids"], meta["class_ids"]);
+
+    // Calibrated again with the classes' own optima (--calibrate-shrink 0): the default
+    // thresholds lie between each class's own and the global one, strictly where they differ.
+    let own = tmp.path().join("own.onnx");
+    run(Command::new(bin("cls-train")).arg("export").arg(&rd).arg("--out").arg(&own).args(["--calibrate-shrink", "0"]));
+    let s3 = json(&own.with_extension("summary.json"));
+    let t3 = check_thresholds(&own, &own.with_extension("thresholds.json"), &s3, &classes);
+    let global = s3["thresholds"]["global"].as_f64().unwrap();
+    assert_eq!(summary["thresholds"]["global"].as_f64(), Some(global));
+    assert!(t3.iter().any(|&t| (t - global).abs() > 1e-6), "no class has its own optimum: {t3:?} {global}");
+    for ((&shrunk, &own), c) in t1.iter().zip(&t3).zip(classes) {
+        let (lo, hi) = (own.min(global), own.max(global));
+        assert!(lo <= shrunk && shrunk <= hi, "{c}: {shrunk} not between {own} and {global}");
+        assert!(own == global || (shrunk != own && shrunk != global), "{c}: {shrunk} {own} {global}");
+    }
+    assert_eq!((summary["thresholds"]["shrink"].as_f64(), s3["thresholds"]["shrink"].as_f64()), (Some(5.0), Some(0.0)));
+    assert_eq!(metadata(&own)["calibrate_shrink"], "0");
+    let bad = tmp.path().join("bad.onnx");
+    let err = fails_cleanly(
+        Command::new(bin("cls-train")).arg("export").arg(&rd).arg("--out").arg(&bad).arg("--calibrate-shrink=-1"),
+        1,
+    );
+    assert!(err.contains("--calibrate-shrink -1") && !bad.exists(), "{err}");
 }
 
 #[test]

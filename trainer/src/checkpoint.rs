@@ -101,6 +101,7 @@ pub const MAY_CHANGE_ON_RESUME: &[&str] = &[
     // calibration happens after the last epoch.
     "cache",
     "calibrate_min_positives",
+    "calibrate_shrink",
 ];
 
 /// The fields of `now` that differ from `saved` (both configurations as JSON), other than

@@ -380,6 +380,10 @@ pub struct TrainConfig {
     /// instead of its own.
     #[arg(long, default_value_t = cls_core::calibrate::DEFAULT_MIN_POSITIVES, help_heading = "System")]
     pub calibrate_min_positives: usize,
+    /// Calibration: each class's own threshold, fitted to its n validation positives, is pulled
+    /// toward the global one as n : K in logit space (K this value; 0: the own thresholds).
+    #[arg(long, default_value_t = cls_core::calibrate::DEFAULT_SHRINK, help_heading = "System")]
+    pub calibrate_shrink: f64,
     /// Keep every epoch's weights under RUN_DIR/epochs/ (for `cls-train export --checkpoint N`).
     #[arg(long, help_heading = "System")]
     pub keep_epochs: bool,
@@ -619,6 +623,9 @@ impl TrainConfig {
         }
         if self.calibrate_min_positives > MAX_MIN_POSITIVES {
             bail!("--calibrate-min-positives {}: must be at most {MAX_MIN_POSITIVES}", self.calibrate_min_positives);
+        }
+        if !(self.calibrate_shrink.is_finite() && (0.0..=1e9).contains(&self.calibrate_shrink)) {
+            bail!("--calibrate-shrink {}: must be a number from 0 to 1e9", self.calibrate_shrink);
         }
         let (_, crop, _) = image_sizes(self)?;
         if backbone.as_ref().is_none_or(|a| a.is_image()) {

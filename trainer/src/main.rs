@@ -56,6 +56,14 @@ enum Command {
         /// (kept with --keep-epochs).
         #[arg(long, default_value = "best", value_parser = weights_flag)]
         checkpoint: Weights,
+        /// Calibrate the thresholds again with this minimum of validation positives per class
+        /// [default: the run's setting].
+        #[arg(long)]
+        calibrate_min_positives: Option<usize>,
+        /// Calibrate the thresholds again with this shrinkage toward the global threshold
+        /// [default: the run's setting].
+        #[arg(long)]
+        calibrate_shrink: Option<f64>,
     },
     /// Print what libtorch sees (CUDA devices, threads) as JSON.
     Info,
@@ -261,9 +269,16 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let cmd = Cli::command();
     let explicit = explicit_keys(matches, &cmd);
     match cli.command {
-        Some(Command::Export { run_dir, out, export, checkpoint }) => {
+        Some(Command::Export { run_dir, out, export, checkpoint, calibrate_min_positives, calibrate_shrink }) => {
             let export = export.map(|e| e.to_string());
-            return cls_trainer::summary::reexport(&run_dir, out.as_deref(), export.as_deref(), &checkpoint);
+            let calibration = (calibrate_min_positives, calibrate_shrink);
+            return cls_trainer::summary::reexport(
+                &run_dir,
+                out.as_deref(),
+                export.as_deref(),
+                &checkpoint,
+                calibration,
+            );
         }
         Some(Command::Completions { shell }) => {
             // clap_complete writes through `write_all(..).expect(..)`: render into memory first.

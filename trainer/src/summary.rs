@@ -206,7 +206,12 @@ pub fn finish(
         r.map_err(|e| anyhow::anyhow!("evaluation: {e}"))
     };
     let val_probs = probabilities(val_inputs)?;
-    let cal = thresholds::choose(val_probs.view(), data.val.targets.view(), cfg.calibrate_min_positives)?;
+    let cal = thresholds::choose(
+        val_probs.view(),
+        data.val.targets.view(),
+        cfg.calibrate_min_positives,
+        cfg.calibrate_shrink,
+    )?;
     let val = metrics_at(&val_probs, &data.val.targets, None)?;
     let val_calibrated = metrics_at(&val_probs, &data.val.targets, Some(&cal))?;
     let (test, test_calibrated) = match (test_inputs, &data.test) {
@@ -306,6 +311,7 @@ pub fn export_meta(
         extra.push(("test_metrics_calibrated".to_string(), brief(t)));
     }
     extra.push(("calibrate_min_positives".to_string(), cal.min_positives.to_string()));
+    extra.push(("calibrate_shrink".to_string(), cal.shrink.to_string()));
     Ok(ExportMeta {
         classes: data.train.classes.names().to_vec(),
         height,
@@ -383,12 +389,20 @@ fn run_files(run_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// `cls-train export RUN_DIR`: rebuild the run's networks, load each peer's best weights and
-/// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind.
+/// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind or
+/// with the thresholds calibrated again with other settings (`--calibrate-min-positives`,
+/// `--calibrate-shrink`: recorded in the summary and the model's metadata, not in config.toml).
 ///
 /// Everything is checked before the networks are built: the export kind, the weights asked for,
 /// the output (writable, not a file of the run). An unfinished run can be exported only with
 /// `--out` elsewhere: the run's own `model.onnx` and `summary.json` mean a finished run.
-pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which: &Weights) -> Result<()> {
+pub fn reexport(
+    run_dir: &Path,
+    out: Option<&Path>,
+    export: Option<&str>,
+    which: &Weights,
+    (min_positives, shrink): (Option<usize>, Option<f64>),
+) -> Result<()> {
     if let Some(e) = export.filter(|e| !matches!(*e, "better" | "ensemble")) {
         bail!("--export {e}: expected better or ensemble");
     }
@@ -402,6 +416,12 @@ pub fn reexport(run_dir: &Path, out: Option<&Path>, export: Option<&str>, which:
         .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
         cfg.export = e.parse()?;
+    }
+    if let Some(m) = min_positives {
+        cfg.calibrate_min_positives = m;
+    }
+    if let Some(k) = shrink {
+        cfg.calibrate_shrink = k;
     }
     cfg.validate().with_context(|| format!("{}", saved.display()))?;
     let ck_dir = checkpoint::latest(run_dir)

@@ -1,7 +1,8 @@
 //! Thresholds that tag: after training, one decision threshold per class and a global one are
 //! chosen on the validation split (`cls_core::calibrate`): per class the threshold that maximises
-//! that class's F1 over its observed validation entries, globally the one that maximises OF1; a
-//! class with fewer than `--calibrate-min-positives` validation positives takes the global one.
+//! that class's F1 over its observed validation entries, pulled toward the global one (which
+//! maximises OF1) the fewer positives the class has (`--calibrate-shrink`); a class with fewer than
+//! `--calibrate-min-positives` validation positives takes the global one.
 //!
 //! A model trained on partial labels scores low (every missing label was a negative to some
 //! extent), so a fixed 0.5 leaves many images with no tag at all; calibrated thresholds follow
@@ -30,6 +31,9 @@ pub struct ThresholdsSummary {
     /// Classes with fewer than `min_positives` validation positives, at the global threshold.
     pub at_global: usize,
     pub min_positives: usize,
+    /// The shrinkage of the classes' own thresholds toward the global one (`--calibrate-shrink`).
+    #[serde(default)]
+    pub shrink: f64,
     /// The validation labels of `conservative` classes had no verified negative: their unknown
     /// entries counted as negatives (the thresholds may tag less than they should).
     pub conservative: usize,
@@ -39,8 +43,14 @@ pub struct ThresholdsSummary {
 
 /// Thresholds for the validation `scores` (images × classes) against `truth` (1, -1, 0 unknown:
 /// left out; see `data::unknown_as_negative` for classes without verified negatives).
-pub fn choose(scores: ArrayView2<f32>, truth: ArrayView2<i8>, min_positives: usize) -> Result<Calibration> {
-    calibrate(scores, truth, min_positives).map_err(|e| anyhow::anyhow!("calibrating thresholds on validation: {e}"))
+pub fn choose(
+    scores: ArrayView2<f32>,
+    truth: ArrayView2<i8>,
+    min_positives: usize,
+    shrink: f64,
+) -> Result<Calibration> {
+    calibrate(scores, truth, min_positives, shrink)
+        .map_err(|e| anyhow::anyhow!("calibrating thresholds on validation: {e}"))
 }
 
 /// `{"class": threshold, ...}` in class order, one class a line.
@@ -68,6 +78,7 @@ pub fn summarise(cal: &Calibration, conservative: usize, file: &Path) -> Thresho
         per_class: cal.per_class.len() - at_global,
         at_global,
         min_positives: cal.min_positives,
+        shrink: cal.shrink,
         conservative,
         file: file.display().to_string(),
     }
@@ -93,7 +104,7 @@ mod tests {
     fn rare_classes_fall_back_to_the_global_threshold() {
         let scores = array![[0.9f32, 0.2], [0.8, 0.1], [0.3, 0.05], [0.1, 0.6]];
         let truth = array![[1i8, -1], [1, -1], [-1, -1], [-1, 1]];
-        let cal = choose(scores.view(), truth.view(), 2).unwrap();
+        let cal = choose(scores.view(), truth.view(), 2, 5.0).unwrap();
         assert_eq!(cal.fallback, vec![false, true]);
         assert_eq!(cal.per_class[1], cal.global);
         let s = summarise(&cal, 0, Path::new("t.json"));
