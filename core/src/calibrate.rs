@@ -10,7 +10,7 @@
 //!   with `K = shrink`: a class seen a few times mostly takes the global threshold, a frequent
 //!   one keeps its own. Measured (BENCHMARKS.md, "Decision thresholds"): on Corel5k (374
 //!   classes, most with under 20 validation positives) the own optima of rare classes sit low,
-//!   and with them the tags were two thirds wrong (OP 27–41%); K = 5 kept CF1 (−1.2 to +1.2)
+//!   and with them the tags were two thirds wrong (OP 27–41%); K = 5 kept CF1 (−1.3 to +1.2)
 //!   and raised OF1 by 2.8 to 7.7 points over 9 runs; on scene (6 classes, dozens of positives
 //!   each) nothing moved by more than 0.9. `shrink = 0` gives the own optima.
 //! * A class with fewer than `min_positives` observed positives uses the global threshold.
