@@ -249,8 +249,9 @@ pub fn finish(
     let summary_path = summary_path(run_dir, model);
     checkpoint::write_atomic(&summary_path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     eprintln!("best: peer {best_peer} at epoch {best_epoch}");
+    let shrunk = if cal.shrink > 0.0 { format!(" shrunk toward it by {}", cal.shrink) } else { String::new() };
     let at = format!(
-        "calibrated thresholds (global {:.3}; {} classes with their own, {} at the global one)",
+        "calibrated thresholds (global {:.3}; {} classes with their own{shrunk}, {} at the global one)",
         cal.global,
         cal.fallback.iter().filter(|&&f| !f).count(),
         cal.fallback.iter().filter(|&&f| f).count()
