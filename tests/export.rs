@@ -351,6 +351,17 @@ fn an_open_images_csv_trains_as_given_and_exports_its_thresholds_and_mids() {
         1,
     );
     assert!(err.contains("--calibrate-shrink -1") && !bad.exists(), "{err}");
+    // The run's own model calibrated again: config.toml records it, so a plain export keeps it.
+    run(Command::new(bin("cls-train")).arg("export").arg(&rd).args(["--calibrate-shrink", "0"]));
+    assert!(std::fs::read_to_string(rd.join("config.toml")).unwrap().contains("calibrate_shrink = 0"));
+    run(Command::new(bin("cls-train")).arg("export").arg(&rd));
+    let t4 = check_thresholds(
+        &rd.join("model.onnx"),
+        &rd.join("thresholds.json"),
+        &json(&rd.join("summary.json")),
+        &classes,
+    );
+    assert_eq!(t4, t3, "the own optima, as recorded");
 }
 
 #[test]

@@ -753,27 +753,34 @@ fn resume_takes_each_documented_override_and_refuses_the_rest() {
 }
 
 /// A checkpoint written before a method's objective changed (state.json without the objective
-/// revision, as earlier versions wrote it) is refused by `--resume` for that method, saying what
-/// changed and leaving the folder as it was; a method whose objective did not change continues.
+/// revision and a configuration without `asl_focal_grad`, as versions before the change wrote
+/// them) is refused by `--resume` for that method, saying what changed and leaving the folder as
+/// it was; a method whose objective did not change continues, and so does a checkpoint written
+/// after the change but before its revision was recorded (its configuration has the flag).
 #[test]
 fn resume_refuses_a_checkpoint_of_an_earlier_objective() {
     let tmp = tempfile::tempdir().unwrap();
     let tr = tmp.path().join("train.csv");
     write_csv(&tr, 120, 7);
-    let as_older_version = |run: &Path| {
+    let as_older_version = |run: &Path, before_the_change: bool| {
         let state = run.join("checkpoint/state.json");
         let mut v = read_json(&state);
         assert_eq!(v["objective"], 2, "the checkpoint records its objective revision");
         v.as_object_mut().unwrap().remove("objective");
+        if before_the_change {
+            assert!(v["config"].as_object_mut().unwrap().remove("asl_focal_grad").is_some());
+        }
         std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
     };
-    for (method, changed) in [("epr", true), ("an-ls", true), ("an", false), ("ll-r", false)] {
-        let run = tmp.path().join(method);
+    for (method, before_the_change, refused) in
+        [("epr", true, true), ("an-ls", true, true), ("an", true, false), ("ll-r", true, false), ("epr", false, false)]
+    {
+        let run = tmp.path().join(format!("{method}-{before_the_change}"));
         train(&strs(&csv_run(&tr, &run, &["--method", method, "--epochs", "2", "--stop-after", "1"])));
-        as_older_version(&run);
+        as_older_version(&run, before_the_change);
         let before = run_files(&run);
         let resume = ["--resume", run.to_str().unwrap()];
-        if changed {
+        if refused {
             let err = fails_cleanly(Command::new(bin("cls-train")).args(resume), 1);
             assert!(err.contains(&format!("whose {method} objective differs")), "{method}: {err}");
             assert!(run_files(&run) == before, "{method}: a refused --resume changed the run folder");
@@ -1397,6 +1404,18 @@ fn tau_h_auto_validates_candidates_where_training_is_cheap() {
     assert!(config.contains(&format!("tau_h = \"{chosen}\"")), "τ_h {chosen} not recorded:\n{config}");
     let summary = read_json(&run.join("summary.json"));
     assert_eq!(summary["val"]["mAP"].as_f64(), best["val_map"].as_f64(), "the run reproduces its sweep point");
+
+    // Stopped after the sweep chose, before the run's first checkpoint: --resume trains the run
+    // from its start (the sweep is not repeated).
+    std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let out = train(&["--resume", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the --tau-h auto sweep chose τ_h {chosen}")) && !err.contains("validating τ_h"),
+        "{err}"
+    );
+    assert_eq!(read_json(&run.join("summary.json"))["val"]["mAP"].as_f64(), best["val_map"].as_f64());
 
     // --stop-after cannot stop the candidates: refused before anything trains.
     let mut a = extra.to_vec();

@@ -64,10 +64,23 @@ pub const CHANGED_OBJECTIVES: &[(u32, &str, &str)] = &[
     (2, "asl", "the focal weights are detached (--asl-focal-grad keeps their gradient)"),
 ];
 
-/// Why a checkpoint of objective revision `saved` (None: 1) cannot continue as `method` today;
-/// None when the method's objective is the same.
-pub fn objective_change(method: &str, saved: Option<u32>) -> Option<String> {
-    let saved = saved.unwrap_or(1);
+/// The objective revision of a checkpoint's `state`: recorded since revision 2 was numbered; before
+/// that, revision 2 if its configuration has `asl_focal_grad` (the flag came with revision 2's loss
+/// changes, a commit before them), else 1.
+pub fn objective_revision(state: &RunState) -> u32 {
+    state.objective.unwrap_or_else(|| {
+        let has = |k: &str| state.config.as_ref().and_then(|c| c.get(k)).is_some();
+        if has("asl_focal_grad") {
+            2
+        } else {
+            1
+        }
+    })
+}
+
+/// Why a checkpoint of objective revision `saved` cannot continue as `method` today; None when
+/// the method's objective is the same.
+pub fn objective_change(method: &str, saved: u32) -> Option<String> {
     let what: Vec<&str> = CHANGED_OBJECTIVES
         .iter()
         .filter(|(rev, m, _)| *m == method && *rev > saved && *rev <= OBJECTIVE_REVISION)

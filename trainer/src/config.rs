@@ -504,6 +504,19 @@ impl TrainConfig {
         self.with_toml(&text, &file.display().to_string(), explicit)
     }
 
+    /// A run folder's saved `config.toml`. One written before `calibrate_shrink` existed was
+    /// calibrated with the classes' own optima, and keeps them (`calibrate_shrink = 0`), so that
+    /// `--resume` and `cls-train export` calibrate such a run as it was.
+    pub fn read_saved(file: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading config {}", file.display()))?;
+        let mut cfg = Self::default().with_toml(&text, &file.display().to_string(), &[])?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", file.display()))?;
+        if !table.contains_key("calibrate_shrink") {
+            cfg.calibrate_shrink = 0.0;
+        }
+        Ok(cfg)
+    }
+
     /// [`TrainConfig::with_file`] on TOML text; `origin` names it in errors.
     pub fn with_toml(self, text: &str, origin: &str, explicit: &[String]) -> Result<Self> {
         let from_file: toml::Table = toml::from_str(text).with_context(|| format!("parsing config {origin}"))?;
@@ -722,6 +735,24 @@ mod tests {
     struct Wrap {
         #[command(flatten)]
         c: TrainConfig,
+    }
+
+    /// A run's config.toml from before `calibrate_shrink` keeps the own optima it was calibrated
+    /// with; one that names it (or a new run's) keeps its value.
+    #[test]
+    fn saved_configs_without_the_shrinkage_keep_the_own_thresholds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("old.toml");
+        std::fs::write(&old, "method = \"cls\"\ncalibrate_min_positives = 5\n").unwrap();
+        let cfg = TrainConfig::read_saved(&old).unwrap();
+        assert_eq!((cfg.calibrate_min_positives, cfg.calibrate_shrink), (5, 0.0));
+        let new = tmp.path().join("new.toml");
+        std::fs::write(&new, "method = \"cls\"\ncalibrate_shrink = 2.5\n").unwrap();
+        assert_eq!(TrainConfig::read_saved(&new).unwrap().calibrate_shrink, 2.5);
+        // A run saved by this version names it.
+        let saved = tmp.path().join("saved.toml");
+        std::fs::write(&saved, crate::checkpoint::config_text(&TrainConfig::default()).unwrap()).unwrap();
+        assert_eq!(TrainConfig::read_saved(&saved).unwrap().calibrate_shrink, cls_core::calibrate::DEFAULT_SHRINK);
     }
 
     #[test]

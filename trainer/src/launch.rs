@@ -3,9 +3,10 @@
 //!
 //! A new run validates its options, locks (creating) its folder, loads the data and builds the
 //! networks; only then does it write `config.toml`. A run refused on the way leaves no folder it
-//! created. `--resume` locks the folder, checks the saved configuration with the overrides, checks
-//! it against the checkpoint (method, number of networks, classes, every tensor's name and shape)
-//! and restores it, and only then touches the folder: stale temporary files go, `metrics.jsonl`
+//! created (`--tau-h auto`'s validation sweep, `crate::sweep`, is the exception: it records its
+//! config.toml before the candidates train, so that `--resume` can continue it). `--resume` locks the folder, checks the saved configuration with the overrides, checks
+//! it against the checkpoint (method, number of networks, classes, every tensor's name and shape,
+//! the objective's revision) and restores it, and only then touches the folder: stale temporary files go, `metrics.jsonl`
 //! and the best weights are brought in line with the checkpoint, and `config.toml` is rewritten
 //! only when an override changed it.
 
@@ -51,7 +52,7 @@ pub fn refuse_existing(run_dir: &Path) -> Result<()> {
 }
 
 /// Train a new run with `cfg` (its `run_dir`, else [`default_run_dir`]); returns the folder.
-pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
+pub fn start(cfg: TrainConfig) -> Result<PathBuf> {
     cfg.validate_new_run()?;
     let run_dir = cfg.run_dir.clone().unwrap_or_else(|| default_run_dir(&cfg));
     refuse_existing(&run_dir)?;
@@ -59,6 +60,13 @@ pub fn start(mut cfg: TrainConfig) -> Result<PathBuf> {
         bail!("--run-dir {}: not a folder", run_dir.display());
     }
     let lock = RunLock::create(&run_dir)?;
+    start_locked(cfg, lock)
+}
+
+/// [`start`] in the folder `lock` holds (`--tau-h auto` keeps it locked from its sweep to the run).
+pub fn start_locked(mut cfg: TrainConfig, lock: RunLock) -> Result<PathBuf> {
+    cfg.validate_new_run()?;
+    let run_dir = lock.dir().to_path_buf();
     // Another process may have made a run here between the check and the lock.
     if let Err(e) = refuse_existing(&run_dir) {
         drop(lock);
@@ -131,9 +139,8 @@ pub fn resumed_config(run_dir: &Path, o: &Overrides) -> Result<TrainConfig> {
     if !saved.is_file() {
         bail!("{} is not a run folder (it has no config.toml)", run_dir.display());
     }
-    let mut cfg = TrainConfig::default()
-        .with_file(&saved, &[])
-        .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
+    let mut cfg =
+        TrainConfig::read_saved(&saved).with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = o.epochs {
         cfg.epochs = e;
     }
@@ -182,7 +189,7 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
             );
         }
     }
-    if let Some(what) = checkpoint::objective_change(cfg.method.as_str(), state.objective) {
+    if let Some(what) = checkpoint::objective_change(cfg.method.as_str(), checkpoint::objective_revision(&state)) {
         bail!(
             "{}: the checkpoint was trained by an earlier cls-train, whose {} objective differs from today's ({what}): \
              continuing would mix two objectives in one run. Start the run again (or export the weights it has: \

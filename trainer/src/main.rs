@@ -158,16 +158,16 @@ fn weights_flag(s: &str) -> Result<Weights> {
 /// side 5,288 / 4,539 (libgomp's default of 300,000, roughly) / 1,325 / 1,395 ms. libgomp reads its
 /// settings when it is loaded, before `main`, so setting them here would change nothing: when the
 /// user has chosen neither `OMP_WAIT_POLICY` nor `GOMP_SPINCOUNT` (an empty value is no choice, as
-/// for libgomp), a command that runs libtorch's threads (training, `sweep`, `bench-step`, and `info`,
-/// which reports what they would see) runs the binary again with `GOMP_SPINCOUNT=1000` (about
-/// 0.2 s); the others (`export`, `report`, `man`, `completions`, help) start once. Not when the
+/// for libgomp), a command that runs libtorch's threads (training, `sweep`, `bench-step`, `export`,
+/// and `info`, which reports what they would see) runs the binary again with `GOMP_SPINCOUNT=1000`
+/// (about 0.2 s); the others (`report`, `man`, `completions`, help) start once. Not when the
 /// binary was started through the dynamic loader (`ld.so ./cls-train`): its path is the loader's.
 fn wait_briefly(matches: &ArgMatches) {
     let chosen = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     if chosen("OMP_WAIT_POLICY") || chosen("GOMP_SPINCOUNT") {
         return;
     }
-    if !matches!(matches.subcommand_name(), None | Some("sweep" | "bench-step" | "info")) {
+    if !matches!(matches.subcommand_name(), None | Some("sweep" | "bench-step" | "export" | "info")) {
         return;
     }
     #[cfg(target_os = "linux")]

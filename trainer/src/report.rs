@@ -204,10 +204,15 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     line_chart(&plot_dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &curves)?;
     let _ = writeln!(md, "\n## Validation mAP per epoch\n\n![validation mAP]({stem}_plots/val_map.png)\n");
 
-    // A colour per run, the precision solid and the recall dashed.
+    // A colour per run that selected anything, the precision solid and the recall dashed.
     let mut sel = Vec::new();
+    let mut selecting = 0;
     for r in &runs {
-        let colour = sel.len() / 2 % cls_core::html::PALETTE.len();
+        if r.log.iter().all(|l| l.selection.is_empty()) {
+            continue;
+        }
+        let colour = selecting % cls_core::html::PALETTE.len();
+        selecting += 1;
         for (what, prec) in [("precision", true), ("recall", false)] {
             let points: Vec<(f64, f64)> = r
                 .log

@@ -412,9 +412,8 @@ pub fn reexport(
         bail!("{} is not a run folder (it has no config.toml)", run_dir.display());
     }
     let _lock = RunLock::open(run_dir)?;
-    let mut cfg = TrainConfig::default()
-        .with_file(&saved, &[])
-        .with_context(|| format!("{} is not a run folder", run_dir.display()))?;
+    let mut cfg =
+        TrainConfig::read_saved(&saved).with_context(|| format!("{} is not a run folder", run_dir.display()))?;
     if let Some(e) = export {
         cfg.export = e.parse()?;
     }
@@ -473,5 +472,11 @@ pub fn reexport(
         &s.devices,
         &model,
         which,
-    )
+    )?;
+    // The run's own model now follows other calibration settings: config.toml records them, so
+    // that a later export or --resume keeps them.
+    if is_runs_model(run_dir, &model) && (min_positives.is_some() || shrink.is_some()) {
+        checkpoint::save_config(&cfg, run_dir)?;
+    }
+    Ok(())
 }

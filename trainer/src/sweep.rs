@@ -38,7 +38,18 @@ pub fn parse_grid(s: &str) -> Result<Vec<f64>> {
 }
 
 /// The fields that do not change what a run computes: left out of a point's key.
-const NOT_IN_KEY: &[&str] = &["run_dir", "stop_after", "device", "devices", "threads", "cache_dir"];
+const NOT_IN_KEY: &[&str] = &[
+    "run_dir",
+    "stop_after",
+    "device",
+    "devices",
+    "threads",
+    "cache_dir",
+    // The thresholds are chosen after training: the validation mAP a sweep picks on does not
+    // depend on them.
+    "calibrate_min_positives",
+    "calibrate_shrink",
+];
 
 /// A short hash of everything in `cfg` that decides a run's result: two configurations with the
 /// same key train the same run.
@@ -60,8 +71,7 @@ fn finished_summary(dir: &Path, cfg: &TrainConfig) -> Result<Option<Summary>> {
     if !summary_path.is_file() {
         return Ok(None);
     }
-    let saved = TrainConfig::default()
-        .with_file(&dir.join("config.toml"), &[])
+    let saved = TrainConfig::read_saved(&dir.join("config.toml"))
         .with_context(|| format!("{}: a summary without a readable config.toml", dir.display()))?;
     if config_key(&saved)? != config_key(cfg)? {
         bail!("{} holds a run of another configuration than this sweep point's: move it away", dir.display());
@@ -239,24 +249,32 @@ pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
     let result = run(&base, &run_dir.join("tau-h-auto"), &grid, &[], &[])?;
     let chosen = result.points[result.best].tau_h.context("the τ_h sweep chose no value")?;
     eprintln!("--tau-h auto: τ_h {chosen} has the best validation mAP; training the run with it");
-    // The run takes the folder's lock itself (and checks again that no other process made a run).
-    drop(lock);
     let mut cfg = cfg;
     cfg.tau_h = Some(chosen.to_string());
     cfg.run_dir = Some(run_dir);
-    launch::start(cfg)
+    launch::start_locked(cfg, lock)
 }
 
-/// `--resume RUN_DIR`. A run whose `--tau-h auto` sweep was interrupted (config.toml still says
-/// auto and the run itself has no checkpoint yet) continues the sweep, reusing its finished
-/// candidates, then trains the run; any other run continues from its last checkpoint.
+/// `--resume RUN_DIR`. A `--tau-h auto` run without a checkpoint of its own continues where it
+/// stopped: during the sweep (config.toml still says auto) the sweep goes on, reusing its finished
+/// candidates, then the run trains; after the sweep chose τ_h (config.toml has the number) the run
+/// trains from its start. Any other run continues from its last checkpoint.
 pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
-    if crate::checkpoint::latest(run_dir).is_none() && run_dir.join("tau-h-auto").is_dir() {
+    if crate::checkpoint::latest(run_dir).is_none() && run_dir.join("config.toml").is_file() {
         let mut cfg = launch::resumed_config(run_dir, o)?;
+        cfg.run_dir = Some(run_dir.to_path_buf());
         if cfg.tau_h.as_deref() == Some("auto") {
             eprintln!("{}: continuing the --tau-h auto sweep", run_dir.display());
-            cfg.run_dir = Some(run_dir.to_path_buf());
             start_with_auto_tau_h(cfg)?;
+            return Ok(());
+        }
+        if run_dir.join("tau-h-auto").join("sweep.json").is_file() {
+            eprintln!(
+                "{}: the --tau-h auto sweep chose τ_h {}; the run stopped before its first epoch ended and starts again",
+                run_dir.display(),
+                cfg.tau_h.as_deref().unwrap_or("?")
+            );
+            launch::start(cfg)?;
             return Ok(());
         }
     }
