@@ -200,9 +200,9 @@ pub trait Method: Send {
 pub enum MethodName {
     /// CLS: co-label selection (eq. 5-8).
     Cls,
-    /// CLS-H: only the peer's removal of high-loss negatives.
+    /// CLS-H: CLS without the peer's removal of high-loss negatives (self removal only).
     ClsH,
-    /// CLS-L: only the self removal of low-loss negatives.
+    /// CLS-L: CLS without the self removal of low-loss negatives (peer removal only).
     ClsL,
     /// CLC: co-label correction (flagged entries relabelled positive).
     Clc,
