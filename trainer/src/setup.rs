@@ -200,6 +200,17 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         );
     }
 
+    let cls_family = matches!(cfg.method.as_str(), "cls" | "cls-h" | "cls-l" | "clc");
+    if cls_family && cfg.reduction()? == methods::Reduction::Mean && cfg.weight_decay > 0.0 {
+        // Measured (BENCHMARKS.md, "The ablation with both reductions"): 4-5 mAP lost on Corel5k.
+        eprintln!(
+            "note: --reduction mean averages each image's loss over its {n_classes} entries, so its gradient is about \
+             {n_classes} times smaller than with sum while --weight-decay {} stays: the decay dominates; consider \
+             --weight-decay {:.1e} (or 0)",
+            cfg.weight_decay,
+            cfg.weight_decay / n_classes as f64
+        );
+    }
     let expected_positives = expected_positives(cfg, &data);
     let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
     if uses_k && cfg.expected_positives.is_none() && cfg.labels()? == Labels::Given && cfg.observed.is_none() {
