@@ -751,7 +751,7 @@ mod tests {
         assert_eq!(TrainConfig::read_saved(&new).unwrap().calibrate_shrink, 2.5);
         // A run saved by this version names it.
         let saved = tmp.path().join("saved.toml");
-        std::fs::write(&saved, crate::checkpoint::config_text(&TrainConfig::default()).unwrap()).unwrap();
+        std::fs::write(&saved, toml::to_string_pretty(&TrainConfig::default()).unwrap()).unwrap();
         assert_eq!(TrainConfig::read_saved(&saved).unwrap().calibrate_shrink, cls_core::calibrate::DEFAULT_SHRINK);
     }
 
