@@ -181,10 +181,15 @@ pub struct Chart {
 /// The colours of the series, in order (then again, dashed): dark enough to read on white.
 pub const PALETTE: [&str; 8] = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7b83", "#57606a"];
 
-/// The dash pattern of the `k`th series: solid for the first round of [`PALETTE`], then dashed,
-/// then dotted.
+/// The line of the `k`th series style: 0 solid for the first round of [`PALETTE`], then 1
+/// dashed, then 2 dotted (the PNG plots follow the same rule).
+pub fn line_kind(k: usize) -> usize {
+    (k / PALETTE.len()) % 3
+}
+
+/// The SVG dash pattern of [`line_kind`].
 fn dashes(k: usize) -> &'static str {
-    match (k / PALETTE.len()) % 3 {
+    match line_kind(k) {
         0 => "",
         1 => " stroke-dasharray=\"7 3\"",
         _ => " stroke-dasharray=\"2 3\"",

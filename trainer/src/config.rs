@@ -508,10 +508,12 @@ impl TrainConfig {
     /// calibrated with the classes' own optima, and keeps them (`calibrate_shrink = 0`), so that
     /// `--resume` and `cls-train export` calibrate such a run as it was.
     pub fn read_saved(file: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading config {}", file.display()))?;
-        let mut cfg = Self::default().with_toml(&text, &file.display().to_string(), &[])?;
-        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", file.display()))?;
-        if !table.contains_key("calibrate_shrink") {
+        let origin = file.display().to_string();
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading config {origin}"))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {origin}"))?;
+        let predates_shrink = !table.contains_key("calibrate_shrink");
+        let mut cfg = Self::default().with_table(table, &origin, &[])?;
+        if predates_shrink {
             cfg.calibrate_shrink = 0.0;
         }
         Ok(cfg)
@@ -520,6 +522,11 @@ impl TrainConfig {
     /// [`TrainConfig::with_file`] on TOML text; `origin` names it in errors.
     pub fn with_toml(self, text: &str, origin: &str, explicit: &[String]) -> Result<Self> {
         let from_file: toml::Table = toml::from_str(text).with_context(|| format!("parsing config {origin}"))?;
+        self.with_table(from_file, origin, explicit)
+    }
+
+    /// [`TrainConfig::with_toml`] on the parsed table.
+    fn with_table(self, from_file: toml::Table, origin: &str, explicit: &[String]) -> Result<Self> {
         let mut merged = serde_json::to_value(&self)?;
         let fields = merged.as_object_mut().context("the configuration does not serialise to a table")?;
         for (k, v) in serde_json::to_value(from_file)?.as_object().into_iter().flatten() {

@@ -4,11 +4,12 @@
 //! A new run validates its options, locks (creating) its folder, loads the data and builds the
 //! networks; only then does it write `config.toml`. A run refused on the way leaves no folder it
 //! created (`--tau-h auto`'s validation sweep, `crate::sweep`, is the exception: it records its
-//! config.toml before the candidates train, so that `--resume` can continue it). `--resume` locks the folder, checks the saved configuration with the overrides, checks
-//! it against the checkpoint (method, number of networks, classes, every tensor's name and shape,
-//! the objective's revision) and restores it, and only then touches the folder: stale temporary files go, `metrics.jsonl`
-//! and the best weights are brought in line with the checkpoint, and `config.toml` is rewritten
-//! only when an override changed it.
+//! config.toml before the candidates train, so that `--resume` can continue it). `--resume` locks
+//! the folder, checks the saved configuration with the overrides, checks it against the
+//! checkpoint (method, number of networks, classes, every tensor's name and shape, the objective's
+//! revision) and restores it, and only then touches the folder: stale temporary files go,
+//! `metrics.jsonl` and the best weights are brought in line with the checkpoint, and `config.toml`
+//! is rewritten only when an override changed it.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -63,9 +64,10 @@ pub fn start(cfg: TrainConfig) -> Result<PathBuf> {
     start_locked(cfg, lock)
 }
 
-/// [`start`] in the folder `lock` holds (`--tau-h auto` keeps it locked from its sweep to the run).
+/// [`start`] in the folder `lock` holds (`--tau-h auto` keeps it locked from its sweep to the run),
+/// for a `cfg` already checked with `validate_new_run` (before the folder was locked, so that a
+/// refused run leaves none behind).
 pub fn start_locked(mut cfg: TrainConfig, lock: RunLock) -> Result<PathBuf> {
-    cfg.validate_new_run()?;
     let run_dir = lock.dir().to_path_buf();
     // Another process may have made a run here between the check and the lock.
     if let Err(e) = refuse_existing(&run_dir) {

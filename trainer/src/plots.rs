@@ -102,7 +102,7 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             let line = color.stroke_width(2);
             let points = s.points.iter().copied();
             // The pattern's pieces as (start, end) pixels, for the line and the legend's sample.
-            let (dash, gap) = match (k / cls_core::html::PALETTE.len()) % 3 {
+            let (dash, gap) = match cls_core::html::line_kind(k) {
                 0 => (0, 0),
                 1 => (7, 4),
                 _ => (2, 4),

@@ -192,14 +192,7 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     let curves: Vec<Series> = runs
         .iter()
         .zip(&styles)
-        .map(|(r, &style)| {
-            let k = r.summary.as_ref().map_or(0, |s| s.best_peer);
-            Series {
-                name: r.label.clone(),
-                points: r.log.iter().filter_map(|l| l.val.get(k).map(|v| (l.epoch as f64, 100.0 * v.map))).collect(),
-                style: Some(style),
-            }
-        })
+        .map(|(r, &style)| Series { name: r.label.clone(), points: val_map_points(r), style: Some(style) })
         .collect();
     line_chart(&plot_dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &curves)?;
     let _ = writeln!(md, "\n## Validation mAP per epoch\n\n![validation mAP]({stem}_plots/val_map.png)\n");

@@ -392,7 +392,8 @@ fn run_files(run_dir: &Path) -> Vec<PathBuf> {
 /// `cls-train export RUN_DIR`: rebuild the run's networks, load each peer's best weights and
 /// export again (to `out`, default RUN_DIR/model.onnx), optionally as the other export kind or
 /// with the thresholds calibrated again with other settings (`--calibrate-min-positives`,
-/// `--calibrate-shrink`: recorded in the summary and the model's metadata, not in config.toml).
+/// `--calibrate-shrink`: recorded in the summary and the model's metadata, and in config.toml
+/// when the run's own model is written again, so that a later export or `--resume` keeps them).
 ///
 /// Everything is checked before the networks are built: the export kind, the weights asked for,
 /// the output (writable, not a file of the run). An unfinished run can be exported only with
@@ -473,8 +474,7 @@ pub fn reexport(
         &model,
         which,
     )?;
-    // The run's own model now follows other calibration settings: config.toml records them, so
-    // that a later export or --resume keeps them.
+    // The run's own model now follows other calibration settings: config.toml records them.
     if is_runs_model(run_dir, &model) && (min_positives.is_some() || shrink.is_some()) {
         checkpoint::save_config(&cfg, run_dir)?;
     }
