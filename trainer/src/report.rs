@@ -197,35 +197,22 @@ pub fn write(runs: &[PathBuf], out: &Path, title: &str) -> Result<()> {
     line_chart(&plot_dir.join("val_map.png"), "Validation mAP per epoch", "epoch", "mAP (%)", &curves)?;
     let _ = writeln!(md, "\n## Validation mAP per epoch\n\n![validation mAP]({stem}_plots/val_map.png)\n");
 
-    // A colour per run that selected anything, the precision solid and the recall dashed.
+    // A colour per run that selected anything (its exported peer, as in the HTML report), the
+    // precision solid and the recall dashed.
     let mut sel = Vec::new();
-    let mut selecting = 0;
-    for r in &runs {
-        if r.log.iter().all(|l| l.selection.is_empty()) {
-            continue;
-        }
-        let colour = selecting % cls_core::html::PALETTE.len();
-        selecting += 1;
+    for (colour, r) in runs.iter().filter(|r| r.log.iter().any(|l| !l.selection.is_empty())).enumerate() {
         for (what, prec) in [("precision", true), ("recall", false)] {
-            let points: Vec<(f64, f64)> = r
-                .log
-                .iter()
-                .filter_map(|l| {
-                    l.selection
-                        .first()
-                        .and_then(|s| if prec { s.precision } else { s.recall })
-                        .map(|v| (l.epoch as f64, 100.0 * v))
-                })
-                .collect();
+            let points = selection_points(r, prec);
             if !points.is_empty() {
-                let style = colour + if prec { 0 } else { cls_core::html::PALETTE.len() };
+                let style =
+                    colour % cls_core::html::PALETTE.len() + if prec { 0 } else { cls_core::html::PALETTE.len() };
                 sel.push(Series { name: format!("{} {what}", r.label), points, style: Some(style) });
             }
         }
     }
     if !sel.is_empty() {
         line_chart(&plot_dir.join("selection.png"), "Flagged entries that are hidden positives", "epoch", "%", &sel)?;
-        let _ = writeln!(md, "## Selection precision and recall per epoch\n\nOf the unannotated entries a method flagged as likely missing positives (removed or corrected), the share that are truly hidden positives (precision), and the share of hidden positives flagged (recall), network 0.\n\n![selection]({stem}_plots/selection.png)\n");
+        let _ = writeln!(md, "## Selection precision and recall per epoch\n\nOf the unannotated entries a method flagged as likely missing positives (removed or corrected), the share that are truly hidden positives (precision), and the share of hidden positives flagged (recall), of the exported peer (network 0 while unfinished).\n\n![selection]({stem}_plots/selection.png)\n");
     }
 
     let with_ap: Vec<(&Run, Vec<Option<f64>>)> = runs

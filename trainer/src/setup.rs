@@ -200,8 +200,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         );
     }
 
-    let cls_family = matches!(cfg.method.as_str(), "cls" | "cls-h" | "cls-l" | "clc");
-    if cls_family && cfg.reduction()? == methods::Reduction::Mean && cfg.weight_decay > 0.0 {
+    if cfg.method.is_co_label() && cfg.reduction()? == methods::Reduction::Mean && cfg.weight_decay > 0.0 {
         // Measured (BENCHMARKS.md, "The ablation with both reductions"): 4-5 mAP lost on Corel5k.
         eprintln!(
             "note: --reduction mean averages each image's loss over its {n_classes} entries, so its gradient is about \
@@ -212,7 +211,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         );
     }
     let expected_positives = expected_positives(cfg, &data);
-    let uses_k = matches!(cfg.method.as_str(), "epr" | "role") || cfg.tau_h.as_deref() == Some("auto");
+    let uses_k = cfg.method.uses_expected_positives() || cfg.tau_h.as_deref() == Some("auto");
     if uses_k && cfg.expected_positives.is_none() && cfg.labels()? == Labels::Given && cfg.observed.is_none() {
         // Without simulation the training labels may themselves be the partial ones.
         eprintln!(

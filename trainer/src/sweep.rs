@@ -204,8 +204,7 @@ pub fn auto_tau_h_grid(h: f64) -> Vec<f64> {
 /// `sweep.json`, picked on validation mAP, never test), and the run then trains at the chosen τ_h,
 /// which its config.toml records. Otherwise the single-run rule applies (τ_h = h/2, in `setup`).
 pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
-    let uses_tau_h = matches!(cfg.method.as_str(), "cls" | "cls-l" | "clc");
-    if cfg.tau_h.as_deref() != Some("auto") || !uses_tau_h {
+    if cfg.tau_h.as_deref() != Some("auto") || !cfg.method.uses_tau_h() {
         return launch::start(cfg);
     }
     cfg.validate_new_run()?;

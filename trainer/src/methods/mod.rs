@@ -257,6 +257,22 @@ impl MethodName {
     pub fn all() -> &'static [MethodName] {
         <MethodName as clap::ValueEnum>::value_variants()
     }
+
+    /// The co-label family: CLS and its ablations CLS-H and CLS-L, and CLC (two peers, eq. 5-8).
+    pub fn is_co_label(self) -> bool {
+        matches!(self, Self::Cls | Self::ClsH | Self::ClsL | Self::Clc)
+    }
+
+    /// Whether the objective removes (or corrects) the peer's high-loss unannotated entries, so
+    /// that τ_h applies (eq. 6): CLS, CLS-L and CLC, not CLS-H.
+    pub fn uses_tau_h(self) -> bool {
+        matches!(self, Self::Cls | Self::ClsL | Self::Clc)
+    }
+
+    /// Whether the objective needs the expected number of positives per image (EPR, ROLE).
+    pub fn uses_expected_positives(self) -> bool {
+        matches!(self, Self::Epr | Self::Role)
+    }
 }
 
 impl fmt::Display for MethodName {
