@@ -351,9 +351,16 @@ fn an_open_images_csv_trains_as_given_and_exports_its_thresholds_and_mids() {
         1,
     );
     assert!(err.contains("--calibrate-shrink -1") && !bad.exists(), "{err}");
-    // The run's own model calibrated again: config.toml records it, so a plain export keeps it.
-    run(Command::new(bin("cls-train")).arg("export").arg(&rd).args(["--calibrate-shrink", "0"]));
-    assert!(std::fs::read_to_string(rd.join("config.toml")).unwrap().contains("calibrate_shrink = 0"));
+    // The run's own model calibrated again: config.toml records it, so a plain export keeps it;
+    // the export kind given with it applies to that export alone.
+    run(Command::new(bin("cls-train")).arg("export").arg(&rd).args([
+        "--calibrate-shrink",
+        "0",
+        "--export",
+        "ensemble",
+    ]));
+    let saved = std::fs::read_to_string(rd.join("config.toml")).unwrap();
+    assert!(saved.contains("calibrate_shrink = 0") && saved.contains("export = \"better\""), "{saved}");
     run(Command::new(bin("cls-train")).arg("export").arg(&rd));
     let t4 = check_thresholds(
         &rd.join("model.onnx"),

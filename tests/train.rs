@@ -1490,3 +1490,57 @@ fn an_interrupted_tau_h_auto_sweep_continues_with_resume() {
     assert!(config.contains(&format!("tau_h = \"{}\"", best["tau_h"].as_f64().unwrap())), "{config}");
     assert_eq!(read_json(&run.join("summary.json"))["val"]["mAP"].as_f64(), best["val_map"].as_f64());
 }
+
+#[test]
+fn a_new_run_leaves_a_users_folder_alone_and_resume_restarts_a_run_without_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = tmp.path().join("train.csv");
+    write_csv(&tr, 80, 6);
+    // Folders holding what a run would write, none of it a cls-train run's: refused, untouched.
+    let cases: [(&str, &str); 3] =
+        [("model.onnx", "the user's model"), ("config.toml", "method = \"an\"\nepochs = 3\n"), ("plots", "")];
+    for (name, text) in cases {
+        let dir = tmp.path().join(format!("user-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if text.is_empty() {
+            std::fs::create_dir(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("val_map.png"), "the user's plot").unwrap();
+        } else {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let before = snapshot(&dir);
+        let err = fails_cleanly(Command::new(bin("cls-train")).args(csv_run(&tr, &dir, &["--epochs", "1"])), 1);
+        assert!(err.contains(&format!("it holds {name}, which no cls-train run wrote")), "{name}: {err}");
+        assert_eq!(snapshot(&dir), before, "{name}: the folder changed");
+        assert!(!dir.join(".cls-train.lock").exists(), "{name}");
+    }
+    // A FIFO named config.toml is refused without being opened (which would block).
+    let fifo_dir = tmp.path().join("user-fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    assert!(Command::new("mkfifo").arg(fifo_dir.join("config.toml")).status().unwrap().success());
+    let err = fails_cleanly(Command::new(bin("cls-train")).args(csv_run(&tr, &fifo_dir, &["--epochs", "1"])), 1);
+    assert!(err.contains("it holds config.toml"), "{err}");
+    let err = fails_cleanly(Command::new(bin("cls-train")).arg("--resume").arg(&fifo_dir), 1);
+    assert!(err.contains("config.toml"), "{err}");
+
+    // A run that stopped before its first checkpoint leaves only its config.toml (and perhaps a
+    // log line or a model from an earlier attempt): --resume starts it again from that file.
+    let done = tmp.path().join("done");
+    train(&strs(&csv_run(&tr, &done, &["--epochs", "2", "--seed", "4"])));
+    let early = tmp.path().join("early");
+    std::fs::create_dir(&early).unwrap();
+    std::fs::copy(done.join("config.toml"), early.join("config.toml")).unwrap();
+    std::fs::write(early.join("metrics.jsonl"), "{\"epoch\":1}\n").unwrap();
+    let out = train(&["--resume", early.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no checkpoint yet") && err.contains("starts again from its config.toml"), "{err}");
+    assert_eq!(logged_epochs(&early), [1, 2]);
+    assert!(early.join("summary.json").is_file() && early.join("model.onnx").is_file());
+    let saved = std::fs::read_to_string(early.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("seed = 4") && saved.contains(&format!("run_dir = {:?}", early.to_str().unwrap())),
+        "{saved}"
+    );
+    // The same weights as the run it was copied from (same configuration and seed).
+    assert_eq!(weights(&early), weights(&done));
+}

@@ -387,7 +387,9 @@ pub struct TrainConfig {
     /// Keep every epoch's weights under RUN_DIR/epochs/ (for `cls-train export --checkpoint N`).
     #[arg(long, help_heading = "System")]
     pub keep_epochs: bool,
-    /// Run folder (default: runs/<method>-<partial>-s<seed>-<time>).
+    /// Run folder (default: runs/<method>-<partial>-s<seed>-<time>): new or empty; a folder
+    /// holding files a run writes (config.toml, model.onnx, plots/, ...) that no run left there
+    /// is refused.
     #[arg(long, help_heading = "System")]
     pub run_dir: Option<PathBuf>,
 }

@@ -44,10 +44,49 @@ fn holds_run(run_dir: &Path) -> bool {
     checkpoint::latest(run_dir).is_some() || run_dir.join("summary.json").exists()
 }
 
-/// Refuse a folder that holds a run (a new one must not overwrite it).
+/// What a run writes at the top of its folder, besides `config.toml`.
+const RUN_OUTPUTS: [&str; 10] = [
+    "metrics.jsonl",
+    "model.onnx",
+    "summary.json",
+    crate::thresholds::FILE,
+    "best-peer0.safetensors",
+    "best-peer1.safetensors",
+    "checkpoint",
+    "checkpoint.old",
+    "epochs",
+    "plots",
+];
+
+/// Whether `run_dir/config.toml` is a cls-train run's: a regular file that parses as a saved
+/// configuration naming its run folder (what [`start_locked`] writes). A run that stopped before
+/// its first checkpoint leaves one; a user's own `config.toml` (or a `--config` file without
+/// `run_dir`) is not one.
+pub fn runs_config(run_dir: &Path) -> bool {
+    let saved = run_dir.join("config.toml");
+    std::fs::symlink_metadata(&saved).is_ok_and(|m| m.is_file())
+        && TrainConfig::read_saved(&saved).is_ok_and(|c| c.run_dir.is_some())
+}
+
+/// Refuse a folder that holds a run (a new one must not overwrite it), or files a run would
+/// write that no cls-train run left there (a new run must not replace a user's `model.onnx`,
+/// `config.toml` or `plots/`). A folder with a run's `config.toml` and no checkpoint (a run
+/// stopped in its first epoch, or a `--tau-h auto` sweep) is started again.
 pub fn refuse_existing(run_dir: &Path) -> Result<()> {
     if holds_run(run_dir) {
         bail!("{} already holds a run: continue it with --resume {0}, or choose another --run-dir", run_dir.display());
+    }
+    if runs_config(run_dir) {
+        return Ok(());
+    }
+    let present = |name: &str| std::fs::symlink_metadata(run_dir.join(name)).is_ok();
+    if let Some(name) = std::iter::once("config.toml").chain(RUN_OUTPUTS).find(|n| present(n)) {
+        bail!(
+            "--run-dir {}: it holds {name}, which no cls-train run wrote, and a run writes its config.toml, \
+             metrics.jsonl, model.onnx, summary.json, plots/ and checkpoint/ there; choose another --run-dir \
+             (an empty or new folder)",
+            run_dir.display()
+        );
     }
     Ok(())
 }
@@ -83,7 +122,7 @@ pub fn start_locked(mut cfg: TrainConfig, lock: RunLock) -> Result<PathBuf> {
     };
     // The folder of a run that stopped before its first checkpoint: start it again from scratch.
     rundir::clean(&run_dir);
-    if run_dir.join("config.toml").is_file() {
+    if runs_config(&run_dir) {
         for stale in ["metrics.jsonl", "model.onnx", "best-peer0.safetensors", "best-peer1.safetensors"] {
             let _ = std::fs::remove_file(run_dir.join(stale));
         }
@@ -167,7 +206,8 @@ pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
     cfg.validate().with_context(|| format!("{}", run_dir.join("config.toml").display()))?;
     let Some(ck_dir) = checkpoint::latest(run_dir) else {
         bail!(
-            "{}: no checkpoint yet (the run stopped before its first epoch ended); start it again",
+            "{}: no checkpoint (no epoch of this run has ended) and its config.toml is not a cls-train run's; \
+             start a run with the options you want",
             run_dir.display()
         );
     };

@@ -33,7 +33,8 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Continue the run in RUN_DIR from its last checkpoint (its config.toml is used; --epochs,
-    /// --stop-after, --device and --threads may be given again).
+    /// --stop-after, --device and --threads may be given again); a run stopped before its first
+    /// checkpoint starts again from its config.toml.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
 
@@ -57,11 +58,12 @@ enum Command {
         #[arg(long, default_value = "best", value_parser = weights_flag)]
         checkpoint: Weights,
         /// Calibrate the thresholds again with this minimum of validation positives per class
-        /// [default: the run's setting].
+        /// [default: the run's setting]; written to the run's own model.onnx, the run's
+        /// config.toml records it (a later export or --resume keeps it).
         #[arg(long)]
         calibrate_min_positives: Option<usize>,
         /// Calibrate the thresholds again with this shrinkage toward the global threshold
-        /// [default: the run's setting].
+        /// [default: the run's setting]; recorded like --calibrate-min-positives.
         #[arg(long)]
         calibrate_shrink: Option<f64>,
     },

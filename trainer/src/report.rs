@@ -434,7 +434,16 @@ fn html_body(runs: &[Run], title: &str) -> String {
                 None => "–".to_string(),
                 Some(s) => match &s.thresholds {
                     Some(t) if s.val_calibrated.is_some() => {
-                        format!("calibrated (global {}; {} classes their own)", significant(t.global), t.per_class)
+                        if t.shrink > 0.0 {
+                            format!(
+                                "calibrated (global {}; {} classes their own, shrunk toward it, K {})",
+                                significant(t.global),
+                                t.per_class,
+                                t.shrink
+                            )
+                        } else {
+                            format!("calibrated (global {}; {} classes their own)", significant(t.global), t.per_class)
+                        }
                     }
                     _ => format!("{}", s.val.threshold),
                 },

@@ -475,8 +475,12 @@ pub fn reexport(
         which,
     )?;
     // The run's own model now follows other calibration settings: config.toml records them.
+    // Only they: `--export` applies to this export alone.
     if is_runs_model(run_dir, &model) && (min_positives.is_some() || shrink.is_some()) {
-        checkpoint::save_config(&cfg, run_dir)?;
+        let mut recorded = TrainConfig::read_saved(&saved)?;
+        recorded.calibrate_min_positives = cfg.calibrate_min_positives;
+        recorded.calibrate_shrink = cfg.calibrate_shrink;
+        checkpoint::save_config(&recorded, run_dir)?;
     }
     Ok(())
 }

@@ -82,10 +82,12 @@ fn finished_summary(dir: &Path, cfg: &TrainConfig) -> Result<Option<Summary>> {
 /// Run the grid; `out` holds one run folder per point plus `sweep.json` and the plots.
 ///
 /// A point's folder is named by its grid values and the key of its whole configuration
-/// ([`config_key`]): a finished run is reused only for exactly its configuration, an interrupted
-/// one is resumed, and a sweep with other options (epochs, learning rate, seed, data, ...) trains
-/// its own runs beside the earlier ones. Every point's configuration is checked before the first
-/// one trains.
+/// ([`config_key`]): a finished run is reused only for exactly its training configuration (the
+/// calibration settings aside: a reused point keeps the thresholds it was calibrated with), an
+/// interrupted one is resumed, and a sweep with other options (epochs, learning rate, seed, data,
+/// ...) trains its own runs beside the earlier ones. The key covers every option, so a cls-train
+/// that adds one trains earlier sweeps' points again. Every point's configuration is checked
+/// before the first one trains.
 pub fn run(base: &TrainConfig, out: &Path, tau_h: &[f64], tau_l: &[f64], ll_delta: &[f64]) -> Result<SweepResult> {
     if tau_h.is_empty() && tau_l.is_empty() && ll_delta.is_empty() {
         bail!("sweep: give at least one of --tau-h-grid, --tau-l-grid, --ll-delta-grid");
@@ -254,30 +256,34 @@ pub fn start_with_auto_tau_h(cfg: TrainConfig) -> Result<PathBuf> {
     launch::start_locked(cfg, lock)
 }
 
-/// `--resume RUN_DIR`. A `--tau-h auto` run without a checkpoint of its own continues where it
-/// stopped: during the sweep (config.toml still says auto) the sweep goes on, reusing its finished
-/// candidates, then the run trains; after the sweep chose τ_h (config.toml has the number) the run
-/// trains from its start. Any other run continues from its last checkpoint.
+/// `--resume RUN_DIR`. A run folder without a checkpoint (no epoch ended) starts again from its
+/// config.toml: a `--tau-h auto` sweep continues (config.toml still says auto; its finished
+/// candidates are reused) and the run then trains; a run whose sweep chose τ_h (config.toml has
+/// the number), or any other run, trains from its start. A run with a checkpoint continues from it.
 pub fn resume(run_dir: &Path, o: &Overrides) -> Result<()> {
-    if crate::checkpoint::latest(run_dir).is_none() && run_dir.join("config.toml").is_file() {
-        let mut cfg = launch::resumed_config(run_dir, o)?;
-        cfg.run_dir = Some(run_dir.to_path_buf());
-        if cfg.tau_h.as_deref() == Some("auto") {
-            eprintln!("{}: continuing the --tau-h auto sweep", run_dir.display());
-            start_with_auto_tau_h(cfg)?;
-            return Ok(());
-        }
-        if run_dir.join("tau-h-auto").join("sweep.json").is_file() {
-            eprintln!(
-                "{}: the --tau-h auto sweep chose τ_h {}; the run stopped before its first epoch ended and starts again",
-                run_dir.display(),
-                cfg.tau_h.as_deref().unwrap_or("?")
-            );
-            launch::start(cfg)?;
-            return Ok(());
-        }
+    if crate::checkpoint::latest(run_dir).is_some() || !launch::runs_config(run_dir) {
+        return launch::resume(run_dir, o);
     }
-    launch::resume(run_dir, o)
+    let mut cfg = launch::resumed_config(run_dir, o)?;
+    cfg.run_dir = Some(run_dir.to_path_buf());
+    let auto = cfg.tau_h.as_deref() == Some("auto");
+    let sweep = run_dir.join("tau-h-auto");
+    if auto && sweep.is_dir() {
+        eprintln!("{}: continuing the --tau-h auto sweep", run_dir.display());
+    } else if !auto && sweep.join("sweep.json").is_file() {
+        eprintln!(
+            "{}: the --tau-h auto sweep chose τ_h {}; the run stopped before its first epoch ended and starts again",
+            run_dir.display(),
+            cfg.tau_h.as_deref().unwrap_or("?")
+        );
+    } else {
+        eprintln!(
+            "{}: no checkpoint yet (the run stopped before its first epoch ended); it starts again from its config.toml",
+            run_dir.display()
+        );
+    }
+    start_with_auto_tau_h(cfg)?;
+    Ok(())
 }
 
 /// One sensitivity curve per swept knob, the others fixed at the best point's values.
