@@ -64,7 +64,8 @@ const RUN_OUTPUTS: [&str; 10] = [
 /// `run_dir`) is not one.
 pub fn runs_config(run_dir: &Path) -> bool {
     let saved = run_dir.join("config.toml");
-    std::fs::symlink_metadata(&saved).is_ok_and(|m| m.is_file())
+    // A run's config.toml is a few kilobytes: a large file is someone else's, and is not read.
+    std::fs::symlink_metadata(&saved).is_ok_and(|m| m.is_file() && m.len() < 1 << 20)
         && TrainConfig::read_saved(&saved).is_ok_and(|c| c.run_dir.is_some())
 }
 
