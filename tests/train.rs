@@ -1474,6 +1474,8 @@ fn an_interrupted_tau_h_auto_sweep_continues_with_resume() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Frozen mid-sweep (SIGSTOP), so that the checks below cannot race the sweep's end.
+    assert!(Command::new("kill").args(["-STOP", &child.id().to_string()]).status().unwrap().success());
     let err = fails_cleanly(Command::new(bin("cls-train")).args(&args), 1);
     assert!(err.contains(&format!("{} is in use by another cls-train", run.display())), "a second process: {err}");
     child.kill().unwrap();
