@@ -182,9 +182,10 @@ pub struct Chart {
 pub const PALETTE: [&str; 8] = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7b83", "#57606a"];
 
 /// The line of the `k`th series style: 0 solid for the first round of [`PALETTE`], then 1
-/// dashed, then 2 dotted (the PNG plots follow the same rule).
+/// dashed, 2 dotted, 3 long-dashed (the PNG plots follow the same rule); a fifth round is solid
+/// again.
 pub fn line_kind(k: usize) -> usize {
-    (k / PALETTE.len()) % 3
+    (k / PALETTE.len()) % 4
 }
 
 /// The SVG dash pattern of [`line_kind`].
@@ -192,7 +193,8 @@ fn dashes(k: usize) -> &'static str {
     match line_kind(k) {
         0 => "",
         1 => " stroke-dasharray=\"7 3\"",
-        _ => " stroke-dasharray=\"2 3\"",
+        2 => " stroke-dasharray=\"2 3\"",
+        _ => " stroke-dasharray=\"14 4\"",
     }
 }
 
@@ -527,6 +529,10 @@ mod tests {
         assert!(svg.contains(">25</text>") && svg.contains(">100</text>"));
         // The ninth series is dashed, in the first colour again; no style attribute (CSP).
         assert_eq!(svg.matches("stroke-dasharray").count(), 2, "the series and its legend line");
+        // Four rounds of the palette read apart (solid, dashed, dotted, long-dashed); a fifth is solid.
+        let rounds: Vec<&str> = (0..5).map(|r| dashes(r * PALETTE.len())).collect();
+        assert!(rounds[0].is_empty() && rounds[4].is_empty(), "{rounds:?}");
+        assert!((1..4).all(|i| !rounds[i].is_empty() && (0..i).all(|j| rounds[j] != rounds[i])), "{rounds:?}");
         assert!(!svg.contains("style="));
         // A single point gets a dot.
         let one = Chart {

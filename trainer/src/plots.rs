@@ -105,7 +105,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             let (dash, gap) = match cls_core::html::line_kind(k) {
                 0 => (0, 0),
                 1 => (7, 4),
-                _ => (2, 4),
+                2 => (2, 4),
+                _ => (14, 5),
             };
             let drawn = if dash == 0 {
                 chart.draw_series(LineSeries::new(points, line))
@@ -116,7 +117,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             let sample: [(i32, i32); 3] = match dash {
                 0 => [(0, 6), (6, 12), (12, 18)],
                 7 => [(0, 7), (11, 18), (18, 18)],
-                _ => [(0, 2), (8, 10), (16, 18)],
+                2 => [(0, 2), (8, 10), (16, 18)],
+                _ => [(0, 14), (0, 14), (0, 14)],
             };
             drawn.map_err(|e| anyhow::anyhow!("{e}"))?.label(s.name.clone()).legend(move |(x, y)| {
                 let piece = |(a, b): (i32, i32)| PathElement::new(vec![(a, 0), (b, 0)], line);

@@ -41,7 +41,8 @@ struct Run {
 
 /// The look of each run's curves (a style index of `cls_core::html::Series`): a colour per method,
 /// in order of first appearance, and the second, third, ... run of a method (its other seeds or
-/// settings) dashed, then dotted, so that several seeds of a few methods read as groups.
+/// settings) dashed, dotted, then long-dashed, so that several seeds of a few methods read as
+/// groups.
 fn run_styles(runs: &[Run]) -> Vec<usize> {
     let mut methods: Vec<String> = Vec::new();
     let mut seen: Vec<usize> = Vec::new();
