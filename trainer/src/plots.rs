@@ -69,14 +69,15 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((y1 - y0) * 0.08).max(0.5);
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
-    save_png(path, (900, 540), |root| {
+    let (corner, top, band) = legend_place(series, (x0, x1), (y0 - pad, y1 + pad), PLOT_AREA);
+    save_png(path, (900, 540 + band), |root| {
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 24))
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .build_cartesian_2d(x0..x1, (y0 - pad)..top)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let whole_epochs = x_label == "epoch";
         let x_format = move |x: &f64| {
@@ -133,11 +134,65 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(corner)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     })
+}
+
+/// The plot area of [`line_chart`] in pixels, about (the picture less its margins, caption and
+/// axis labels): what the legend's size is measured against.
+const PLOT_AREA: (f64, f64) = (812.0, 420.0);
+
+/// Where the legend of `series` goes, and the top of the y axis: the corner of the plot area
+/// where it hides none of their points and lines (sampled along each segment), in order lower
+/// right, upper right, upper left, lower left; when every corner hides some, the legend goes in
+/// a band of its height above the data at the upper right: the picture grows by that many pixels
+/// (the third value) and the y axis upward from `y1`, so that the data keep their height. Its box
+/// is estimated from the label font (15 px: about 8 px per character, 19 px per line, 40 px of
+/// sample and padding).
+fn legend_place(
+    series: &[Series],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    area: (f64, f64),
+) -> (SeriesLabelPosition, f64, u32) {
+    let longest = series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as f64;
+    let band = series.len() as f64 * 19.0 + 12.0;
+    let (w, h) = (((longest * 8.0 + 40.0) / area.0).min(1.0), (band / area.1).min(1.0));
+    // Every point and 8 samples per segment, as fractions of the axes (0 to 1, y up).
+    let frac =
+        |(x, y): (f64, f64)| ((x - x0) / (x1 - x0).max(f64::MIN_POSITIVE), (y - y0) / (y1 - y0).max(f64::MIN_POSITIVE));
+    let mut samples = Vec::new();
+    for s in series {
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        samples.extend(pts.iter().map(|&p| frac(p)));
+        for pair in pts.windows(2) {
+            let (a, b) = (frac(pair[0]), frac(pair[1]));
+            samples.extend((1..8).map(|i| {
+                let t = i as f64 / 8.0;
+                (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
+            }));
+        }
+    }
+    // (position, the box's x range, y range)
+    let corners = [
+        (SeriesLabelPosition::LowerRight, (1.0 - w, 1.0), (0.0, h)),
+        (SeriesLabelPosition::UpperRight, (1.0 - w, 1.0), (1.0 - h, 1.0)),
+        (SeriesLabelPosition::UpperLeft, (0.0, w), (1.0 - h, 1.0)),
+        (SeriesLabelPosition::LowerLeft, (0.0, w), (0.0, h)),
+    ];
+    let hidden = |(xs, ys): ((f64, f64), (f64, f64))| {
+        samples.iter().filter(|p| xs.0 <= p.0 && p.0 <= xs.1 && ys.0 <= p.1 && p.1 <= ys.1).count()
+    };
+    for (pos, xs, ys) in corners {
+        if hidden((xs, ys)) == 0 {
+            return (pos, y1, 0);
+        }
+    }
+    // The data keep the plot area's height; the band is added above them.
+    (SeriesLabelPosition::UpperRight, y1 + (y1 - y0) * band / area.1, band.ceil() as u32)
 }
 
 /// Validation mAP (%) per epoch, one series per peer: each point is (a line's epoch, that line's
@@ -217,6 +272,37 @@ mod tests {
             images_per_s: 1.0,
             seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn the_legend_goes_where_it_hides_no_point() {
+        let curve = |name: &str, pts: &[(f64, f64)]| Series { name: name.into(), points: pts.to_vec(), style: None };
+        let place = |series: &[Series]| {
+            let (pos, top, band) = legend_place(series, (1.0, 10.0), (0.0, 100.0), PLOT_AREA);
+            (format!("{pos:?}"), top, band)
+        };
+        let at = |p: SeriesLabelPosition| format!("{p:?}");
+        // Rising curves leave the lower right free.
+        let rising: Vec<Series> = (0..3)
+            .map(|k| curve("a", &(1..=10).map(|e| (e as f64, 8.0 * e as f64 + k as f64)).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(place(&rising), (at(SeriesLabelPosition::LowerRight), 100.0, 0));
+        // Curves along the bottom and the top from epoch 7: the upper left is free (the legend
+        // is 55% of the width).
+        let name = "a long run name (runs/corel5k-ft-single-jocor-s0)";
+        let mut v = vec![
+            curve(name, &(7..=10).map(|e| (e as f64, 2.0)).collect::<Vec<_>>()),
+            curve("b", &(7..=10).map(|e| (e as f64, 98.0)).collect::<Vec<_>>()),
+        ];
+        assert_eq!(place(&v), (at(SeriesLabelPosition::UpperLeft), 100.0, 0));
+        // Across the whole width: no corner is free, so the legend goes in a band above the data:
+        // the picture and the axis grow by its height (2 lines), the data keep theirs.
+        v[0].points.insert(0, (1.0, 2.0));
+        v[1].points.insert(0, (1.0, 98.0));
+        let (pos, top, band) = place(&v);
+        assert_eq!((pos, band), (at(SeriesLabelPosition::UpperRight), 2 * 19 + 12));
+        let per_pixel = 100.0 / PLOT_AREA.1;
+        assert!((top - (100.0 + band as f64 * per_pixel)).abs() < 1e-9, "{top}");
     }
 
     #[test]
