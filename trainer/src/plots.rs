@@ -102,24 +102,18 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             let color = colour(k).to_rgba();
             let line = color.stroke_width(2);
             let points = s.points.iter().copied();
-            // The pattern's pieces as (start, end) pixels, for the line and the legend's sample.
-            let (dash, gap) = match cls_core::html::line_kind(k) {
-                0 => (0, 0),
-                1 => (7, 4),
-                2 => (2, 4),
-                _ => (14, 5),
+            // The pattern as (dash, gap) pixels, and the legend's sample of it as three (start,
+            // end) pieces, joined for a solid line.
+            let ((dash, gap), sample): ((u32, u32), [(i32, i32); 3]) = match cls_core::html::line_kind(k) {
+                0 => ((0, 0), [(0, 6), (6, 12), (12, 18)]),
+                1 => ((7, 4), [(0, 7), (11, 18), (18, 18)]),
+                2 => ((2, 4), [(0, 2), (8, 10), (16, 18)]),
+                _ => ((14, 5), [(0, 14), (0, 14), (0, 14)]),
             };
             let drawn = if dash == 0 {
                 chart.draw_series(LineSeries::new(points, line))
             } else {
                 chart.draw_series(DashedLineSeries::new(points, dash, gap, line))
-            };
-            // The legend's sample of the line: three pieces, joined for a solid line.
-            let sample: [(i32, i32); 3] = match dash {
-                0 => [(0, 6), (6, 12), (12, 18)],
-                7 => [(0, 7), (11, 18), (18, 18)],
-                2 => [(0, 2), (8, 10), (16, 18)],
-                _ => [(0, 14), (0, 14), (0, 14)],
             };
             drawn.map_err(|e| anyhow::anyhow!("{e}"))?.label(s.name.clone()).legend(move |(x, y)| {
                 let piece = |(a, b): (i32, i32)| PathElement::new(vec![(a, 0), (b, 0)], line);
