@@ -210,7 +210,8 @@ pub fn features(
         Ok(())
     })?;
     bar.finish_and_clear();
-    eprintln!("features of {n} {label} images in {:.1} s", t0.elapsed().as_secs_f64());
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("features of {n} {label} images in {secs:.2} s ({:.1} images/s)", n as f64 / secs.max(1e-9));
     let all = Tensor::cat(&parts, 0);
     cls_core::fsio::write_via_path(&path, |tmp| {
         Tensor::write_safetensors(&[("features", &all)], tmp).context("writing the feature cache")
