@@ -10,6 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::lr::{LrSchedule, Schedule};
 use crate::methods::{MethodConfig, MethodName, Reduction};
 use cls_core::readers::Unlisted;
 
@@ -141,20 +142,6 @@ impl std::str::FromStr for Export {
         <Export as clap::ValueEnum>::from_str(s.trim(), true)
             .map_err(|_| anyhow::anyhow!("--export {s}: expected better or ensemble"))
     }
-}
-
-/// How the learning rate moves over the run (after `--warmup-epochs`, if any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Cosine decay to 0 at the last step (the paper's).
-    #[default]
-    Cosine,
-    /// The same rate throughout: end-to-end comparisons where a network's peak and decline must
-    /// fall inside the run.
-    Constant,
-    /// Multiplied by --lr-gamma every --lr-step-epochs epochs (PyTorch's StepLR).
-    Step,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -713,6 +700,20 @@ impl TrainConfig {
     /// `--schedule step`'s interval in epochs: --lr-step-epochs, else a third of --epochs.
     pub fn lr_step_interval(&self) -> usize {
         self.lr_step_epochs.unwrap_or((self.epochs / 3).max(1))
+    }
+
+    /// The learning rate of every step (`--lr`, `--schedule`, `--warmup-epochs`,
+    /// `--lr-step-epochs`, `--lr-gamma`) for epochs of `steps_per_epoch` steps.
+    pub fn lr_schedule(&self, steps_per_epoch: usize) -> LrSchedule {
+        LrSchedule {
+            base: self.lr,
+            kind: self.schedule,
+            steps_per_epoch: steps_per_epoch.max(1),
+            epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            step_epochs: self.lr_step_interval(),
+            gamma: self.lr_gamma,
+        }
     }
 
     /// The method's knobs, with τ resolved by the caller (dataset- and protocol-dependent).

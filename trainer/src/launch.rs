@@ -130,7 +130,7 @@ pub fn start_locked(mut cfg: TrainConfig, lock: RunLock) -> Result<PathBuf> {
     }
     cfg.run_dir = Some(run_dir.clone());
     // Resolved once, so that a resume with another --epochs keeps the same decays.
-    if cfg.schedule == crate::config::Schedule::Step {
+    if cfg.schedule == crate::lr::Schedule::Step {
         cfg.lr_step_epochs = Some(cfg.lr_step_interval());
     }
     if let Err(e) = checkpoint::save_config(&cfg, &run_dir) {

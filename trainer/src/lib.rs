@@ -9,6 +9,7 @@ pub mod data;
 pub mod inputs;
 pub mod launch;
 pub mod loader;
+pub mod lr;
 pub mod methods;
 pub mod optim;
 pub mod peer;

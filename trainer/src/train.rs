@@ -22,7 +22,6 @@ use crate::data::RunData;
 use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
-use crate::optim::LrSchedule;
 pub use crate::peer::Peer;
 use crate::runlog;
 pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
@@ -77,7 +76,7 @@ pub fn run(
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
     let steps_per_epoch = n_train.div_ceil(bs);
-    let schedule = LrSchedule::new(cfg, steps_per_epoch);
+    let schedule = cfg.lr_schedule(steps_per_epoch);
     if state.best.len() != n_nets {
         state.best = vec![None; n_nets];
     }
