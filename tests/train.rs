@@ -1546,3 +1546,56 @@ fn a_new_run_leaves_a_users_folder_alone_and_resume_restarts_a_run_without_a_che
     // The same weights as the run it was copied from (same configuration and seed).
     assert_eq!(weights(&early), weights(&done));
 }
+
+/// A training split of k × batch + 1 images (issue 26): the final batch of one image is dropped
+/// (BatchNorm cannot train on one image: every run used to end in "score of image 0, class 0 is
+/// NaN"), for the MLP and a CNN, with the cache and streamed, and `--resume` continues it. A batch
+/// size of one is refused where BatchNorm trains, and allowed where none does.
+#[test]
+fn a_final_batch_of_one_image_trains_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let finite_map = |run: &Path| {
+        let s = read_json(&run.join("summary.json"));
+        let m = s["val"]["mAP"].as_f64().unwrap_or(f64::NAN);
+        assert!(m.is_finite() && m > 0.0, "{}: validation mAP {m}", run.display());
+    };
+
+    // MLP: 41 rows, 8 held out for validation, 33 = 2 × 16 + 1 to train.
+    let (tr, te) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    write_csv(&tr, 41, 5);
+    write_csv(&te, 20, 6);
+    let cache = tmp.path().join("cache");
+    let mlp = tmp.path().join("mlp");
+    let args = ["--method", "an", "--epochs", "3", "--batch-size", "16", "--stop-after", "1"];
+    let args = table_run(&tr, Some(&te), &mlp, Some(&cache), &args);
+    let out = train(&strs(&args));
+    assert!(!mlp.join("summary.json").exists(), "stopped after one epoch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("33 images"), "the split is 2 x 16 + 1:\n{err}");
+    train(&["--resume", mlp.to_str().unwrap()]);
+    check_run(&mlp, "an", 3, 1);
+    finite_map(&mlp);
+
+    // --batch-size 1 with BatchNorm: refused before anything is written; without a hidden layer
+    // (no BatchNorm) it trains.
+    let bs1 = table_run(&tr, None, &tmp.path().join("bs1"), None, &["--batch-size", "1"]);
+    let err = train_fails(&strs(&bs1), tmp.path(), "bs1");
+    assert!(err.contains("--batch-size 1") && err.contains("BatchNorm") && err.contains("2 or more"), "{err}");
+    assert!(!tmp.path().join("bs1/config.toml").exists(), "refused before config.toml");
+    let linear = tmp.path().join("linear");
+    let args = ["--method", "an", "--batch-size", "1", "--epochs", "1", "--mlp-hidden", "0"];
+    train(&strs(&table_run(&tr, None, &linear, Some(&cache), &args)));
+    finite_map(&linear);
+
+    // A CNN at 32 × 32 (a 1 × 1 map before its last BatchNorm): 21 images, 4 held out, 17 = 2 × 8 + 1,
+    // from the image cache and decoded per step.
+    let tr = write_images(tmp.path(), 21, 91, "train");
+    let te = write_images(tmp.path(), 8, 92, "test");
+    for (name, extra) in [("cnn", &[][..]), ("cnn-streamed", &["--cache", "none"][..])] {
+        let run = tmp.path().join(name);
+        let extra = [&["--method", "an"][..], extra].concat();
+        train(&strs(&image_run(&tr, &te, Some((&run, &cache)), &extra)));
+        check_run(&run, "an", 2, 1);
+        finite_map(&run);
+    }
+}

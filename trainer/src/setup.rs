@@ -251,6 +251,18 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         bail!("--freeze-backbone applies to image backbones; the MLP of a feature table always trains whole");
     }
     let head_only = cfg.freeze_backbone;
+    // A batch of one image cannot train BatchNorm (variance 0, running variance NaN); a final
+    // batch of one is dropped each epoch (train::trained_per_epoch), but every batch is one image
+    // here. The frozen backbone's linear head and an MLP without a hidden layer have no BatchNorm.
+    let trains_batch_norm = !head_only && !matches!(arch, Arch::Mlp { hidden: 0, .. });
+    if trains_batch_norm && cfg.batch_size.min(n_train) < 2 {
+        bail!(
+            "{}: every batch would hold one image, and BatchNorm (in {}) cannot train on a batch of one; {}",
+            if n_train < 2 { format!("the training split has {n_train} image") } else { "--batch-size 1".to_string() },
+            arch.name(),
+            if n_train < 2 { "give more training data" } else { "use --batch-size 2 or more" }
+        );
+    }
     let mut peers = Vec::new();
     for (k, &dev) in devices.iter().enumerate() {
         tch::manual_seed((cfg.seed as i64).wrapping_mul(7919).wrapping_add(k as i64));

@@ -35,6 +35,28 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
     r
 }
 
+/// How many of the `n` training images an epoch trains on at batch size `batch`: all of them,
+/// except when they would leave a final batch of one image, which is dropped (PyTorch's
+/// `drop_last`, for that one image only): BatchNorm cannot normalise a batch of one (its variance
+/// is 0 and the running variance becomes NaN). The shuffle picks which image waits for the next
+/// epoch, so every image still trains.
+pub fn trained_per_epoch(n: usize, batch: usize) -> usize {
+    if batch > 1 && n > batch && n % batch == 1 {
+        n - 1
+    } else {
+        n
+    }
+}
+
+/// The images of epoch `epoch` in training order: all `n` shuffled with the epoch's own seed,
+/// cut to [`trained_per_epoch`].
+pub fn epoch_order(n: usize, batch: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut epoch_rng(seed, epoch, 1));
+    order.truncate(trained_per_epoch(n, batch));
+    order
+}
+
 /// What a run that completed all its epochs hands on to the summary and export.
 pub struct Trained {
     pub arch: Arch,
@@ -75,7 +97,8 @@ pub fn run(
     let n_nets = peers.len();
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
-    let steps_per_epoch = n_train.div_ceil(bs);
+    let n_trained = trained_per_epoch(n_train, bs);
+    let steps_per_epoch = n_trained.div_ceil(bs);
     let schedule = cfg.lr_schedule(steps_per_epoch);
     if state.best.len() != n_nets {
         state.best = vec![None; n_nets];
@@ -97,8 +120,7 @@ pub fn run(
     let interactive = std::io::stderr().is_terminal();
     for epoch in state.epochs_done..stop_at {
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..n_train).collect();
-        order.shuffle(&mut epoch_rng(cfg.seed, epoch, 1));
+        let order = epoch_order(n_train, bs, cfg.seed, epoch);
         let aug_rng = epoch_rng(cfg.seed, epoch, 2);
         let bar = step_bar(steps_per_epoch, epoch, cfg.epochs, interactive);
         let mut loss_sum = vec![0.0; n_nets];
@@ -141,7 +163,7 @@ pub fn run(
             bar.set_message(format!(
                 "loss {:.4}  {:.0} img/s",
                 out.per_net.iter().sum::<f64>() / n_nets as f64,
-                done.min(n_train) as f64 / t0.elapsed().as_secs_f64()
+                done.min(n_trained) as f64 / t0.elapsed().as_secs_f64()
             ));
             bar.inc(1);
             step += 1;
@@ -175,7 +197,7 @@ pub fn run(
             r_l,
             selection: if sel.iter().any(|s| s.flagged > 0) { sel } else { vec![] },
             lr,
-            images_per_s: n_train as f64 / train_secs,
+            images_per_s: n_trained as f64 / train_secs,
             seconds: t0.elapsed().as_secs_f64(),
         };
         if cfg.keep_epochs {
@@ -300,7 +322,30 @@ pub fn predict(peer: &Peer, inputs: &Inputs, head_only: bool, device: Device) ->
 
 pub fn evaluate(peer: &Peer, inputs: &Inputs, truth: &Array2<i8>, head_only: bool, device: Device) -> Result<Metrics> {
     let probs = predict(peer, inputs, head_only, device)?;
-    metrics::evaluate(probs.view(), truth.view(), 0.5).map_err(|e| anyhow::anyhow!("evaluation: {e}"))
+    metrics::evaluate(probs.view(), truth.view(), 0.5).map_err(|e| match e {
+        metrics::MetricsError::NanScore { .. } => anyhow::anyhow!("evaluation: {e}: {}", nan_cause(peer)),
+        e => anyhow::anyhow!("evaluation: {e}"),
+    })
+}
+
+/// Why a network's output is NaN: the first of its tensors (weights and BatchNorm statistics,
+/// by name) that holds a NaN or an infinity, else the input or the forward pass.
+pub fn nan_cause(peer: &Peer) -> String {
+    let mut vars: Vec<(String, Tensor)> = peer.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let bad = vars.iter().find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0);
+    match bad {
+        Some((name, _)) if name.contains("running_") => format!(
+            "the network's BatchNorm statistics `{name}` hold NaN or infinite values (a training batch of one image \
+             gives BatchNorm a variance of 0, or a step diverged)"
+        ),
+        Some((name, _)) => {
+            format!("the network's weights `{name}` hold NaN or infinite values: training diverged (lower --lr)")
+        }
+        None => "every weight of the network is finite, so the input or the forward pass overflowed (check the \
+                 features or images)"
+            .to_string(),
+    }
 }
 
 pub fn i8_tensor(a: &Array2<i8>) -> Tensor {
