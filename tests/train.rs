@@ -1599,3 +1599,58 @@ fn a_final_batch_of_one_image_trains_and_resumes() {
         finite_map(&run);
     }
 }
+
+/// Issue 26: one image listed twice under two spellings in a training manifest is refused with
+/// both lines named; test images that are also training images (by path, or the same bytes
+/// under another name) are counted in a warning; a validation split under 20 images is pointed
+/// out.
+#[test]
+fn duplicate_and_overlapping_images_are_refused_or_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 30, 61, "train");
+    let te = write_images(tmp.path(), 10, 62, "test");
+    let cache = tmp.path().join("cache");
+
+    // The same file twice: `train/003.png` and `./train/003.png`.
+    let manifest = std::fs::read_to_string(&tr).unwrap();
+    let line3 = manifest.lines().nth(3).unwrap().replace("\"train/003.png\"", "\"./train/003.png\"");
+    let dup = tmp.path().join("dup.jsonl");
+    std::fs::write(&dup, format!("{manifest}{line3}\n")).unwrap();
+    let err = train_fails(&strs(&image_run(&dup, &te, None, &["--method", "an"])), tmp.path(), "dup");
+    assert!(err.contains("dup.jsonl:31") && err.contains("'./train/003.png'") && err.contains("line 4"), "{err}");
+
+    // The test set holds 3 training images: one by another spelling, one through a symlinked
+    // folder, one copied under a new name.
+    std::os::unix::fs::symlink(tmp.path().join("train"), tmp.path().join("alias")).unwrap();
+    std::fs::copy(tmp.path().join("train/007.png"), tmp.path().join("test/copy.png")).unwrap();
+    let labels = |i: usize| manifest.lines().nth(i).unwrap().split("\"labels\"").nth(1).unwrap().to_string();
+    let mut test = std::fs::read_to_string(&te).unwrap();
+    test += &format!("{{\"image\": \"./train/001.png\", \"labels\"{}\n", labels(1));
+    test += &format!("{{\"image\": \"alias/002.png\", \"labels\"{}\n", labels(2));
+    test += &format!("{{\"image\": \"test/copy.png\", \"labels\"{}\n", labels(7));
+    let leaky = tmp.path().join("leaky.jsonl");
+    std::fs::write(&leaky, test).unwrap();
+    let run = tmp.path().join("leaky-run");
+    let out = train(&strs(&image_run(&tr, &leaky, Some((&run, &cache)), &["--method", "an", "--epochs", "1"])));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "3 of the 13 test images are also training or validation images (2 the same file, 1 the same bytes"
+        ),
+        "{err}"
+    );
+    // 30 images hold out 6 for validation.
+    assert!(err.contains("the validation split has 6 images (fewer than 20)"), "{err}");
+
+    // A clean test set and a validation set of 20: neither warning.
+    let val = write_images(tmp.path(), 20, 63, "val");
+    let clean = tmp.path().join("clean-run");
+    let args = image_run(
+        &tr,
+        &te,
+        Some((&clean, &cache)),
+        &["--method", "an", "--epochs", "1", "--val", val.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&train(&strs(&args)).stderr).to_string();
+    assert!(!err.contains("are also") && !err.contains("fewer than 20"), "{err}");
+}

@@ -3,8 +3,8 @@
 
 use cls_core::labels::{NEG, POS, UNK};
 use cls_core::readers::{
-    open, read_coco, read_csv, read_jsonl, read_nuswide, read_observed_npy, read_observed_txt, read_voc, DataError,
-    LabelColumns, ReadOptions, VOC_CLASSES,
+    open, read_coco, read_csv, read_jsonl, read_nuswide, read_observed_npy, read_observed_txt, read_tag_table,
+    read_voc, DataError, LabelColumns, ReadOptions, VOC_CLASSES,
 };
 use ndarray::{array, Array2};
 use std::fs;
@@ -467,4 +467,37 @@ fn observed_txt_matches_images_by_id_file_name_or_stem() {
         let path = write(dir.path(), name, content);
         assert_contains(&err_text(read_observed_txt(&path, &ds)), &expected);
     }
+}
+
+/// One image file under two spellings (issue 26): `a.jpg` and `./a.jpg`, or a folder and a
+/// symbolic link to it, is refused by the JSONL and tag-table readers with both lines named, and
+/// by `open` for the other formats.
+#[test]
+fn one_file_under_two_spellings_is_refused_with_both_lines() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "imgs/a.jpg", b"x");
+    write(dir.path(), "imgs/b.jpg", b"y");
+    std::os::unix::fs::symlink(dir.path().join("imgs"), dir.path().join("linked")).unwrap();
+    write(dir.path(), "classes.txt", "sky\n");
+    let line = |image: &str| format!("{{\"image\": \"{image}\", \"labels\": [\"sky\"]}}\n");
+    for (name, second) in
+        [("dot.jsonl", "./imgs/a.jpg"), ("up.jsonl", "imgs/../imgs/a.jpg"), ("link.jsonl", "linked/a.jpg")]
+    {
+        let path = write(dir.path(), name, format!("{}{}{}", line("imgs/a.jpg"), line("imgs/b.jpg"), line(second)));
+        let want = [
+            format!("{name}:3"),
+            format!("duplicate image '{second}'"),
+            "line 1 as 'imgs/a.jpg', the same file".into(),
+        ];
+        assert_contains(&err_text(read_jsonl(&path, None, true)), &want.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let fine = write(dir.path(), "fine.jsonl", format!("{}{}", line("imgs/a.jpg"), line("linked/b.jpg")));
+    assert_eq!(read_jsonl(&fine, None, true).unwrap().len(), 2);
+
+    let opts = ReadOptions::default();
+    let table = write(dir.path(), "tags.csv", "image,tags\nimgs/a.jpg,sky\nimgs/b.jpg,sky\nlinked/a.jpg,sky\n");
+    assert_contains(
+        &err_text(read_tag_table(&table, &opts)),
+        &["tags.csv:4", "duplicate image 'linked/a.jpg'", "line 2 as 'imgs/a.jpg', the same file"],
+    );
 }

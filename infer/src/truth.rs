@@ -47,10 +47,10 @@ pub struct Truth {
     pub notes: Vec<String>,
 }
 
-/// The resolved absolute form of `path`, or the path itself when it cannot be resolved (a
-/// missing file then matches nothing).
+/// The file `path` names, by the rule the trainer's readers use too
+/// ([`readers::canonical_image_path`]: symbolic links, `.` and `..` resolved).
 pub fn resolve(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+    readers::canonical_image_path(path)
 }
 
 fn voc_split(root: &Path) -> String {
@@ -241,8 +241,12 @@ mod tests {
         let model = ["cat".to_string(), "dog".to_string()];
         // The same image under two spellings.
         fs::write(&manifest, "{\"image\": \"imgs/./a.jpg\", \"labels\": [\"dog\"]}\n{\"image\": \"imgs/a.jpg\", \"labels\": [\"cat\"]}\n").unwrap();
-        let err = Truth::load(&manifest, &imgs, None, &model).err().unwrap().to_string();
-        assert!(err.contains("listed twice") && err.contains("entries 1 and 2"), "{err}");
+        let err = format!("{:#}", Truth::load(&manifest, &imgs, None, &model).err().unwrap());
+        // The readers' rule, the trainer's too (cls_core::readers::SameFile).
+        assert!(
+            err.contains("gt.jsonl:2: duplicate image 'imgs/a.jpg'") && err.contains("line 1 as 'imgs/./a.jpg'"),
+            "{err}"
+        );
         // None of the model's classes.
         fs::write(&manifest, "{\"image\": \"imgs/a.jpg\", \"labels\": [\"sun\"]}\n").unwrap();
         let err = Truth::load(&manifest, &imgs, None, &model).err().unwrap().to_string();

@@ -135,6 +135,25 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
         None => None,
     };
 
+    // Images scored that also trained make their scores optimistic; a tiny validation split picks
+    // the best epoch and the thresholds by chance.
+    if let Some(t) = &test {
+        let seen: Vec<&Path> = train.samples.iter().chain(&val.samples).map(|s| s.path.as_path()).collect();
+        warn_overlap(&seen, t, "test", "training or validation");
+    }
+    if cfg.val.is_some() {
+        let seen: Vec<&Path> = train.samples.iter().map(|s| s.path.as_path()).collect();
+        warn_overlap(&seen, &val, "validation", "training");
+    }
+    if val.len() < MIN_VAL_IMAGES {
+        eprintln!(
+            "warning: the validation split has {} images (fewer than {MIN_VAL_IMAGES}): its mAP, which picks the best \
+             epoch and the thresholds, means little; give --val a larger labelled set{}",
+            val.len(),
+            if cfg.val.is_none() { " or raise --val-fraction" } else { "" }
+        );
+    }
+
     // Every epoch is scored by validation mAP, which needs at least one positive: say so now
     // rather than after the first epoch.
     let no_positive = |ds: &Dataset| !ds.targets.iter().any(|&v| v == POS);
@@ -164,6 +183,26 @@ pub fn load(cfg: &TrainConfig) -> Result<RunData> {
     drop(whole);
     let family = family_of(&train_path, &train);
     Ok(RunData { train, val, test, observed, family, class_ids, val_unknown_as_negative })
+}
+
+/// Below this many images a validation split gets a warning.
+pub const MIN_VAL_IMAGES: usize = 20;
+
+/// Warn when images of `split` (`what`) are also among `seen` (`seen_what`): the same file by
+/// canonical path, or the same bytes under another name (`readers::overlap`).
+fn warn_overlap(seen: &[&Path], split: &Dataset, what: &str, seen_what: &str) {
+    let other: Vec<&Path> = split.samples.iter().map(|s| s.path.as_path()).collect();
+    let o = readers::overlap(seen, &other);
+    if o.total() > 0 {
+        eprintln!(
+            "warning: {} of the {} {what} images are also {seen_what} images ({} the same file, {} the same bytes \
+             under another name): their {what} scores are optimistic for images the model has not seen",
+            o.total(),
+            split.len(),
+            o.same_file,
+            o.same_content
+        );
+    }
 }
 
 /// For every class of `truth` with unknown entries and no verified negative, make its unknown

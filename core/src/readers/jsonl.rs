@@ -3,13 +3,14 @@
 //! lines are skipped, other fields are ignored.
 
 use super::{
-    file_stem_str, label_space, parent_name, read_class_list, read_lines, short_name, DataError, Loc, Unlisted,
+    file_stem_str, label_space, parent_name, read_class_list, read_lines, short_name, DataError, Loc, SameFile,
+    Unlisted,
 };
 use crate::dataset::{Dataset, Sample};
 use crate::labels::{LabelSpace, NEG, POS};
 use ndarray::Array2;
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -47,7 +48,7 @@ pub fn read_jsonl_with(
 ) -> Result<Dataset, DataError> {
     let base = manifest.parent().unwrap_or(Path::new(""));
     let mut entries = Vec::new();
-    let mut first_line: HashMap<String, usize> = HashMap::new();
+    let mut seen = SameFile::default();
     for (line, text) in read_lines(manifest)? {
         let entry: Entry = serde_json::from_str(&text).map_err(|e| DataError::json(manifest, line, &e))?;
         if let Some(name) = entry.negatives.iter().flatten().find(|n| entry.labels.contains(n)) {
@@ -56,14 +57,21 @@ pub fn read_jsonl_with(
                 format!("class '{name}' is both in \"labels\" and in \"negatives\""),
             ));
         }
-        if let Some(first) = first_line.insert(entry.image.clone(), line) {
+        let path = base.join(&entry.image);
+        // One file under two spellings (`a.jpg`, `./a.jpg`, a symlinked folder) is one image.
+        if let Some(first) = seen.insert(&path, entries.len()) {
+            let (first_line, first_entry): &(usize, Entry) = &entries[first];
+            let same = if first_entry.image == entry.image {
+                String::new()
+            } else {
+                format!(" as '{}', the same file", first_entry.image)
+            };
             return Err(DataError::DuplicateImage {
                 at: Loc::line(manifest, line),
                 id: entry.image,
-                first: format!("at line {first}"),
+                first: format!("at line {first_line}{same}"),
             });
         }
-        let path = base.join(&entry.image);
         if check_images && !path.is_file() {
             return Err(DataError::MissingImage { at: Loc::line(manifest, line), image: path.display().to_string() });
         }

@@ -32,6 +32,7 @@ mod jsonl;
 mod nuswide;
 mod observed;
 mod openimages;
+mod same_file;
 mod stream;
 mod tags;
 mod voc;
@@ -43,6 +44,7 @@ pub use jsonl::{read_jsonl, read_jsonl_with};
 pub use nuswide::read_nuswide;
 pub use observed::{npy_shape, read_observed_npy, read_observed_txt};
 pub use openimages::{read_open_images, read_open_images_classes, OpenImagesClasses, DESCRIPTION_FILES};
+pub use same_file::{canonical_image_path, overlap, Overlap, SameFile};
 pub use tags::{read_tag_table, IMAGE_COLUMNS, IMAGE_EXTENSIONS, TAG_COLUMNS};
 pub use voc::{read_voc, VOC_CLASSES};
 
@@ -293,7 +295,31 @@ pub fn open_detailed(path: &Path, opts: &ReadOptions) -> Result<Loaded, DataErro
             read_csv(path, labels)?
         }
     };
+    if matches!(format, Format::Coco | Format::Voc | Format::NusWide) {
+        refuse_same_file(&dataset, path)?;
+    }
     Ok(Loaded::plain(dataset, format))
+}
+
+/// One image listed twice under two spellings (the JSONL and tag-table readers say which lines;
+/// here, for the formats that list images by id, which entries).
+fn refuse_same_file(ds: &Dataset, source: &Path) -> Result<(), DataError> {
+    let mut seen = SameFile::default();
+    for (i, s) in ds.samples.iter().enumerate() {
+        if let Some(first) = seen.insert(&s.path, i) {
+            return Err(DataError::DuplicateImage {
+                at: Loc::entry(source, format!("entry {} ('{}')", i + 1, s.id)),
+                id: s.id.clone(),
+                first: format!(
+                    "as entry {} ('{}'): the same file, {}",
+                    first + 1,
+                    ds.samples[first].id,
+                    s.path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How many missing images an error or a note names.

@@ -7,7 +7,7 @@
 use super::stream::CsvStream;
 use super::{
     file_stem_str, label_space, missing_images, parent_name, read_class_list, short_name, DataError, Format, Loaded,
-    Loc, ReadOptions, Unlisted, MISSING_SHOWN,
+    Loc, ReadOptions, SameFile, Unlisted, MISSING_SHOWN,
 };
 use crate::dataset::{Dataset, Sample};
 use crate::labels::POS;
@@ -180,6 +180,17 @@ pub fn read_tag_table(path: &Path, opts: &ReadOptions) -> Result<Loaded, DataErr
     }
     if kept.len() < rows.len() {
         targets = targets.select(ndarray::Axis(0), &kept);
+    }
+    // One file under two spellings (`a.jpg`, `./a.jpg`, a symlinked folder) is one image.
+    let mut seen = SameFile::default();
+    for &r in &kept {
+        if let Some(first) = seen.insert(&found[r].0, r) {
+            return Err(DataError::DuplicateImage {
+                at: Loc::line(path, rows[r].0),
+                id: rows[r].1.clone(),
+                first: format!("at line {} as '{}', the same file", rows[first].0, rows[first].1),
+            });
+        }
     }
     let mut found: Vec<Option<PathBuf>> = found.into_iter().map(|(p, _)| Some(p)).collect();
     let samples =
