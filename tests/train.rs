@@ -1654,3 +1654,112 @@ fn duplicate_and_overlapping_images_are_refused_or_counted() {
     let err = String::from_utf8_lossy(&train(&strs(&args)).stderr).to_string();
     assert!(!err.contains("are also") && !err.contains("fewer than 20"), "{err}");
 }
+
+/// Seconds from the trainer's human-readable durations (`0.14 s`, `8.4 s`, `4 min 05 s`,
+/// `2 h 15 min`).
+fn seconds_of(text: &str) -> f64 {
+    let w: Vec<&str> = text.split_whitespace().collect();
+    match w.as_slice() {
+        [s, "s", ..] => s.parse().unwrap(),
+        [m, "min", s, "s", ..] => m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap(),
+        [h, "h", m, "min", ..] => h.parse::<f64>().unwrap() * 3600.0 + m.parse::<f64>().unwrap() * 60.0,
+        _ => panic!("not a duration: {text}"),
+    }
+}
+
+/// Issue 27: a run says how long it will take after its first batches (within 2× of the time
+/// its epochs then take), every epoch line gives the time left (decreasing to 0), off a terminal
+/// a long epoch prints a progress line every `--progress-every` seconds, `-q` prints none of it,
+/// and labels as given make no claim about the true positives.
+#[test]
+fn a_run_tells_how_long_it_takes_and_what_its_labels_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tr = write_images(tmp.path(), 60, 71, "train");
+    let te = write_images(tmp.path(), 8, 72, "test");
+    let cache = tmp.path().join("cache");
+    let args = |run: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = image_run(&tr, &te, Some((&tmp.path().join(run), &cache)), &["--method", "an", "--epochs", "4"]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let out = train(&strs(&args("timed", &["--progress-every", "0.1"])));
+    let err = String::from_utf8_lossy(&out.stderr);
+
+    // The estimate comes once, after the first batches, before the first epoch line.
+    let estimate_at = err.find("time: ").unwrap_or_else(|| panic!("no estimate:\n{err}"));
+    assert_eq!(err.matches("time: ").count(), 1, "{err}");
+    assert!(estimate_at < err.find("epoch   1/4").unwrap(), "{err}");
+    let estimate = seconds_of(err[estimate_at..].split("about ").nth(1).unwrap());
+    let logged: f64 = std::fs::read_to_string(tmp.path().join("timed/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seconds"].as_f64().unwrap())
+        .sum();
+    assert!(
+        estimate > logged / 2.0 && estimate < logged * 2.0,
+        "estimate {estimate} s, the epochs took {logged} s:\n{err}"
+    );
+
+    // The time left on every epoch line, decreasing to 0.
+    let left: Vec<f64> = err
+        .lines()
+        .filter(|l| l.starts_with("epoch ") && l.contains("val mAP"))
+        .map(|l| seconds_of(l.split("left ").nth(1).unwrap()))
+        .collect();
+    assert_eq!(left.len(), 4, "{err}");
+    assert!(left.windows(2).all(|w| w[1] < w[0]) && left[3] == 0.0, "{left:?}");
+
+    // Off a terminal (stderr is a pipe here): progress lines within the epochs, at the interval.
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("the epoch's training ends in")).collect();
+    assert!(!lines.is_empty(), "no progress line every 0.1 s:\n{err}");
+    assert!((lines.len() as f64) < logged / 0.1 + 4.0, "{} lines in {logged} s", lines.len());
+    let none = train(&strs(&args("no-lines", &["--progress-every", "0"])));
+    assert!(!String::from_utf8_lossy(&none.stderr).contains("ends in"));
+
+    // -q: no estimate, no progress, no epoch lines; the results still print.
+    let quiet = train(&strs(&args("quiet", &["-q", "--progress-every", "0.1"])));
+    let q = String::from_utf8_lossy(&quiet.stderr);
+    let epoch_lines = |t: &str| t.lines().filter(|l| l.starts_with("epoch ")).count();
+    assert!(!q.contains("time: ") && !q.contains("ends in") && epoch_lines(&q) == 0 && !q.contains("left "), "{q}");
+    assert!(q.contains("exported"), "{q}");
+    // -q and --progress-every may be given with --resume.
+    let part = tmp.path().join("part");
+    train(&strs(&image_run(&tr, &te, Some((&part, &cache)), &["--method", "an", "--stop-after", "1"])));
+    let resumed = train(&["--resume", part.to_str().unwrap(), "-q", "--progress-every", "5"]);
+    assert_eq!(epoch_lines(&String::from_utf8_lossy(&resumed.stderr)), 0);
+
+    // Labels as given with unknown entries: what they hold, no share of the true positives.
+    let mut table = String::from("image,tags\n");
+    for line in std::fs::read_to_string(&tr).unwrap().lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let tags: Vec<String> = serde_json::from_value(e["labels"].clone()).unwrap();
+        table += &format!("{},\"{}\"\n", e["image"].as_str().unwrap(), tags[..1].join(";"));
+    }
+    let csv = tmp.path().join("tags.csv");
+    std::fs::write(&csv, table).unwrap();
+    let run = tmp.path().join("given");
+    let a =
+        ["--data", csv.to_str().unwrap(), "--unlisted", "unknown", "--backbone", "resnet18", "--pretrained", "none"];
+    let more = ["--crop", "32x32", "--method", "an", "--epochs", "1", "--run-dir", run.to_str().unwrap()];
+    let out = train(&[&a[..], &more[..], &["--cache-dir", cache.to_str().unwrap()]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let labels = err.lines().find(|l| l.starts_with("training labels")).unwrap();
+    assert!(!labels.contains("true positives") && !labels.contains("% of"), "{labels}");
+    assert!(labels.contains("unannotated entries (") && labels.contains("verified negatives"), "{labels}");
+    // A simulation on complete labels knows the truth and says it.
+    let sim = [
+        "--partial",
+        "single",
+        "--epochs",
+        "1",
+        "--run-dir",
+        tmp.path().join("sim").to_str().unwrap().to_string().leak(),
+    ];
+    let out = train(&strs(&image_run(
+        &tr,
+        &tr,
+        None,
+        &[&sim[..], &["--method", "an", "--cache-dir", cache.to_str().unwrap()]].concat(),
+    )));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("% of the true positives observed"));
+}

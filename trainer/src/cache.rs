@@ -167,6 +167,9 @@ impl Drop for BuildLock {
 }
 
 pub fn progress(n: usize, msg: &str) -> ProgressBar {
+    if crate::progress::quiet() {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")

@@ -14,6 +14,7 @@ pub mod methods;
 pub mod optim;
 pub mod peer;
 pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod rundir;
 pub mod runlog;

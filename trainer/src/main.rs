@@ -38,8 +38,33 @@ struct Cli {
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
 
+    /// No progress: no time estimate, no progress bar or lines, no epoch lines (warnings,
+    /// errors and the run's results still print). Allowed with --resume.
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// When standard error is not a terminal (a log file, a batch job), print a progress line
+    /// within each epoch every SECS seconds (0: never; on a terminal a progress bar is drawn).
+    /// Allowed with --resume.
+    #[arg(long, value_name = "SECS", default_value_t = cls_trainer::progress::DEFAULT_EVERY_SECS as f64,
+          value_parser = progress_every_flag)]
+    progress_every: f64,
+
     #[command(flatten)]
     train: TrainConfig,
+}
+
+/// How progress is shown: not part of a run's configuration (not in config.toml), so a resume
+/// may change it.
+const DISPLAY_FLAGS: [&str; 2] = ["quiet", "progress_every"];
+
+/// `--progress-every`'s parser: seconds, finite, ≥ 0.
+fn progress_every_flag(s: &str) -> Result<f64> {
+    let v: f64 = s.parse().map_err(|_| anyhow::anyhow!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        bail!("'{s}': give seconds between 0 (never) and 1e9");
+    }
+    Ok(v)
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,7 +294,12 @@ lr = 0.003
 
 fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     let cmd = Cli::command();
-    let explicit = explicit_keys(matches, &cmd);
+    let explicit: Vec<String> =
+        explicit_keys(matches, &cmd).into_iter().filter(|k| !DISPLAY_FLAGS.contains(&k.as_str())).collect();
+    cls_trainer::progress::configure(cls_trainer::progress::Settings {
+        quiet: cli.quiet,
+        every: (cli.progress_every > 0.0).then(|| std::time::Duration::from_secs_f64(cli.progress_every)),
+    });
     match cli.command {
         Some(Command::Export { run_dir, out, export, checkpoint, calibrate_min_positives, calibrate_shrink }) => {
             let export = export.map(|e| e.to_string());
@@ -368,7 +398,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         if let Some(other) = explicit.iter().find(|k| *k != "resume" && !allowed.contains(&k.as_str())) {
             bail!(
                 "--{} cannot be given with --resume: the run's config.toml holds the configuration \
-                 (only --epochs, --stop-after, --device and --threads may be given again)",
+                 (only --epochs, --stop-after, --device and --threads may be given again, and -q, --progress-every)",
                 other.replace('_', "-")
             );
         }

@@ -3,6 +3,7 @@
 //! their trainable tensors) and the inputs each split is read from.
 
 use anyhow::{bail, Context, Result};
+use cls_core::labels::UNK;
 use cls_models::{load_pretrained, Arch, Net};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device};
@@ -152,18 +153,53 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
 
 /// What the training labels hold, for the log (docs/method.md, protocols: log the realised
 /// fraction): observed positives against the true ones, and what the protocol did.
-fn labels_line(cfg: &TrainConfig, observed: &cls_core::protocol::Observed) -> String {
+/// Below this many observed positives a class is named in the labels line.
+const FEW_POSITIVES: usize = 5;
+
+/// The training labels in one line: what is known of them. The share of the true positives
+/// observed is said only where the truth is known: a simulation protocol (or an `--observed`
+/// file) over labels that have no unknown entry; labels as given say what they hold instead
+/// (positives, verified negatives, unknown entries per image, classes short of positives).
+fn labels_line(cfg: &TrainConfig, data: &RunData) -> Result<String> {
+    let observed = &data.observed;
     let obs = &observed.labels;
+    let n = obs.nrows().max(1);
     let count = |v: i8| obs.iter().filter(|&&x| x == v).count();
-    let (pos, neg) = (count(1), count(-1));
+    let (pos, neg, unk) = (count(1), count(-1), count(0));
+    let source = cfg.observed.as_ref().map_or(cfg.partial.clone(), |f| format!("--observed {}", f.display()));
     let mut line = format!(
-        "training labels ({}): {pos} observed positives in {} images ({:.2} per image), {neg} verified negatives, \
-         {:.1}% of the true positives observed",
-        cfg.observed.as_ref().map_or(cfg.partial.clone(), |f| format!("--observed {}", f.display())),
+        "training labels ({source}): {pos} observed positives in {} images ({:.2} per image), {neg} verified \
+         negatives, {unk} unannotated entries ({:.1} per image)",
         obs.nrows(),
-        pos as f64 / obs.nrows().max(1) as f64,
-        100.0 * observed.realised_fraction
+        pos as f64 / n as f64,
+        unk as f64 / n as f64
     );
+    let simulated = cfg.observed.is_some() || matches!(cfg.labels()?, Labels::Simulated(_));
+    let data_unknown = data.train.targets.iter().filter(|&&v| v == UNK).count();
+    if simulated && data_unknown == 0 {
+        line += &format!(", {:.1}% of the true positives observed", 100.0 * observed.realised_fraction);
+    } else if simulated {
+        line += &format!(
+            ", {:.1}% of the data's positives observed (the data's own labels have {data_unknown} unknown entries, \
+             so the true share is not known)",
+            100.0 * observed.realised_fraction
+        );
+    }
+    let names = data.train.classes.names();
+    let per_class: Vec<usize> = obs.columns().into_iter().map(|c| c.iter().filter(|&&v| v == 1).count()).collect();
+    let listed = |pick: &dyn Fn(usize) -> bool| -> (usize, String) {
+        let hit: Vec<&str> = names.iter().zip(&per_class).filter(|(_, &k)| pick(k)).map(|(n, _)| n.as_str()).collect();
+        let shown = hit.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        (hit.len(), if hit.len() > 5 { format!("{shown}, …") } else { shown })
+    };
+    let (none, none_names) = listed(&|k| k == 0);
+    let (few, few_names) = listed(&|k| k > 0 && k < FEW_POSITIVES);
+    if none > 0 {
+        line += &format!("; {none} classes have no observed positive ({none_names})");
+    }
+    if few > 0 {
+        line += &format!("; {few} have fewer than {FEW_POSITIVES} ({few_names})");
+    }
     if observed.n_restored > 0 {
         line += &format!(
             "; {} images that lost every positive got one back (--allow-empty keeps them empty)",
@@ -173,7 +209,7 @@ fn labels_line(cfg: &TrainConfig, observed: &cls_core::protocol::Observed) -> St
     if observed.n_observed_not_true > 0 {
         line += &format!("; {} observed positives the ground truth does not list", observed.n_observed_not_true);
     }
-    line
+    Ok(line)
 }
 
 pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
@@ -184,7 +220,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
     }
     let device = parse_device(&cfg.device)?;
     let data = data::load(cfg)?;
-    eprintln!("{}", labels_line(cfg, &data.observed));
+    eprintln!("{}", labels_line(cfg, &data)?);
     let arch = arch_for(cfg, &data)?;
     let (n_train, n_classes) = (data.train.len(), data.train.num_classes());
     // The label matrices go to the device as f32 (and ROLE keeps one more of that size).

@@ -6,12 +6,10 @@
 use anyhow::{bail, Context, Result};
 use cls_core::metrics::{self, Metrics};
 use cls_models::Arch;
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -23,6 +21,7 @@ use crate::inputs::Inputs;
 use crate::methods::schedule::keep_rate;
 use crate::methods::{Method, StepCtx, StepOut};
 pub use crate::peer::Peer;
+use crate::progress::{self, EpochProgress, Options, Plan, RunClock};
 use crate::runlog;
 pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
 use crate::setup::Setup;
@@ -117,12 +116,34 @@ pub fn run(
     let truth_pos = i8_tensor(&data.train.targets).eq(1).to_device(device);
 
     let stop_at = cfg.stop_after.map_or(cfg.epochs, |n| (state.epochs_done + n).min(cfg.epochs));
-    let interactive = std::io::stderr().is_terminal();
+    let mut clock = RunClock::new(Plan {
+        epochs: cfg.epochs,
+        epochs_done: state.epochs_done,
+        steps_per_epoch,
+        batch: bs,
+        val_images: data.val.len(),
+        final_images: data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
+        networks: n_nets,
+        cpu: !device.is_cuda(),
+        options: match arch.is_image() {
+            true => {
+                let (resize, crop, _) = crate::config::image_sizes(cfg)?;
+                let side = |(h, w): (u32, u32)| (h as usize, w as usize);
+                Some(Options {
+                    can_freeze: !head_only,
+                    all_images: n_train + data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
+                    resize: side(resize),
+                    crop: side(crop),
+                })
+            }
+            false => None,
+        },
+    });
     for epoch in state.epochs_done..stop_at {
         let t0 = Instant::now();
         let order = epoch_order(n_train, bs, cfg.seed, epoch);
         let aug_rng = epoch_rng(cfg.seed, epoch, 2);
-        let bar = step_bar(steps_per_epoch, epoch, cfg.epochs, interactive);
+        let mut progress = EpochProgress::start(epoch + 1, cfg.epochs, steps_per_epoch);
         let mut loss_sum = vec![0.0; n_nets];
         let mut sel = vec![SelectionStats::default(); n_nets];
         let mut lr = cfg.lr;
@@ -159,17 +180,12 @@ pub fn run(
                 sel[k].hidden_positives += hidden.sum(Kind::Int64).int64_value(&[]) as u64;
             }
             state.steps_done += 1;
-            let done = (step + 1) * bs;
-            bar.set_message(format!(
-                "loss {:.4}  {:.0} img/s",
-                out.per_net.iter().sum::<f64>() / n_nets as f64,
-                done.min(n_trained) as f64 / t0.elapsed().as_secs_f64()
-            ));
-            bar.inc(1);
             step += 1;
+            progress.step(step, (step * bs).min(n_trained), out.per_net.iter().sum::<f64>() / n_nets as f64);
+            clock.batch_done(t0);
         }
         drop(batches);
-        bar.finish_and_clear();
+        progress.finish();
         let train_secs = t0.elapsed().as_secs_f64();
 
         // Validation of every peer; the checkpoint keeps each peer's best weights.
@@ -230,7 +246,10 @@ pub fn run(
         )?;
         runlog::write(run_dir, &state.log)?;
         checkpoint::publish_best(run_dir, improved)?;
-        print_epoch(&log, cfg.epochs);
+        let left = clock.epoch_done(t0.elapsed().as_secs_f64(), cfg.epochs - (epoch + 1));
+        if !progress::quiet() {
+            print_epoch(&log, cfg.epochs, left);
+        }
         after_epoch(run_dir)?;
     }
 
@@ -354,23 +373,8 @@ pub fn i8_tensor(a: &Array2<i8>) -> Tensor {
     Tensor::from_slice(&v).view([n as i64, c as i64])
 }
 
-fn step_bar(steps: usize, epoch: usize, epochs: usize, interactive: bool) -> ProgressBar {
-    if !interactive {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "epoch {}/{epochs} [{{bar:30}}] {{pos}}/{{len}} {{msg}} eta {{eta}}",
-            epoch + 1
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
-}
-
-fn print_epoch(log: &EpochLog, epochs: usize) {
+/// The epoch's line; `left`: the run's time left, from the mean epoch so far.
+fn print_epoch(log: &EpochLog, epochs: usize, left: f64) {
     let val: Vec<String> = log.val.iter().map(|v| format!("{:.1}", 100.0 * v.map)).collect();
     let sel = log
         .selection
@@ -380,13 +384,14 @@ fn print_epoch(log: &EpochLog, epochs: usize) {
         })
         .unwrap_or_default();
     eprintln!(
-        "epoch {:>3}/{epochs}  loss {}  val mAP {}  R_h {:.4} R_l {:.4}{sel}  {:.0} img/s  {:.1}s",
+        "epoch {:>3}/{epochs}  loss {}  val mAP {}  R_h {:.4} R_l {:.4}{sel}  {:.0} img/s  {:.1}s  left {}",
         log.epoch,
         log.loss.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>().join("/"),
         val.join("/"),
         log.r_h,
         log.r_l,
         log.images_per_s,
-        log.seconds
+        log.seconds,
+        progress::human(left)
     );
 }
