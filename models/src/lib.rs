@@ -297,10 +297,30 @@ pub fn init_cuda() {
 
 extern "C" {
     fn cls_set_cuda_autocast_bf16() -> i32;
+    fn cls_cuda_autocast_enter(enabled: i32) -> i32;
+    fn cls_cuda_autocast_exit(prev: i32) -> i32;
 }
 
-/// Make bfloat16 the dtype of `tch::autocast` on CUDA (libtorch's default is float16); the
-/// trainer wraps forward passes on CUDA in `tch::autocast(true, ..)`. Returns false if libtorch
+/// `f` under CUDA autocast (`enabled`), as `tch::autocast` but through libtorch's per-device
+/// calls (csrc/amp.cpp), which print no deprecation warning; without CUDA, `f` alone. Should
+/// libtorch refuse, `f` runs without autocast.
+pub fn cuda_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if !tch::Cuda::is_available() {
+        return f();
+    }
+    // SAFETY: C functions of our own (csrc/amp.cpp) that catch every C++ exception.
+    let prev = unsafe { cls_cuda_autocast_enter(i32::from(enabled)) };
+    if prev < 0 {
+        return f();
+    }
+    let out = f();
+    // SAFETY: as above; `prev` is what enter returned.
+    unsafe { cls_cuda_autocast_exit(prev) };
+    out
+}
+
+/// Make bfloat16 the dtype of autocast on CUDA (libtorch's default is float16); the trainer
+/// wraps forward passes on CUDA in [`cuda_autocast`]. Returns false if libtorch
 /// refused.
 pub fn use_bf16_autocast() -> bool {
     // SAFETY: a C function of our own (csrc/amp.cpp) that catches every C++ exception.
@@ -339,5 +359,7 @@ mod amp_tests {
         assert!(y.equal(&x));
         // Setting the autocast dtype works without a GPU (it only records the choice).
         assert!(use_bf16_autocast());
+        // Without CUDA, the closure runs as it is.
+        assert_eq!(cuda_autocast(true, || 7), 7);
     }
 }

@@ -310,7 +310,7 @@ pub fn forward(p: &Peer, x: &Tensor, train: bool, head_only: bool, amp: bool) ->
         return p.net.head(x);
     }
     if amp && x.device().is_cuda() {
-        let features = tch::autocast(true, || p.net.features_t(x, train));
+        let features = cls_models::cuda_autocast(true, || p.net.features_t(x, train));
         return p.net.head(&features.to_kind(Kind::Float));
     }
     p.net.forward_t(x, train)
