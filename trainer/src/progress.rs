@@ -84,6 +84,8 @@ pub struct Plan {
     pub epochs: usize,
     pub epochs_done: usize,
     pub steps_per_epoch: usize,
+    /// Images trained per epoch.
+    pub images_per_epoch: usize,
     pub batch: usize,
     /// Images evaluated after each epoch (validation), and at the end (validation and test again).
     pub val_images: usize,
@@ -108,76 +110,89 @@ pub struct Options {
 }
 
 /// The run's clock: times the first batches, prints the estimate once, and gives each epoch line
-/// its time left.
+/// its time left. Time is measured per training image, so a short last batch among the timed
+/// ones does not skew it.
 pub struct RunClock {
     plan: Plan,
     batches: usize,
-    timed_from: Option<Instant>,
-    per_batch: Option<f64>,
+    images: usize,
+    timed_from: Option<(Instant, usize)>,
+    /// Seconds and images of the process's first batch, which pays for warm-up (on a GPU,
+    /// cuDNN's first calls: 14 s of a Lite0 epoch of 18 s on the H200, BENCHMARKS.md).
+    first_batch: Option<(f64, usize)>,
+    per_image: Option<f64>,
     epoch_secs: Vec<f64>,
 }
 
 impl RunClock {
     pub fn new(plan: Plan) -> RunClock {
-        RunClock { plan, batches: 0, timed_from: None, per_batch: None, epoch_secs: Vec::new() }
+        RunClock {
+            plan,
+            batches: 0,
+            images: 0,
+            timed_from: None,
+            first_batch: None,
+            per_image: None,
+            epoch_secs: Vec::new(),
+        }
     }
 
-    /// Seconds per training batch, once measured.
-    pub fn per_batch(&self) -> Option<f64> {
-        self.per_batch
-    }
-
-    /// After every training batch: once the first batches are timed, the estimate line (and, on
-    /// a CPU for a long run, the faster options).
-    pub fn batch_done(&mut self, start_of_first: Instant) {
+    /// After every training batch of `images` images (`start_of_first`: when the process's first
+    /// batch began): once the first batches are timed, the estimate line (and, on a CPU for a
+    /// long run, the faster options).
+    pub fn batch_done(&mut self, start_of_first: Instant, images: usize) {
         self.batches += 1;
-        if self.per_batch.is_some() {
+        self.images += images;
+        if self.per_image.is_some() {
             return;
         }
         // The first batch pays for warm-up (allocations, threads, the decoders' start), so the
         // timing starts after it, unless an epoch has a single batch.
         let timed = TIMED_BATCHES.min(self.plan.steps_per_epoch.saturating_sub(1));
-        if self.batches == 1 && timed > 0 {
-            self.timed_from = Some(Instant::now());
+        if self.batches == 1 {
+            self.first_batch = Some((start_of_first.elapsed().as_secs_f64(), images));
+            if timed > 0 {
+                self.timed_from = Some((Instant::now(), self.images));
+                return;
+            }
+        }
+        let (from, before) = self.timed_from.unwrap_or((start_of_first, 0));
+        let batches = if self.timed_from.is_some() { self.batches - 1 } else { self.batches };
+        if batches < timed.max(1) {
             return;
         }
-        let (from, n) = match self.timed_from {
-            Some(t) => (t, self.batches - 1),
-            None => (start_of_first, self.batches),
-        };
-        if n < timed.max(1) {
-            return;
-        }
-        let per_batch = from.elapsed().as_secs_f64() / n as f64;
-        self.per_batch = Some(per_batch);
+        let per_image = from.elapsed().as_secs_f64() / (self.images - before).max(1) as f64;
+        self.per_image = Some(per_image);
         if !quiet() {
-            for line in self.estimate_lines(per_batch) {
+            for line in self.estimate_lines(per_image) {
                 eprintln!("{line}");
             }
         }
     }
 
-    /// Seconds of the rest of the run from `per_batch`: the training batches left, every
-    /// validation left and the final evaluation. Evaluating an image costs about a third of
-    /// training on it (a forward pass against forward and backward).
-    fn rest_of_run(&self, per_batch: f64, epochs: usize, area: f64) -> f64 {
+    /// Seconds of the rest of the run until epoch `epochs` from `per_image` (training one image):
+    /// the training images left, every validation left and the final evaluation, all at `area`
+    /// times the pixels. Evaluating an image costs about a third of training on it (a forward
+    /// pass against forward and backward).
+    fn rest_of_run(&self, per_image: f64, epochs: usize, area: f64) -> f64 {
         let p = &self.plan;
         let left = epochs.saturating_sub(p.epochs_done);
-        let batches = (left * p.steps_per_epoch).saturating_sub(self.batches);
-        let eval_image = per_batch / p.batch.max(1) as f64 / 3.0;
-        (batches as f64 * per_batch + (left * p.val_images + p.final_images) as f64 * eval_image) * area
+        let train = (left * p.images_per_epoch).saturating_sub(self.images);
+        let evaluated = left * p.val_images + p.final_images;
+        (train as f64 * per_image + evaluated as f64 * per_image / 3.0) * area
     }
 
-    fn estimate_lines(&self, per_batch: f64) -> Vec<String> {
+    fn estimate_lines(&self, per_image: f64) -> Vec<String> {
         let p = &self.plan;
-        let total = self.rest_of_run(per_batch, p.epochs, 1.0);
+        let total = self.rest_of_run(per_image, p.epochs, 1.0);
         let left = p.epochs.saturating_sub(p.epochs_done);
         let mut lines = vec![format!(
             "time: {} per batch of {} ({:.1} images/s, measured on the first {} batches): about {} for the {} \
-             epoch{} left ({} batches each) and their evaluation",
-            human(per_batch),
+             epoch{} left ({} batches each) and their evaluation, plus each epoch's checkpoint (the epoch lines \
+             give the time left with everything)",
+            human(per_image * p.batch as f64),
             p.batch,
-            p.batch as f64 / per_batch,
+            1.0 / per_image,
             self.batches,
             human(total),
             left,
@@ -185,7 +200,7 @@ impl RunClock {
             p.steps_per_epoch
         )];
         if p.cpu && total > LONG_RUN.as_secs_f64() {
-            let faster = self.faster_options(per_batch, total);
+            let faster = self.faster_options(per_image, total);
             if !faster.is_empty() {
                 lines.push(format!(
                     "note: that is long for a CPU; faster, estimated from the same measurement: {}",
@@ -197,16 +212,16 @@ impl RunClock {
     }
 
     /// The faster options that apply, each with its estimate.
-    fn faster_options(&self, per_batch: f64, total: f64) -> Vec<String> {
+    fn faster_options(&self, per_image: f64, total: f64) -> Vec<String> {
         let p = &self.plan;
         let mut out = Vec::new();
         if let Some(o) = &p.options {
             if o.can_freeze {
                 // One forward pass of one network per image, once; the head then trains in seconds.
-                let per_image = per_batch / p.batch.max(1) as f64 / p.networks.max(1) as f64 / 3.0;
+                let forward = per_image / p.networks.max(1) as f64 / 3.0;
                 out.push(format!(
                     "--freeze-backbone (the backbone's features once, then only the head trains): about {}",
-                    human(o.all_images as f64 * per_image)
+                    human(o.all_images as f64 * forward)
                 ));
             }
             let (ch, cw) = o.crop;
@@ -219,7 +234,7 @@ impl RunClock {
                     "--resize {}x{} --crop {h2}x{w2}: about {}",
                     (rh * h2 / ch).max(h2),
                     (rw * w2 / cw).max(w2),
-                    human(self.rest_of_run(per_batch, p.epochs, area))
+                    human(self.rest_of_run(per_image, p.epochs, area))
                 ));
             }
         }
@@ -228,17 +243,29 @@ impl RunClock {
             let per_epoch = total / left as f64;
             let fit = ((LONG_RUN.as_secs_f64() / per_epoch) as usize).clamp(1, left - 1);
             let epochs = p.epochs_done + fit;
-            out.push(format!("--epochs {epochs}: about {}", human(self.rest_of_run(per_batch, epochs, 1.0))));
+            out.push(format!("--epochs {epochs}: about {}", human(self.rest_of_run(per_image, epochs, 1.0))));
         }
         out
     }
 
     /// After each epoch (`secs`: its whole time, evaluation and checkpoint included): the time
-    /// left for the run's remaining `epochs_left` epochs, from the mean epoch so far.
+    /// left for the run's remaining `epochs_left` epochs. From the mean of this process's epochs
+    /// after its first; after the first alone, from the first less its first batch's warm-up
+    /// (the time that batch took beyond the measured time per image).
     pub fn epoch_done(&mut self, secs: f64, epochs_left: usize) -> f64 {
         self.epoch_secs.push(secs);
-        let mean = self.epoch_secs.iter().sum::<f64>() / self.epoch_secs.len() as f64;
-        mean * epochs_left as f64
+        let per_epoch = match &self.epoch_secs[..] {
+            [first] => {
+                let warm_up = match (self.first_batch, self.per_image) {
+                    (Some((t, n)), Some(p)) => (t - p * n as f64).max(0.0),
+                    _ => 0.0,
+                };
+                (first - warm_up).max(0.0)
+            }
+            [_, later @ ..] => later.iter().sum::<f64>() / later.len() as f64,
+            [] => 0.0,
+        };
+        per_epoch * epochs_left as f64
     }
 }
 
@@ -325,6 +352,7 @@ mod tests {
             epochs: 100,
             epochs_done: 0,
             steps_per_epoch: 10,
+            images_per_epoch: 320,
             batch: 32,
             val_images: 64,
             final_images: 128,
@@ -337,10 +365,10 @@ mod tests {
     #[test]
     fn the_estimate_counts_every_batch_and_evaluation_left() {
         let clock = RunClock::new(plan(true));
-        // 1000 batches of 2 s, 100 × 64 + 128 images evaluated at 2 / 32 / 3 s each.
+        // 1000 batches of 32 images at 2 s, 100 × 64 + 128 images evaluated at 2 / 32 / 3 s each.
         let want = 1000.0 * 2.0 + (6400.0 + 128.0) * (2.0 / 32.0 / 3.0);
-        assert!((clock.rest_of_run(2.0, 100, 1.0) - want).abs() < 1e-9);
-        let lines = clock.estimate_lines(2.0);
+        assert!((clock.rest_of_run(2.0 / 32.0, 100, 1.0) - want).abs() < 1e-9);
+        let lines = clock.estimate_lines(2.0 / 32.0);
         assert!(lines[0].contains("about 35 min") && lines[0].contains("100 epochs left"), "{lines:?}");
         assert_eq!(lines.len(), 2, "over 30 minutes on a CPU: the faster options");
         let faster = &lines[1];
@@ -348,15 +376,18 @@ mod tests {
         assert!(faster.contains("--freeze-backbone") && faster.contains("about 5.2 s"), "{faster}");
         assert!(faster.contains("--resize 128x128 --crop 112x112") && faster.contains("--epochs 84"), "{faster}");
         // On a GPU, or under 30 minutes: the estimate alone.
-        assert_eq!(RunClock::new(plan(false)).estimate_lines(2.0).len(), 1);
-        assert_eq!(RunClock::new(plan(true)).estimate_lines(0.5).len(), 1);
+        assert_eq!(RunClock::new(plan(false)).estimate_lines(2.0 / 32.0).len(), 1);
+        assert_eq!(RunClock::new(plan(true)).estimate_lines(0.5 / 32.0).len(), 1);
     }
 
     #[test]
-    fn time_left_is_the_mean_epoch_times_the_epochs_left() {
+    fn time_left_is_the_mean_epoch_after_the_first_times_the_epochs_left() {
         let mut clock = RunClock::new(plan(false));
-        assert_eq!(clock.epoch_done(10.0, 3), 30.0);
-        assert_eq!(clock.epoch_done(14.0, 2), 24.0);
+        // The first batch of 32 took 8 s where 32 images take 2 s: 6 s of warm-up.
+        (clock.first_batch, clock.per_image) = (Some((8.0, 32)), Some(2.0 / 32.0));
+        assert_eq!(clock.epoch_done(26.0, 3), 60.0);
+        assert_eq!(clock.epoch_done(14.0, 2), 28.0);
         assert_eq!(clock.epoch_done(12.0, 0), 0.0);
+        assert_eq!(clock.epoch_done(13.0, 1), 13.0);
     }
 }

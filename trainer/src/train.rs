@@ -120,6 +120,7 @@ pub fn run(
         epochs: cfg.epochs,
         epochs_done: state.epochs_done,
         steps_per_epoch,
+        images_per_epoch: n_trained,
         batch: bs,
         val_images: data.val.len(),
         final_images: data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
@@ -182,7 +183,7 @@ pub fn run(
             state.steps_done += 1;
             step += 1;
             progress.step(step, (step * bs).min(n_trained), out.per_net.iter().sum::<f64>() / n_nets as f64);
-            clock.batch_done(t0);
+            clock.batch_done(t0, idx.len());
         }
         drop(batches);
         progress.finish();
