@@ -22,6 +22,7 @@ macro_rules! say {
 
 mod fromtags;
 mod inputs;
+mod lock;
 mod logging;
 mod model;
 mod output;

@@ -64,6 +64,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     let size = cli.size.as_deref().map(model::parse_size).transpose()?;
     check_outputs(cli)?;
+    // One run at a time per output, held to the end (the stats included): a second run on the
+    // same --out is refused here, before it touches OUT.partial.
+    let _lock = match cli.out.as_deref() {
+        Some(out) if cli.from_tags.is_empty() => crate::lock::OutLock::acquire(out, cli.format == Format::Xmp)?,
+        _ => None,
+    };
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
     if !cli.from_tags.is_empty() {
         let (_, info) = model_info(cli, classes, size)?;
