@@ -109,9 +109,11 @@ pub struct Cli {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Labels")]
     pub top_k: Option<u32>,
 
-    /// Ground truth, in any format cls-train reads: a JSONL manifest, a COCO instances JSON or a
-    /// tag table CSV (image names relative to --images), a VOC devkit, Open Images image-level
-    /// labels (matched by ImageID = file stem; needs --gt-classes).
+    /// Ground truth, in any format cls-train reads: a JSONL manifest (image names relative to the
+    /// manifest's own folder, as cls-train reads it), a COCO instances JSON or a tag table CSV
+    /// (image names relative to --images: the folder, or the folder of the file, glob or list), a
+    /// VOC devkit, Open Images image-level labels (matched by ImageID = file stem; needs
+    /// --gt-classes).
     #[arg(long, value_name = "FILE", help_heading = "Evaluation")]
     pub ground_truth: Option<PathBuf>,
     /// The ground truth's classes: Open Images class descriptions (LabelName,DisplayName) or

@@ -123,12 +123,13 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (Some(t), Images::Files(items)) => items.iter().map(|f| t.key_of(&f.path)).collect(),
         _ => HashSet::new(),
     };
-    if let (Some(t), Images::Files(_)) = (&truth, &input.images) {
+    if let (Some(t), Images::Files(items)) = (&truth, &input.images) {
         if shard.is_whole() && t.entries_in(&all) == 0 {
             bail!(
-                "none of the images of --ground-truth {} is among --images {}: no metrics (are the paths relative to the right folder?)",
+                "none of the images of --ground-truth {} is among --images {}: no metrics; {}",
                 cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                cli.images.display()
+                cli.images.display(),
+                t.where_it_looked(items.first().map(|it| it.path.as_path()))
             );
         }
     }

@@ -1,5 +1,5 @@
-//! Outputs cls-infer can be trusted with (issue 26): one run per output (a lock). Included by
-//! `tests/infer.rs`.
+//! Outputs cls-infer can be trusted with (issue 26): one run per output (a lock), ground truth
+//! that says where it looked. Included by `tests/infer.rs`.
 
 use super::*;
 use cls_tests::wait_or_kill;
@@ -122,4 +122,34 @@ fn a_second_run_on_the_same_out_is_refused_naming_the_first() {
 /// `OUT.partial`.
 fn partial_of(out: &Path) -> PathBuf {
     PathBuf::from(format!("{}.partial", out.display()))
+}
+
+#[test]
+fn ground_truth_that_names_no_image_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = many_images(dir.path(), 3);
+    let model = write_model(dir.path(), true);
+    // Names written relative to --images, in a manifest kept in another folder.
+    let labels = dir.path().join("labels");
+    fs::create_dir_all(&labels).unwrap();
+    let gt = labels.join("gt.jsonl");
+    fs::write(&gt, "{\"image\": \"img0000.png\", \"labels\": [\"blue\"]}\n").unwrap();
+    let r = cls_infer(&["--model", s(&model), "--images", s(&imgs), "--device", "cpu", "--ground-truth", s(&gt)], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let real = |p: &Path| fs::canonicalize(p).unwrap();
+    for needle in [
+        format!("a JSONL manifest's image names are relative to the manifest's own folder, {}", real(&labels).display()),
+        format!("its first entry, \"img0000.png\", was looked for at {}", real(&labels).join("img0000.png").display()),
+        format!("the first image is {}", real(&imgs).join("img0000.png").display()),
+    ] {
+        assert!(r.stderr.contains(&needle), "expected {needle:?} in\n{}", r.stderr);
+    }
+    // The help says the same.
+    let help = cls_infer(&["--help"], &[]);
+    let help = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("a JSONL manifest (image names relative to the manifest's own folder"), "{help}");
+    // A duplicate key in --thresholds FILE is refused by name.
+    let t = dir.path().join("t.json");
+    fs::write(&t, r#"{"red": 0.2, "red": 0.9}"#).unwrap();
+    exits_2_saying(&["--model", s(&model), "--images", s(&imgs), "--thresholds", s(&t)], "\"red\" is given twice");
 }
