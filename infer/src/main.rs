@@ -80,9 +80,21 @@ pub struct Cli {
     #[arg(long, value_name = "ROOT", default_value = "cls", help_heading = "Output")]
     pub keyword_root: String,
     /// Skip the images already in --out (or in the OUT.partial an interrupted run left) and add
-    /// the new rows.
+    /// the new rows; refused when those rows come from another model (by its SHA-256) or
+    /// labelling rule (see --relabel).
     #[arg(long, help_heading = "Output")]
     pub resume: bool,
+    /// With --resume, when the rows already written were labelled by other thresholds
+    /// (--threshold, --thresholds, --min-labels, --top-k): label them again from their stored
+    /// scores by this run's rule, so the file follows one rule (jsonl and csv; exiftool's JSON
+    /// keeps no scores).
+    #[arg(long, requires = "resume", help_heading = "Output")]
+    pub relabel: bool,
+    /// --format csv: write text cells as they are. By default a cell that starts with = + - @, a
+    /// tab or a carriage return (which a spreadsheet would run as a formula), or with ', gets a
+    /// leading ' (remove one leading ' from a text cell to read its text).
+    #[arg(long, help_heading = "Output")]
+    pub csv_raw: bool,
     /// Where to write the images that failed (JSON Lines: path, reason); they are rows of --out
     /// too.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
@@ -140,7 +152,7 @@ pub struct Cli {
     /// --shard of an array job) instead of running the model; names in them are relative to
     /// --images. Shards missing among them are named (from the .stats.json beside each).
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth", help_heading = "Evaluation",
-          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors"])]
+          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors", "csv_raw"])]
     pub from_tags: Vec<PathBuf>,
 
     /// Where to run the model: auto (CUDA when present), cpu, cuda, cuda:N.
