@@ -188,7 +188,10 @@ mod tests {
         // A second lock (another open file description, as another process has) is refused,
         // naming the holder; through a symbolic link to the output too.
         let err = format!("{:#}", OutLock::acquire(&out, false).unwrap_err());
-        assert!(err.contains("being written by another cls-infer") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains("being written by another cls-infer") && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         std::os::unix::fs::symlink("tags.jsonl", dir.path().join("link.jsonl")).unwrap();
         assert!(OutLock::acquire(&dir.path().join("link.jsonl"), false).is_err());
         drop(lock);

@@ -461,7 +461,10 @@ mod tests {
         assert_eq!(text(&mut e, &Tagged { item: &it, result: Err("-oops") }), "'-x.jpg,,,,,'-oops");
         let mut raw = Encoder::new(Format::Csv, &classes, "cls").with_csv_raw(true);
         assert_eq!(raw.header().unwrap(), b"image,labels,=SUM(A1),ok,'quoted,error");
-        assert_eq!(text(&mut raw, &Tagged { item: &it, result: Ok((&[0.9, 0.1, 0.8], &[0])) }), "-x.jpg,=SUM(A1),0.9,0.1,0.8,");
+        assert_eq!(
+            text(&mut raw, &Tagged { item: &it, result: Ok((&[0.9, 0.1, 0.8], &[0])) }),
+            "-x.jpg,=SUM(A1),0.9,0.1,0.8,"
+        );
         assert_eq!(raw.text_of_cell("'x"), "'x");
     }
 

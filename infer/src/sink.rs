@@ -34,7 +34,10 @@ pub struct Sink {
 }
 
 enum Kind {
-    Stream { out: Output, first: bool },
+    Stream {
+        out: Output,
+        first: bool,
+    },
     File {
         dest: PathBuf,
         partial: PathBuf,
@@ -46,7 +49,11 @@ enum Kind {
         /// The rows in `partial` (kept from before and written since).
         rows: usize,
     },
-    Sidecars { place: Place, names: Vec<String>, writer: SidecarWriter },
+    Sidecars {
+        place: Place,
+        names: Vec<String>,
+        writer: SidecarWriter,
+    },
 }
 
 /// Writes sidecars on a thread of its own: each is synced to disk before it is renamed into
@@ -458,7 +465,11 @@ impl Sink {
         let w = BufWriter::with_capacity(1 << 16, file);
         let relabel = relabel.cloned();
         Ok((
-            Sink { encoder, format, kind: Kind::File { dest: dest.to_path_buf(), partial, w, resume, header, relabel, rows } },
+            Sink {
+                encoder,
+                format,
+                kind: Kind::File { dest: dest.to_path_buf(), partial, w, resume, header, relabel, rows },
+            },
             done,
         ))
     }
@@ -731,7 +742,14 @@ mod tests {
 
     /// Tag `names` into `dest` with rule `d` (each image's scores from its name), as a run does,
     /// writing the stats beside it.
-    fn tag(format: Format, dest: &Path, resume: bool, relabel: bool, d: &Decision, names: &[&str]) -> Result<HashSet<String>> {
+    fn tag(
+        format: Format,
+        dest: &Path,
+        resume: bool,
+        relabel: bool,
+        d: &Decision,
+        names: &[&str],
+    ) -> Result<HashSet<String>> {
         let o = origin(d);
         let enc = Encoder::new(format, &classes(), "cls");
         let (mut sink, done) = Sink::open(format, Some(dest), resume, relabel.then_some(d), &o, enc)?;
@@ -820,7 +838,14 @@ mod tests {
             assert!(err.contains("add --relabel"), "{err}");
             let o = origin(&rule(0.5));
             let mut head = head_line(&o).unwrap();
-            let enc = |e: &mut Encoder| e.header().map(|mut h| { h.push(b'\n'); h }).unwrap_or_default();
+            let enc = |e: &mut Encoder| {
+                e.header()
+                    .map(|mut h| {
+                        h.push(b'\n');
+                        h
+                    })
+                    .unwrap_or_default()
+            };
             head.extend(enc(&mut Encoder::new(format, &classes(), "cls")));
             let mut e = Encoder::new(format, &classes(), "cls");
             let mut chosen = Vec::new();

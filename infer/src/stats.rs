@@ -305,7 +305,10 @@ mod tests {
         assert_eq!(o.compare(&Origin { model: "copy.onnx".into(), classes: vec![], ..o.clone() }), None);
         let other = Origin { model_sha256: "cd".repeat(32), model: "n.onnx".into(), ..o.clone() };
         let Some(Mismatch::Model(m)) = o.compare(&other) else { panic!() };
-        assert!(m.contains("another model: sha256 cdcdcdcdcdcd… (n.onnx)") && m.contains("m.onnx is abababababab…"), "{m}");
+        assert!(
+            m.contains("another model: sha256 cdcdcdcdcdcd… (n.onnx)") && m.contains("m.onnx is abababababab…"),
+            "{m}"
+        );
         let renamed = Origin { classes: vec!["a".into(), "b".into(), "x".into()], ..o.clone() };
         assert!(matches!(o.compare(&renamed), Some(Mismatch::Model(m)) if m.contains("other class names")));
         let raw = Origin { csv_raw: true, ..o.clone() };

@@ -147,16 +147,16 @@ impl Truth {
             ));
         }
         let matching = if format == Format::OpenImages { Match::Stem } else { Match::Path };
-        let folder = |p: &Path| resolve(if p.as_os_str().is_empty() { Path::new(".") } else { p }).display().to_string();
+        let folder =
+            |p: &Path| resolve(if p.as_os_str().is_empty() { Path::new(".") } else { p }).display().to_string();
         let resolved_as = match format {
             Format::Jsonl => format!(
                 "a JSONL manifest's image names are relative to the manifest's own folder, {}",
                 folder(spec.parent().unwrap_or(Path::new("")))
             ),
-            Format::Coco | Format::TagTable => format!(
-                "its image names are relative to the folder of --images, {}",
-                folder(images_root)
-            ),
+            Format::Coco | Format::TagTable => {
+                format!("its image names are relative to the folder of --images, {}", folder(images_root))
+            }
             Format::Voc => "a VOC devkit's images are its JPEGImages/<id>.jpg".to_string(),
             Format::NusWide => "NUS-WIDE's images are its Flickr/<id>".to_string(),
             Format::OpenImages => "Open Images rows match images by ImageID = file stem".to_string(),

@@ -28,7 +28,11 @@ fn wait_for(path: &Path, child: &mut Child, err: &Path) {
     let t0 = Instant::now();
     while !path.exists() {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before {} appeared:\n{}", path.display(), fs::read_to_string(err).unwrap());
+            panic!(
+                "the run ended ({status}) before {} appeared:\n{}",
+                path.display(),
+                fs::read_to_string(err).unwrap()
+            );
         }
         assert!(t0.elapsed() < RUN_LIMIT, "{} did not appear", path.display());
         std::thread::sleep(Duration::from_millis(5));
@@ -78,10 +82,7 @@ fn a_second_run_on_the_same_out_is_refused_naming_the_first() {
             let args: Vec<&str> = [&base[..], &extra[..], &["--format", format, "--out", s(&out)]].concat();
             let r = cls_infer(&args, &[]);
             assert_eq!(r.code, 2, "{format} {extra:?}: a second run was not refused:\n{}", r.stderr);
-            let want = format!(
-                "--out {} is being written by another cls-infer (pid {pid} on host ",
-                out.display()
-            );
+            let want = format!("--out {} is being written by another cls-infer (pid {pid} on host ", out.display());
             assert!(r.stderr.contains(&want), "{format}: {}", r.stderr);
             assert!(r.stderr.contains(&format!("lock file {}", lock.display())), "{}", r.stderr);
             assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
@@ -176,7 +177,8 @@ fn resume_refuses_rows_of_another_model_or_rule_unless_relabelled() {
         let out = dir.path().join(format!("out.{format}"));
         let stats = dir.path().join(format!("out.{format}.stats.json"));
         let tag = |model: &Path, images: &str, extra: &[&str]| {
-            let args = [&base[..], &["--model", s(model), "--images", images, "--format", format, "--out", s(&out)], extra];
+            let args =
+                [&base[..], &["--model", s(model), "--images", images, "--format", format, "--out", s(&out)], extra];
             cls_infer(&args.concat(), &[])
         };
         let r = tag(&model, &half, &[]);
@@ -189,12 +191,9 @@ fn resume_refuses_rows_of_another_model_or_rule_unless_relabelled() {
         assert!(r.stderr.contains(&want) && r.stderr.contains(s(&model)), "{format}: {}", r.stderr);
         assert!(r.stderr.contains(&format!("while this run's {} is ", other.display())), "{}", r.stderr);
         // Other thresholds, label bounds: refused (with --relabel named where it can work).
-        for extra in [
-            &["--threshold", "0.7"][..],
-            &["--thresholds", s(&thresholds)],
-            &["--min-labels", "1"],
-            &["--top-k", "1"],
-        ] {
+        for extra in
+            [&["--threshold", "0.7"][..], &["--thresholds", s(&thresholds)], &["--min-labels", "1"], &["--top-k", "1"]]
+        {
             let r = tag(&model, &whole, &[&["--resume"], extra].concat());
             assert_eq!(r.code, 2, "{format} {extra:?}: resumed with another rule:\n{}", r.stderr);
             assert!(r.stderr.contains("were labelled by other labelling rules"), "{}", r.stderr);
@@ -254,7 +253,8 @@ fn a_killed_run_resumed_with_another_model_is_refused() {
             .map(|a| a.to_string())
             .collect()
     };
-    let mut child = Command::new(binary()).args(args(&model)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(binary()).args(args(&model)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     while fs::metadata(&partial).map_or(0, |m| m.len()) < 3000 && t0.elapsed() < RUN_LIMIT {
         if child.try_wait().unwrap().is_some() {
@@ -311,8 +311,20 @@ fn csv_cells_that_start_like_formulas_are_protected() {
     let class_file = dir.path().join("classes.txt");
     fs::write(&class_file, classes.join("\n")).unwrap();
     let base = [
-        "--model", s(&bare), "--classes", s(&class_file), "--size", "16x16", "--images", s(&imgs), "--device", "cpu",
-        "--threads", "2", "--threshold", "0.3",
+        "--model",
+        s(&bare),
+        "--classes",
+        s(&class_file),
+        "--size",
+        "16x16",
+        "--images",
+        s(&imgs),
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--threshold",
+        "0.3",
     ];
     let csv_out = dir.path().join("t.csv");
     let r = cls_infer(&[&base[..], &["--format", "csv", "--out", s(&csv_out)]].concat(), &[]);
@@ -324,7 +336,11 @@ fn csv_cells_that_start_like_formulas_are_protected() {
     // and removing one leading ' gives each name back. Scores are numbers, as they were.
     let read = |p: &Path| -> Vec<Vec<String>> {
         let py = Command::new(venv_python())
-            .args(["-c", "import csv, json, sys; print(json.dumps(list(csv.reader(open(sys.argv[1], newline='')))))", s(p)])
+            .args([
+                "-c",
+                "import csv, json, sys; print(json.dumps(list(csv.reader(open(sys.argv[1], newline='')))))",
+                s(p),
+            ])
             .output()
             .unwrap();
         assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
@@ -341,7 +357,10 @@ fn csv_cells_that_start_like_formulas_are_protected() {
         }
     }
     let unprotect = |c: &str| c.strip_prefix('\'').unwrap_or(c).to_string();
-    assert_eq!(safe[0].iter().map(|c| unprotect(c)).collect::<Vec<_>>(), ["image", "labels", "=red", "green", "+blue", "@bright", "error"]);
+    assert_eq!(
+        safe[0].iter().map(|c| unprotect(c)).collect::<Vec<_>>(),
+        ["image", "labels", "=red", "green", "+blue", "@bright", "error"]
+    );
     assert_eq!(raw[0], ["image", "labels", "=red", "green", "+blue", "@bright", "error"]);
     let mut want: Vec<String> = names.iter().map(|n| n.to_string()).chain(["=broken.jpg".to_string()]).collect();
     want.sort();
@@ -357,7 +376,9 @@ fn csv_cells_that_start_like_formulas_are_protected() {
         assert_eq!(unprotect(&a[1]), b[1], "labels");
         assert!(b[1].split(';').all(|l| l.is_empty() || classes.contains(&l)), "{b:?}");
     }
-    assert!(safe.iter().any(|r| r[1].starts_with("'=red") || r[1].starts_with("'+blue") || r[1].starts_with("'@bright")));
+    assert!(safe
+        .iter()
+        .any(|r| r[1].starts_with("'=red") || r[1].starts_with("'+blue") || r[1].starts_with("'@bright")));
     // The protected file resumes (its names are found again) and --from-tags reads it as the
     // JSONL: the same metrics.
     let r = cls_infer(&[&base[..], &["--format", "csv", "--out", s(&csv_out), "--resume"]].concat(), &[]);
@@ -377,8 +398,22 @@ fn csv_cells_that_start_like_formulas_are_protected() {
     for tags in [&jsonl, &csv_out, &raw_out] {
         let m = dir.path().join("m.json");
         let args = [
-            "--model", s(&bare), "--classes", s(&class_file), "--size", "16x16", "--images", s(&imgs), "--threshold",
-            "0.3", "--ground-truth", s(&gt), "--metrics-out", s(&m), "--from-tags", s(tags),
+            "--model",
+            s(&bare),
+            "--classes",
+            s(&class_file),
+            "--size",
+            "16x16",
+            "--images",
+            s(&imgs),
+            "--threshold",
+            "0.3",
+            "--ground-truth",
+            s(&gt),
+            "--metrics-out",
+            s(&m),
+            "--from-tags",
+            s(tags),
         ];
         let r = cls_infer(&args, &[]);
         assert_eq!(r.code, 0, "{}: {}", tags.display(), r.stderr);
@@ -404,7 +439,10 @@ fn ground_truth_that_names_no_image_says_where_it_looked() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     let real = |p: &Path| fs::canonicalize(p).unwrap();
     for needle in [
-        format!("a JSONL manifest's image names are relative to the manifest's own folder, {}", real(&labels).display()),
+        format!(
+            "a JSONL manifest's image names are relative to the manifest's own folder, {}",
+            real(&labels).display()
+        ),
         format!("its first entry, \"img0000.png\", was looked for at {}", real(&labels).join("img0000.png").display()),
         format!("the first image is {}", real(&imgs).join("img0000.png").display()),
     ] {
