@@ -2,8 +2,9 @@
 //! compute the metrics of method.md ("Metrics", through `cls_core::metrics`) against ground truth.
 //!
 //! Exit status: 0 success; 1 some images could not be read and `--strict` was given, or more
-//! than `--max-errors` failed; 2 bad usage, unreadable model, no images (or none readable), or
-//! any other fatal error; 3 metric regression against `--baseline` (takes precedence over 1);
+//! than `--max-errors` failed; 2 bad usage, unreadable model, no images (or none readable), an
+//! `--out` that another run is writing (`lock.rs`), `--resume` onto rows of another model or
+//! labelling rule (`sink.rs`), or any other fatal error; 3 metric regression against `--baseline` (takes precedence over 1);
 //! 141 (128 + SIGPIPE, what a shell reports for a tool the signal ended) without a message when
 //! the reader of the output went away (`cls-infer ... | head -1`), after removing the temporary
 //! files.
@@ -195,13 +196,18 @@ Images: in a folder, the regular files named like a format this build decodes (J
 Output: jsonl (the default), one line per image, in input order:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
   and a failed image {\"image\": ..., \"labels\": [], \"error\": reason}. csv: image, labels
-  (joined by ;), one score column per class, error. exiftool: [{\"SourceFile\": ...,
+  (joined by ;), one score column per class, error; a text cell that starts with = + - @, a tab,
+  a carriage return or ' gets a leading ' against spreadsheet formulas (--csv-raw: as they are).
+  exiftool: [{\"SourceFile\": ...,
   \"XMP-dc:Subject\": [...], \"XMP-lr:HierarchicalSubject\": [...]}, ...]. xmp: sidecars
   mirroring the names under --out DIR (or beside the images, --out .), merged into existing
   ones. Names are relative to the folder, glob or list; bytes that are not UTF-8 are written
   \\xNN and a backslash \\\\, so --from-tags finds the files again.
   Into a file OUT, rows go to OUT.partial first and OUT is written at the end: an interrupted
-  run leaves OUT as it was, and --resume continues. OUT.stats.json records the run.
+  run leaves OUT as it was, and --resume continues. OUT.stats.json records the run (the model's
+  SHA-256 and classes, the thresholds). One run at a time per OUT: a second is refused, naming
+  the first (the lock file OUT.lock; DIR.lock for --format xmp --out DIR). --resume refuses rows
+  of another model, or of other thresholds unless --relabel.
 Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
   cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
@@ -209,7 +215,8 @@ Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLUR
 ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the
   system's. Its log level is ORT_LOG (default warning).
 Exit status: 0 ok; 1 unreadable images with --strict, or more than --max-errors; 2 bad usage,
-  unreadable model, no images or none readable; 3 metric regression against --baseline; 141,
+  unreadable model, no images or none readable, an --out another run is writing, --resume onto
+  rows of another model or rule; 3 metric regression against --baseline; 141,
   quietly, when the output's reader went away (as in `cls-infer ... | head`).";
 
 /// What `--generate` prints.
