@@ -1188,3 +1188,5 @@ fn open_images_and_tag_table_ground_truth() {
 
 #[path = "infer/forms.rs"]
 mod forms;
+#[path = "infer/trust.rs"]
+mod trust;

@@ -1,6 +1,7 @@
 //! `--from-tags`: the metrics of tag files cls-infer wrote earlier (one per shard of an array
 //! job, say), without running the model. JSONL or CSV (by the `.csv` extension); names are
-//! relative to the base of `--images` as written (see [`crate::inputs`]); rows with an `error`
+//! relative to the base of `--images` as written (see [`crate::inputs`]; a CSV text cell without
+//! the leading `'` that protects it from spreadsheets, see [`crate::output`]); rows with an `error`
 //! are failed images and left out. The `<file>.stats.json` beside each file says which shard it
 //! is: shards of the job that none of the files is are named.
 
@@ -45,7 +46,9 @@ pub fn read(files: &[PathBuf], base: &Path, classes: &[String], truth: &Truth) -
         };
         let open = || std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()));
         if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            read_csv(open()?, classes, |n, image, row| {
+            // Text cells carry a leading ' against spreadsheet formulas, unless written --csv-raw.
+            let raw = stats::read_beside(file).is_some_and(|s| s.csv_raw);
+            read_csv(open()?, classes, raw, |n, image, row| {
                 add(n, image, row).with_context(|| format!("--from-tags {}", place(f, n)))
             })?;
         } else {
@@ -127,10 +130,12 @@ fn parse_tag_line(line: &str, classes: &[String]) -> Result<(String, Option<Vec<
 fn read_csv(
     file: std::fs::File,
     classes: &[String],
+    raw: bool,
     mut add: impl FnMut(usize, String, Option<Vec<f32>>) -> Result<()>,
 ) -> Result<()> {
     let mut r = csv::Reader::from_reader(std::io::BufReader::new(file));
-    let header = r.headers().context("no CSV header")?.clone();
+    let text = |cell: &'_ str| -> String { if raw { cell } else { crate::output::unprotect(cell) }.to_string() };
+    let header: Vec<String> = r.headers().context("no CSV header")?.iter().map(text).collect();
     let col = |name: &str| header.iter().position(|h| h == name);
     let (Some(image), Some(error)) = (col("image"), col("error")) else {
         bail!("not cls-infer's CSV (its header needs image, labels, the classes and error)");
@@ -141,7 +146,7 @@ fn read_csv(
         .collect::<Result<_>>()?;
     for (n, rec) in r.records().enumerate() {
         let rec = rec.with_context(|| format!("row {}", n + 2))?;
-        let name = rec.get(image).unwrap_or_default().to_string();
+        let name = text(rec.get(image).unwrap_or_default());
         if !rec.get(error).unwrap_or_default().is_empty() {
             add(n, name, None)?;
             continue;

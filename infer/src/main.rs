@@ -2,8 +2,9 @@
 //! compute the metrics of method.md ("Metrics", through `cls_core::metrics`) against ground truth.
 //!
 //! Exit status: 0 success; 1 some images could not be read and `--strict` was given, or more
-//! than `--max-errors` failed; 2 bad usage, unreadable model, no images (or none readable), or
-//! any other fatal error; 3 metric regression against `--baseline` (takes precedence over 1);
+//! than `--max-errors` failed; 2 bad usage, unreadable model, no images (or none readable), an
+//! `--out` that another run is writing (`lock.rs`), `--resume` onto rows of another model or
+//! labelling rule (`sink.rs`), or any other fatal error; 3 metric regression against `--baseline` (takes precedence over 1);
 //! 141 (128 + SIGPIPE, what a shell reports for a tool the signal ended) without a message when
 //! the reader of the output went away (`cls-infer ... | head -1`), after removing the temporary
 //! files.
@@ -22,6 +23,7 @@ macro_rules! say {
 
 mod fromtags;
 mod inputs;
+mod lock;
 mod logging;
 mod model;
 mod output;
@@ -79,9 +81,21 @@ pub struct Cli {
     #[arg(long, value_name = "ROOT", default_value = "cls", help_heading = "Output")]
     pub keyword_root: String,
     /// Skip the images already in --out (or in the OUT.partial an interrupted run left) and add
-    /// the new rows.
+    /// the new rows; refused when those rows come from another model (by its SHA-256) or
+    /// labelling rule (see --relabel).
     #[arg(long, help_heading = "Output")]
     pub resume: bool,
+    /// With --resume, when the rows already written were labelled by other thresholds
+    /// (--threshold, --thresholds, --min-labels, --top-k): label them again from their stored
+    /// scores by this run's rule, so the file follows one rule (jsonl and csv; exiftool's JSON
+    /// keeps no scores).
+    #[arg(long, requires = "resume", help_heading = "Output")]
+    pub relabel: bool,
+    /// --format csv: write text cells as they are. By default a cell that starts with = + - @, a
+    /// tab or a carriage return (which a spreadsheet would run as a formula), or with ', gets a
+    /// leading ' (remove one leading ' from a text cell to read its text).
+    #[arg(long, help_heading = "Output")]
+    pub csv_raw: bool,
     /// Where to write the images that failed (JSON Lines: path, reason); they are rows of --out
     /// too.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
@@ -108,9 +122,11 @@ pub struct Cli {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Labels")]
     pub top_k: Option<u32>,
 
-    /// Ground truth, in any format cls-train reads: a JSONL manifest, a COCO instances JSON or a
-    /// tag table CSV (image names relative to --images), a VOC devkit, Open Images image-level
-    /// labels (matched by ImageID = file stem; needs --gt-classes).
+    /// Ground truth, in any format cls-train reads: a JSONL manifest (image names relative to the
+    /// manifest's own folder, as cls-train reads it), a COCO instances JSON or a tag table CSV
+    /// (image names relative to --images: the folder, or the folder of the file, glob or list), a
+    /// VOC devkit, Open Images image-level labels (matched by ImageID = file stem; needs
+    /// --gt-classes).
     #[arg(long, value_name = "FILE", help_heading = "Evaluation")]
     pub ground_truth: Option<PathBuf>,
     /// The ground truth's classes: Open Images class descriptions (LabelName,DisplayName) or
@@ -137,7 +153,7 @@ pub struct Cli {
     /// --shard of an array job) instead of running the model; names in them are relative to
     /// --images. Shards missing among them are named (from the .stats.json beside each).
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "ground_truth", help_heading = "Evaluation",
-          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors"])]
+          conflicts_with_all = ["out", "errors", "shard", "strict", "top_k", "min_labels", "follow_links", "batch", "threads", "ort_lib", "resume", "format", "max_errors", "csv_raw"])]
     pub from_tags: Vec<PathBuf>,
 
     /// Where to run the model: auto (CUDA when present), cpu, cuda, cuda:N.
@@ -180,13 +196,18 @@ Images: in a folder, the regular files named like a format this build decodes (J
 Output: jsonl (the default), one line per image, in input order:
   {\"image\": \"a/b.jpg\", \"labels\": [best first], \"scores\": {\"class\": p, ...}}
   and a failed image {\"image\": ..., \"labels\": [], \"error\": reason}. csv: image, labels
-  (joined by ;), one score column per class, error. exiftool: [{\"SourceFile\": ...,
+  (joined by ;), one score column per class, error; a text cell that starts with = + - @, a tab,
+  a carriage return or ' gets a leading ' against spreadsheet formulas (--csv-raw: as they are).
+  exiftool: [{\"SourceFile\": ...,
   \"XMP-dc:Subject\": [...], \"XMP-lr:HierarchicalSubject\": [...]}, ...]. xmp: sidecars
   mirroring the names under --out DIR (or beside the images, --out .), merged into existing
   ones. Names are relative to the folder, glob or list; bytes that are not UTF-8 are written
   \\xNN and a backslash \\\\, so --from-tags finds the files again.
   Into a file OUT, rows go to OUT.partial first and OUT is written at the end: an interrupted
-  run leaves OUT as it was, and --resume continues. OUT.stats.json records the run.
+  run leaves OUT as it was, and --resume continues. OUT.stats.json records the run (the model's
+  SHA-256 and classes, the thresholds). One run at a time per OUT: a second is refused, naming
+  the first (the lock file OUT.lock; DIR.lock for --format xmp --out DIR). --resume refuses rows
+  of another model, or of other thresholds unless --relabel.
 Whole-folder metrics of an array job: tag with --shard (or the variables below) and --out, then
   cls-infer --model M --images DIR --ground-truth GT --from-tags shard-*.jsonl
 Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN),
@@ -194,7 +215,8 @@ Sharding without --shard: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLUR
 ONNX Runtime: --ort-lib, else ORT_DYLIB_PATH, else the project's .venv/onnxruntime, else the
   system's. Its log level is ORT_LOG (default warning).
 Exit status: 0 ok; 1 unreadable images with --strict, or more than --max-errors; 2 bad usage,
-  unreadable model, no images or none readable; 3 metric regression against --baseline; 141,
+  unreadable model, no images or none readable, an --out another run is writing, --resume onto
+  rows of another model or rule; 3 metric regression against --baseline; 141,
   quietly, when the output's reader went away (as in `cls-infer ... | head`).";
 
 /// What `--generate` prints.

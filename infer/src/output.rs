@@ -5,7 +5,12 @@
 //!   reason}` (the img2dataset convention: a failure is a row, not a gap).
 //! - `csv`: a header `image,labels,<one column per class>,error`, then one row per image: the
 //!   labels joined by `;` (best first), the scores, an empty `error`; a failed image has empty
-//!   labels and scores and its reason in `error`. RFC 4180 quoting (the `csv` crate).
+//!   labels and scores and its reason in `error`. RFC 4180 quoting (the `csv` crate). A text cell
+//!   (a name, the labels, an error, a class in the header) that starts with `=`, `+`, `-`, `@`,
+//!   a tab or a carriage return would run as a formula in a spreadsheet ("CSV injection"): it gets
+//!   a leading `'`, as OWASP recommends, and so does one that starts with `'` itself, so that
+//!   removing one leading `'` from a text cell gives its text back ([`unprotect`]); `--csv-raw`
+//!   writes cells as they are. Scores are numbers and are never changed.
 //! - `exiftool`: the JSON array that `exiftool -json=FILE DIR` imports: per tagged image
 //!   `{"SourceFile": path as opened, "XMP-dc:Subject": [labels], "XMP-lr:HierarchicalSubject":
 //!   ["cls|label", ...]}`; images without labels and failed images are left out (exiftool would
@@ -18,6 +23,7 @@ use crate::inputs::Item;
 use anyhow::Result;
 pub use cls_core::fsio::Output;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::path::Path;
 
 /// The output formats of `--format`.
@@ -42,6 +48,23 @@ impl Format {
             Format::Exiftool => "exiftool",
         }
     }
+}
+
+/// The first characters by which a spreadsheet runs a cell as a formula (OWASP, "CSV Injection").
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A CSV text cell safe to open in a spreadsheet: one that starts with a formula character, or
+/// with `'`, gets a leading `'` (see the module's doc).
+pub fn protect(cell: &str) -> Cow<'_, str> {
+    match cell.chars().next() {
+        Some(c) if c == '\'' || FORMULA_START.contains(&c) => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
+    }
+}
+
+/// The text of a CSV text cell [`protect`] wrote: without its one leading `'`.
+pub fn unprotect(cell: &str) -> &str {
+    cell.strip_prefix('\'').unwrap_or(cell)
 }
 
 /// Write a whole small file (JSON) atomically.
@@ -103,16 +126,17 @@ impl Serialize for Scores<'_> {
 /// The CSV row (the header names its columns).
 #[derive(Serialize)]
 struct CsvRow<'a> {
-    image: &'a str,
+    image: Cow<'a, str>,
     labels: Joined<'a>,
     scores: CsvScores<'a>,
-    error: &'a str,
+    error: Cow<'a, str>,
 }
 
-/// The chosen class names joined by `;`, best first.
+/// The chosen class names joined by `;`, best first (protected unless `raw`).
 struct Joined<'a> {
     names: &'a [String],
     chosen: &'a [usize],
+    raw: bool,
 }
 
 impl Serialize for Joined<'_> {
@@ -124,7 +148,11 @@ impl Serialize for Joined<'_> {
             }
             text.push_str(&self.names[c]);
         }
-        s.serialize_str(&text)
+        if self.raw {
+            s.serialize_str(&text)
+        } else {
+            s.serialize_str(&protect(&text))
+        }
     }
 }
 
@@ -188,6 +216,8 @@ pub struct Encoder {
     prefix: String,
     csv: csv::Writer<Shared>,
     csv_out: Shared,
+    /// CSV text cells as they are (`--csv-raw`), not protected from spreadsheets.
+    csv_raw: bool,
     buf: Vec<u8>,
 }
 
@@ -216,7 +246,42 @@ impl Encoder {
             prefix: format!("{root}|"),
             csv: csv::WriterBuilder::new().has_headers(false).from_writer(csv_out.clone()),
             csv_out,
+            csv_raw: false,
             buf: Vec::new(),
+        }
+    }
+
+    /// Write CSV text cells as they are (`--csv-raw`).
+    pub fn with_csv_raw(mut self, raw: bool) -> Encoder {
+        self.csv_raw = raw;
+        self
+    }
+
+    /// A CSV text cell as written.
+    fn cell<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.csv_raw {
+            Cow::Borrowed(text)
+        } else {
+            protect(text)
+        }
+    }
+
+    /// The format of the rows.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Whether CSV text cells are written as they are (`--csv-raw`).
+    pub fn csv_raw(&self) -> bool {
+        self.csv_raw
+    }
+
+    /// The text of a CSV text cell as read back (see [`unprotect`]).
+    pub fn text_of_cell<'a>(&self, cell: &'a str) -> &'a str {
+        if self.csv_raw {
+            cell
+        } else {
+            unprotect(cell)
         }
     }
 
@@ -235,7 +300,8 @@ impl Encoder {
         if self.format != Format::Csv {
             return None;
         }
-        let fields = ["image", "labels"].into_iter().chain(self.names.iter().map(String::as_str)).chain(["error"]);
+        let classes: Vec<Cow<str>> = self.names.iter().map(|n| self.cell(n)).collect();
+        let fields = ["image", "labels"].into_iter().chain(classes.iter().map(|c| c.as_ref())).chain(["error"]);
         let _ = self.csv.write_record(fields);
         Some(self.take_csv())
     }
@@ -257,6 +323,8 @@ impl Encoder {
     pub fn row(&mut self, t: &Tagged) -> Option<&[u8]> {
         self.buf.clear();
         let names = &self.names;
+        let raw = self.csv_raw;
+        let cell = |text| if raw { Cow::Borrowed(text) } else { protect(text) };
         match self.format {
             Format::Jsonl => {
                 let row = match t.result {
@@ -279,16 +347,16 @@ impl Encoder {
             Format::Csv => {
                 let row = match t.result {
                     Ok((scores, chosen)) => CsvRow {
-                        image: &t.item.name,
-                        labels: Joined { names, chosen },
+                        image: cell(&t.item.name),
+                        labels: Joined { names, chosen, raw },
                         scores: CsvScores { n: names.len(), scores: Some(scores) },
-                        error: "",
+                        error: Cow::Borrowed(""),
                     },
                     Err(reason) => CsvRow {
-                        image: &t.item.name,
-                        labels: Joined { names, chosen: &[] },
+                        image: cell(&t.item.name),
+                        labels: Joined { names, chosen: &[], raw },
                         scores: CsvScores { n: names.len(), scores: None },
-                        error: reason,
+                        error: cell(reason),
                     },
                 };
                 let _ = self.csv.serialize(row);
@@ -363,6 +431,41 @@ mod tests {
             text(&mut e, &Tagged { item: &it, result: Err("bad, \"very\"") }),
             "a b.jpg,,,,\"bad, \"\"very\"\"\""
         );
+    }
+
+    #[test]
+    fn csv_text_cells_cannot_run_as_formulas() {
+        let classes = ["=SUM(A1)".to_string(), "ok".to_string(), "'quoted".to_string()];
+        let mut e = Encoder::new(Format::Csv, &classes, "cls");
+        assert_eq!(e.header().unwrap(), b"image,labels,'=SUM(A1),ok,''quoted,error");
+        for (name, cell) in [
+            ("=HYPERLINK(\"http://x\").jpg", "\"'=HYPERLINK(\"\"http://x\"\").jpg\""),
+            ("+1.jpg", "'+1.jpg"),
+            ("-1.jpg", "'-1.jpg"),
+            ("@x.jpg", "'@x.jpg"),
+            ("\tx.jpg", "'\tx.jpg"),
+            ("\rx.jpg", "\"'\rx.jpg\""),
+            ("'x.jpg", "''x.jpg"),
+            ("a=b.jpg", "a=b.jpg"),
+        ] {
+            let it = item(name);
+            let row = text(&mut e, &Tagged { item: &it, result: Ok((&[0.9, 0.1, 0.8], &[0, 2])) });
+            assert_eq!(row, format!("{cell},'=SUM(A1);'quoted,0.9,0.1,0.8,"), "{name:?}");
+            let rec = csv::ReaderBuilder::new().has_headers(false).from_reader(row.as_bytes()).records().next();
+            let rec = rec.unwrap().unwrap();
+            assert_eq!(unprotect(&rec[0]), name);
+            assert_eq!(e.text_of_cell(&rec[0]), name);
+        }
+        // A failure's reason is a text cell too; --csv-raw writes every cell as it is.
+        let it = item("-x.jpg");
+        assert_eq!(text(&mut e, &Tagged { item: &it, result: Err("-oops") }), "'-x.jpg,,,,,'-oops");
+        let mut raw = Encoder::new(Format::Csv, &classes, "cls").with_csv_raw(true);
+        assert_eq!(raw.header().unwrap(), b"image,labels,=SUM(A1),ok,'quoted,error");
+        assert_eq!(
+            text(&mut raw, &Tagged { item: &it, result: Ok((&[0.9, 0.1, 0.8], &[0])) }),
+            "-x.jpg,=SUM(A1),0.9,0.1,0.8,"
+        );
+        assert_eq!(raw.text_of_cell("'x"), "'x");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::report::ReportImage;
 use crate::scoring::{score_and_compare, Scored};
 use crate::shard::Shard;
 use crate::sink::{key_of, Sink};
-use crate::stats::{self, Stats, ThresholdStats};
+use crate::stats::{self, Origin, Stats, ThresholdStats};
 use crate::tars::TarBatches;
 use crate::thresholds::Decision;
 use crate::truth::{preview, Truth};
@@ -64,6 +64,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
     }
     let size = cli.size.as_deref().map(model::parse_size).transpose()?;
     check_outputs(cli)?;
+    // One run at a time per output, held to the end (the stats included): a second run on the
+    // same --out is refused here, before it touches OUT.partial.
+    let _lock = match cli.out.as_deref() {
+        Some(out) if cli.from_tags.is_empty() => crate::lock::OutLock::acquire(out, cli.format == Format::Xmp)?,
+        _ => None,
+    };
     let classes = cli.classes.as_deref().map(model::read_classes).transpose()?;
     if !cli.from_tags.is_empty() {
         let (_, info) = model_info(cli, classes, size)?;
@@ -95,6 +101,12 @@ pub fn run(cli: &Cli) -> Result<u8> {
         );
     }
     let decision = decision(cli, &info)?;
+    // The model's SHA-256 (for --resume and the stats), while the images are listed.
+    let model_path = cli.model.clone();
+    let hashing = std::thread::spawn(move || stats::sha256(&model_path));
+    if cli.csv_raw && cli.format != Format::Csv {
+        bail!("--csv-raw is for --format csv");
+    }
     if cli.format == Format::Csv {
         if let Some(c) = info.classes.iter().find(|c| ["image", "labels", "error"].contains(&c.as_str())) {
             bail!("--format csv: the model has a class named {c:?}, as one of the CSV's own columns (image, labels, error); use --format jsonl");
@@ -117,19 +129,30 @@ pub fn run(cli: &Cli) -> Result<u8> {
         (Some(t), Images::Files(items)) => items.iter().map(|f| t.key_of(&f.path)).collect(),
         _ => HashSet::new(),
     };
-    if let (Some(t), Images::Files(_)) = (&truth, &input.images) {
+    if let (Some(t), Images::Files(items)) = (&truth, &input.images) {
         if shard.is_whole() && t.entries_in(&all) == 0 {
             bail!(
-                "none of the images of --ground-truth {} is among --images {}: no metrics (are the paths relative to the right folder?)",
+                "none of the images of --ground-truth {} is among --images {}: no metrics; {}",
                 cli.ground_truth.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                cli.images.display()
+                cli.images.display(),
+                t.where_it_looked(items.first().map(|it| it.path.as_path()))
             );
         }
     }
 
-    // The outputs; with --resume, what they hold already is skipped.
-    let encoder = Encoder::new(cli.format, &info.classes, &cli.keyword_root);
-    let (mut sink, done) = Sink::open(cli.format, cli.out.as_deref(), cli.resume, encoder)?;
+    // The outputs; with --resume, what they hold already is skipped, once they are known to come
+    // from the same model and rule (the model's SHA-256, computed meanwhile, is needed now).
+    let model_sha256 = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread crashed"))??;
+    let origin = Origin {
+        model: cli.model.display().to_string(),
+        model_sha256,
+        classes: info.classes.clone(),
+        thresholds: ThresholdStats::of(&decision, &info.classes),
+        csv_raw: cli.csv_raw,
+    };
+    let encoder = Encoder::new(cli.format, &info.classes, &cli.keyword_root).with_csv_raw(cli.csv_raw);
+    let relabel = cli.relabel.then_some(&decision);
+    let (mut sink, done) = Sink::open(cli.format, cli.out.as_deref(), cli.resume, relabel, &origin, encoder)?;
     let mut errors_out = cli.errors.as_deref().map(Output::create).transpose()?;
     let format = cli.format;
     let skipped = Arc::new(AtomicUsize::new(0));
@@ -168,10 +191,6 @@ pub fn run(cli: &Cli) -> Result<u8> {
             cli.out.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
         );
     }
-    // The model's SHA-256 for the stats, while tagging.
-    let model_path = cli.model.clone();
-    let hashing = std::thread::spawn(move || stats::sha256(&model_path));
-
     // Loading ONNX Runtime (tens of ms) and building the session run while the first batches
     // decode.
     let kind = input.kind.clone();
@@ -289,7 +308,6 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if let Some(t) = &timing {
         tracing::info!("{}", t.summary());
     }
-    let model_sha256 = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread crashed"))??;
     if let Some(out) = cli.out.as_deref().filter(|o| *o != Path::new(".") && *o != Path::new("-")) {
         if matches!(fsio::classify(out), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp {
             let s = Stats {
@@ -302,11 +320,13 @@ pub fn run(cli: &Cli) -> Result<u8> {
                 images_skipped: n_skipped,
                 seconds: secs,
                 images_per_second: tagged as f64 / secs.max(1e-9),
-                model: cli.model.display().to_string(),
-                model_sha256,
-                thresholds: ThresholdStats::of(&decision, &info.classes),
+                model: origin.model.clone(),
+                model_sha256: origin.model_sha256.clone(),
+                thresholds: origin.thresholds.clone(),
                 complete: stopped.is_none(),
                 cls_infer: crate::VERSION.to_string(),
+                classes: origin.classes.clone(),
+                csv_raw: origin.csv_raw,
             };
             crate::output::write_file(&stats::stats_path(out), &serde_json::to_string_pretty(&s)?)?;
         }

@@ -1,7 +1,9 @@
 //! `<out>.stats.json`: the record of one run (one shard of an array job), as img2dataset and
 //! clip-retrieval keep one per shard: what was tagged, failed and skipped, how fast, with which
-//! model (its SHA-256) and thresholds, and which shard. `--from-tags` reads them beside the tag
-//! files to say which shards are missing.
+//! model (its SHA-256 and classes) and thresholds, and which shard. `--from-tags` reads them beside
+//! the tag files to say which shards are missing; `--resume` reads the [`Origin`] of the rows
+//! already in `OUT` from them (and that of `OUT.partial`'s rows from its first line), and refuses
+//! to add rows of another model or labelling rule.
 
 use crate::shard::Shard;
 use crate::thresholds::Decision;
@@ -87,11 +89,133 @@ pub struct Stats {
     /// False when the run stopped early (`--max-errors`).
     pub complete: bool,
     pub cls_infer: String,
+    /// The model's classes, in its order (empty in the stats of earlier versions).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// CSV text cells written as they are (`--csv-raw`), not protected from spreadsheets.
+    #[serde(default)]
+    pub csv_raw: bool,
 }
 
 impl Stats {
     pub fn shard(s: Shard) -> ShardStats {
         ShardStats { index: s.index, count: s.count }
+    }
+
+    /// The origin of the rows of the output these stats describe.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            model: self.model.clone(),
+            model_sha256: self.model_sha256.clone(),
+            classes: self.classes.clone(),
+            thresholds: self.thresholds.clone(),
+            csv_raw: self.csv_raw,
+        }
+    }
+}
+
+/// What the rows of a tag file depend on besides the images: the model (its SHA-256 and its
+/// classes), the labelling rule (thresholds, `--min-labels`, `--top-k`) and, for CSV, whether
+/// text cells are protected. Recorded in `OUT.stats.json` and in the first line of `OUT.partial`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Origin {
+    /// The model's path as given (for messages).
+    pub model: String,
+    pub model_sha256: String,
+    /// Empty when unknown (the stats of earlier versions).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    pub thresholds: ThresholdStats,
+    #[serde(default)]
+    pub csv_raw: bool,
+}
+
+/// How the origin of rows already written differs from this run's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mismatch {
+    /// Another model, other classes or another CSV cell mode: the rows cannot be made one file.
+    Model(String),
+    /// Only the labelling rule: the rows can be labelled again from their scores (`--relabel`).
+    Rule(String),
+}
+
+/// The first characters of a SHA-256, for messages.
+fn short(hash: &str) -> String {
+    format!("{}…", hash.get(..12).unwrap_or(hash))
+}
+
+/// Each class's threshold under `t` (`classes`: the names when `t` has one global threshold).
+fn per_class(t: &ThresholdStats, classes: &[String]) -> std::collections::BTreeMap<String, Option<f64>> {
+    match &t.per_class {
+        Some(map) => map.iter().map(|(k, v)| (k.clone(), v.as_f64())).collect(),
+        None => classes.iter().map(|c| (c.clone(), Some(t.global))).collect(),
+    }
+}
+
+impl Origin {
+    /// How `then`, the origin of rows already written, differs from this run's (`self`); `None`
+    /// when rows of both may share a file.
+    pub fn compare(&self, then: &Origin) -> Option<Mismatch> {
+        if then.model_sha256 != self.model_sha256 {
+            return Some(Mismatch::Model(format!(
+                "another model: sha256 {} ({}), while this run's {} is {}",
+                short(&then.model_sha256),
+                then.model,
+                self.model,
+                short(&self.model_sha256)
+            )));
+        }
+        if !then.classes.is_empty() && then.classes != self.classes {
+            let names = |c: &[String]| {
+                let c: Vec<&str> = c.iter().map(String::as_str).collect();
+                crate::truth::preview(&c)
+            };
+            return Some(Mismatch::Model(format!(
+                "other class names ({} then; {} now)",
+                names(&then.classes),
+                names(&self.classes)
+            )));
+        }
+        if then.csv_raw != self.csv_raw {
+            let mode = |raw: bool| if raw { "as they are (--csv-raw)" } else { "protected from spreadsheets" };
+            return Some(Mismatch::Model(format!(
+                "CSV text cells {} then, {} now",
+                mode(then.csv_raw),
+                mode(self.csv_raw)
+            )));
+        }
+        let (a, b) = (&then.thresholds, &self.thresholds);
+        let mut what = Vec::new();
+        let names = if then.classes.is_empty() { &self.classes } else { &then.classes };
+        let (ta, tb) = (per_class(a, names), per_class(b, &self.classes));
+        if ta != tb {
+            if a.per_class.is_none() && b.per_class.is_none() {
+                what.push(format!("threshold {} then, {} now", a.global, b.global));
+            } else {
+                let n: std::collections::BTreeSet<&String> =
+                    ta.keys().chain(tb.keys()).filter(|c| ta.get(*c) != tb.get(*c)).collect();
+                let show = |t: Option<&Option<f64>>| match t {
+                    Some(Some(t)) => t.to_string(),
+                    _ => "none".to_string(),
+                };
+                if let Some(c) = n.first() {
+                    what.push(format!(
+                        "the thresholds of {} classes ({c:?}: {} then, {} now)",
+                        n.len(),
+                        show(ta.get(*c)),
+                        show(tb.get(*c))
+                    ));
+                }
+            }
+        }
+        if a.min_labels != b.min_labels {
+            what.push(format!("--min-labels {} then, {} now", a.min_labels, b.min_labels));
+        }
+        if a.top_k != b.top_k {
+            let k = |k: Option<usize>| k.map_or("none".to_string(), |k| k.to_string());
+            what.push(format!("--top-k {} then, {} now", k(a.top_k), k(b.top_k)));
+        }
+        (!what.is_empty()).then(|| Mismatch::Rule(format!("other labelling rules: {}", what.join("; "))))
     }
 }
 
@@ -151,11 +275,56 @@ mod tests {
                 },
                 complete: true,
                 cls_infer: String::new(),
+                classes: Vec::new(),
+                csv_raw: false,
             })
         };
         assert_eq!(missing_shards(&[s(0, 4), s(2, 4), None]), Some((4, vec![1, 3])));
         assert_eq!(missing_shards(&[s(0, 2), s(1, 2)]), Some((2, vec![])));
         assert_eq!(missing_shards(&[s(0, 2), s(1, 3)]), None);
         assert_eq!(missing_shards(&[None]), None);
+    }
+
+    #[test]
+    fn origins_differ_by_model_classes_or_rule() {
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let rule = |global, per: Option<&[f64]>, min, top| {
+            let d = Decision::resolve(&classes, Some(global), per, None, None, min, top).unwrap();
+            ThresholdStats::of(&d, &classes)
+        };
+        let o = Origin {
+            model: "m.onnx".into(),
+            model_sha256: "ab".repeat(32),
+            classes: classes.clone(),
+            thresholds: rule(0.5, None, 0, None),
+            csv_raw: false,
+        };
+        assert_eq!(o.compare(&o), None);
+        // Another path to the same bytes is the same model; a stats file of an earlier version
+        // (no classes) is compared by hash and rule.
+        assert_eq!(o.compare(&Origin { model: "copy.onnx".into(), classes: vec![], ..o.clone() }), None);
+        let other = Origin { model_sha256: "cd".repeat(32), model: "n.onnx".into(), ..o.clone() };
+        let Some(Mismatch::Model(m)) = o.compare(&other) else { panic!() };
+        assert!(
+            m.contains("another model: sha256 cdcdcdcdcdcd… (n.onnx)") && m.contains("m.onnx is abababababab…"),
+            "{m}"
+        );
+        let renamed = Origin { classes: vec!["a".into(), "b".into(), "x".into()], ..o.clone() };
+        assert!(matches!(o.compare(&renamed), Some(Mismatch::Model(m)) if m.contains("other class names")));
+        let raw = Origin { csv_raw: true, ..o.clone() };
+        assert!(matches!(o.compare(&raw), Some(Mismatch::Model(m)) if m.contains("--csv-raw")));
+        for (then, needle) in [
+            (rule(0.7, None, 0, None), "threshold 0.7 then, 0.5 now"),
+            (rule(0.5, Some(&[0.5, 0.2, 0.5]), 0, None), "the thresholds of 1 classes (\"b\": 0.2 then, 0.5 now)"),
+            (rule(0.5, None, 1, None), "--min-labels 1 then, 0 now"),
+            (rule(0.5, None, 0, Some(2)), "--top-k 2 then, none now"),
+        ] {
+            let then = Origin { thresholds: then, ..o.clone() };
+            let Some(Mismatch::Rule(m)) = o.compare(&then) else { panic!("{needle}") };
+            assert!(m.contains(needle), "{m}");
+        }
+        // The same rule written per class (every class at the global value) is the same rule.
+        let spelled = Origin { thresholds: rule(0.3, Some(&[0.5, 0.5, 0.5]), 0, None), ..o.clone() };
+        assert_eq!(o.compare(&spelled), None, "{:?}", spelled.thresholds);
     }
 }

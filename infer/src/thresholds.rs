@@ -11,7 +11,7 @@
 //! most K; both keep the best first.
 
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The threshold when neither the model nor the command line gives one.
@@ -120,17 +120,54 @@ impl Decision {
     }
 }
 
-/// `--thresholds FILE`: `{"class": t, ...}`; every name must be a class of the model.
+/// The words of the error for a key given twice (see [`Unique`]).
+const TWICE: &str = "is given twice";
+
+/// A JSON object's entries in file order, refusing a key given twice: serde_json into a map
+/// would keep the last value silently, so `{"cat": 0.2, "cat": 0.9}` would mean 0.9.
+struct Unique(Vec<(String, f64)>);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Unique, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of class names and thresholds")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Unique, A::Error> {
+                let mut seen = BTreeSet::new();
+                let mut out = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!("{name:?} {TWICE}")));
+                    }
+                    out.push((name, map.next_value::<f64>()?));
+                }
+                Ok(Unique(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `--thresholds FILE`: `{"class": t, ...}`; every name must be a class of the model, and given
+/// once.
 fn read_file(path: &Path, classes: &[String]) -> Result<Vec<(usize, f64)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--thresholds {}", path.display()))?;
-    let map: BTreeMap<String, f64> = serde_json::from_str(text.trim_start_matches('\u{feff}')).with_context(|| {
-        format!(
-            "--thresholds {}: expected a JSON object of class names and thresholds, {{\"cat\": 0.4, ...}}",
-            path.display()
-        )
+    let map: Unique = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| {
+        // A key given twice is named as such; anything else is not the expected shape.
+        if e.to_string().contains(TWICE) {
+            anyhow::anyhow!("--thresholds {}: {e}", path.display())
+        } else {
+            anyhow::Error::new(e).context(format!(
+                "--thresholds {}: expected a JSON object of class names and thresholds, {{\"cat\": 0.4, ...}}",
+                path.display()
+            ))
+        }
     })?;
-    let mut out = Vec::with_capacity(map.len());
-    for (name, t) in map {
+    let mut out = Vec::with_capacity(map.0.len());
+    for (name, t) in map.0 {
         let Some(c) = classes.iter().position(|n| *n == name) else {
             bail!("--thresholds {}: {name:?} is not a class of the model", path.display());
         };
@@ -183,6 +220,9 @@ mod tests {
             (r#"{"dog": 0.5}"#, "\"dog\" is not a class"),
             (r#"{"c1": 2}"#, "\"c1\" 2 is not a number between 0 and 1"),
             (r#"[0.5]"#, "expected a JSON object"),
+            // A key given twice is refused by name (it used to mean its last value).
+            (r#"{"c0": 0.2, "c1": 0.3, "c0": 0.9}"#, "\"c0\" is given twice"),
+            ("\u{feff}{\"c2\": 0.2,\n \"c2\": 0.2}", "\"c2\" is given twice at line 2"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = format!("{:#}", Decision::resolve(&names(3), None, None, None, Some(&f), 0, None).unwrap_err());

@@ -1,7 +1,10 @@
 //! Ground truth for `--ground-truth`, in any format the trainer reads (`cls_core::readers`): a
-//! JSONL manifest, a COCO instances JSON (file names relative to `--images`), a VOC devkit (split
-//! `test`, else `val`, else `trainval`), Open Images image-level labels (with their class
-//! descriptions, `--gt-classes`), or a tag table (image names relative to `--images`).
+//! JSONL manifest (image names relative to the manifest's own folder, as cls-train reads it), a
+//! COCO instances JSON (file names relative to `--images`: the folder, or the folder of the file,
+//! glob or list), a VOC devkit (split `test`, else `val`, else `trainval`), Open Images image-level
+//! labels (with their class descriptions, `--gt-classes`), or a tag table (image names relative to
+//! `--images`). Ground truth naming none of the images says where it looked
+//! ([`Truth::where_it_looked`]).
 //!
 //! Classes: each model class is matched by name to the ground truth's classes (Open Images:
 //! their DisplayNames), else, for Open Images, to their MIDs, so a model trained on display names
@@ -45,6 +48,10 @@ pub struct Truth {
     pub targets: Array2<i8>,
     /// Notes for stderr about the class mapping.
     pub notes: Vec<String>,
+    /// How the entries' names were resolved, in words, for messages ("relative to ...").
+    resolved_as: String,
+    /// The first entry as given and the path it was resolved to (for messages).
+    first: Option<(String, PathBuf)>,
 }
 
 /// The file `path` names, by the rule the trainer's readers use too
@@ -140,6 +147,25 @@ impl Truth {
             ));
         }
         let matching = if format == Format::OpenImages { Match::Stem } else { Match::Path };
+        let folder =
+            |p: &Path| resolve(if p.as_os_str().is_empty() { Path::new(".") } else { p }).display().to_string();
+        let resolved_as = match format {
+            Format::Jsonl => format!(
+                "a JSONL manifest's image names are relative to the manifest's own folder, {}",
+                folder(spec.parent().unwrap_or(Path::new("")))
+            ),
+            Format::Coco | Format::TagTable => {
+                format!("its image names are relative to the folder of --images, {}", folder(images_root))
+            }
+            Format::Voc => "a VOC devkit's images are its JPEGImages/<id>.jpg".to_string(),
+            Format::NusWide => "NUS-WIDE's images are its Flickr/<id>".to_string(),
+            Format::OpenImages => "Open Images rows match images by ImageID = file stem".to_string(),
+            Format::CsvFeatures => "a feature table names no images".to_string(),
+        };
+        let first = data.samples.first().map(|s| match matching {
+            Match::Path => (s.id.clone(), resolve(&s.path)),
+            Match::Stem => (s.id.clone(), PathBuf::from(&s.id)),
+        });
         if matching == Match::Stem {
             notes.push("Open Images ground truth: images are matched by ImageID = file stem".to_string());
         }
@@ -163,7 +189,31 @@ impl Truth {
             }
             ids.push(id);
         }
-        Ok(Truth { matching, rows, ids, targets, notes })
+        Ok(Truth { matching, rows, ids, targets, notes, resolved_as, first })
+    }
+
+    /// Where the entries were looked for, for a ground truth that names none of the images
+    /// (`first_image`: the first image tagged, if any): how names resolve, the first entry's
+    /// expected path, and the first image's path to compare with.
+    pub fn where_it_looked(&self, first_image: Option<&Path>) -> String {
+        let mut s = self.resolved_as.clone();
+        if let Some((id, path)) = &self.first {
+            match self.matching {
+                Match::Path => s.push_str(&format!(
+                    "; its first entry, {id:?}, was looked for at {}, which is not among the images",
+                    path.display()
+                )),
+                Match::Stem => s.push_str(&format!("; its first ImageID, {id:?}, is the stem of none of the images")),
+            }
+        }
+        if let Some(img) = first_image {
+            let img = match self.matching {
+                Match::Path => resolve(img).display().to_string(),
+                Match::Stem => img.display().to_string(),
+            };
+            s.push_str(&format!(" (the first image is {img})"));
+        }
+        s
     }
 
     /// The key an image at `path` is matched by.
@@ -281,6 +331,27 @@ mod tests {
             assert_eq!(t.targets.row(row).to_vec(), vec![UNK, POS, NEG], "{model:?}");
             assert!(t.notes.iter().any(|n| n.contains("Tree")), "{:?}", t.notes);
         }
+    }
+
+    #[test]
+    fn names_that_match_nothing_say_where_they_were_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let imgs = dir.path().join("imgs");
+        let gts = dir.path().join("labels");
+        fs::create_dir_all(&imgs).unwrap();
+        fs::create_dir_all(&gts).unwrap();
+        fs::write(imgs.join("a.jpg"), b"").unwrap();
+        // Names written relative to --images, in a manifest kept in another folder.
+        let manifest = gts.join("gt.jsonl");
+        fs::write(&manifest, "{\"image\": \"a.jpg\", \"labels\": [\"cat\"]}\n").unwrap();
+        let t = Truth::load(&manifest, &imgs, None, &["cat".to_string()]).unwrap();
+        let present: HashSet<OsString> = [t.key_of(&imgs.join("a.jpg"))].into();
+        assert_eq!(t.entries_in(&present), 0);
+        let gts = resolve(&gts);
+        let msg = t.where_it_looked(Some(&imgs.join("a.jpg")));
+        assert!(msg.contains(&format!("relative to the manifest's own folder, {}", gts.display())), "{msg}");
+        assert!(msg.contains(&format!("\"a.jpg\", was looked for at {}", gts.join("a.jpg").display())), "{msg}");
+        assert!(msg.contains(&format!("the first image is {}", resolve(&imgs).join("a.jpg").display())), "{msg}");
     }
 
     #[test]
