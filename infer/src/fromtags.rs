@@ -46,8 +46,9 @@ pub fn read(files: &[PathBuf], base: &Path, classes: &[String], truth: &Truth) -
         };
         let open = || std::fs::File::open(file).with_context(|| format!("--from-tags {}", file.display()));
         if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            // Text cells carry a leading ' against spreadsheet formulas, unless written --csv-raw.
-            let raw = stats::read_beside(file).is_some_and(|s| s.csv_raw);
+            // Text cells carry a leading ' against spreadsheet formulas, unless written --csv-raw
+            // (or by an earlier version, whose stats do not say: it wrote them as they are).
+            let raw = stats::read_beside(file).is_some_and(|s| s.csv_raw != Some(false));
             read_csv(open()?, classes, raw, |n, image, row| {
                 add(n, image, row).with_context(|| format!("--from-tags {}", place(f, n)))
             })?;

@@ -90,6 +90,20 @@ impl OutLock {
                     holder(&mut file),
                     path.display()
                 ),
+                // A file system without flock (some network mounts): say so and go on unlocked.
+                Err(TryLockError::Error(e))
+                    if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOLCK)) =>
+                {
+                    tracing::warn!(
+                        "cannot lock {} ({e}): this file system has no locks, so nothing stops a second cls-infer \
+                         from writing --out {} at the same time",
+                        path.display(),
+                        out.display()
+                    );
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    return Ok(None);
+                }
                 Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
             }
             let same = match (file.metadata(), std::fs::symlink_metadata(&path)) {
@@ -138,7 +152,8 @@ fn open(path: &Path) -> Result<File> {
     // Small: a lock file is one line. Read a little more than that to tell.
     let mut head = Vec::new();
     let _ = (&mut file).take(4096).read_to_end(&mut head);
-    if !head.is_empty() && !head.starts_with(MAGIC.as_bytes()) {
+    // Also a lock file whose line is being written this instant (a prefix of the marker).
+    if !head.is_empty() && !head.starts_with(MAGIC.as_bytes()) && !MAGIC.as_bytes().starts_with(&head) {
         return Err(foreign("a file with other contents"));
     }
     Ok(file)

@@ -148,7 +148,7 @@ pub fn run(cli: &Cli) -> Result<u8> {
         model_sha256,
         classes: info.classes.clone(),
         thresholds: ThresholdStats::of(&decision, &info.classes),
-        csv_raw: cli.csv_raw,
+        csv_raw: Some(cli.csv_raw),
     };
     let encoder = Encoder::new(cli.format, &info.classes, &cli.keyword_root).with_csv_raw(cli.csv_raw);
     let relabel = cli.relabel.then_some(&decision);
@@ -293,6 +293,19 @@ pub fn run(cli: &Cli) -> Result<u8> {
     // complete run (OUT stays as it was; OUT.partial holds what was tagged).
     if let (Some(status), None) = (&tar_status, &stopped) {
         status.check()?;
+    }
+    // The stats of an earlier run must not outlive the OUT they describe: removed before the new
+    // OUT goes into place, so that a kill between that and the new stats leaves OUT without
+    // stats (which --resume refuses) rather than beside another run's.
+    if let Some(out) = cli.out.as_deref().filter(|o| *o != Path::new(".") && *o != Path::new("-")) {
+        if matches!(fsio::classify(out), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp {
+            let stale = stats::stats_path(out);
+            if let Err(e) = std::fs::remove_file(&stale) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(e).with_context(|| format!("cannot remove the earlier {}", stale.display()));
+                }
+            }
+        }
     }
     sink.finish()?;
     if let Some(e) = errors_out {

@@ -736,7 +736,7 @@ mod tests {
             model_sha256: "0".repeat(64),
             classes: classes(),
             thresholds: stats::ThresholdStats::of(d, &classes()),
-            csv_raw: false,
+            csv_raw: Some(false),
         }
     }
 
@@ -781,7 +781,7 @@ mod tests {
             complete: true,
             cls_infer: String::new(),
             classes: o.classes,
-            csv_raw: false,
+            csv_raw: Some(false),
         };
         std::fs::write(stats::stats_path(dest), serde_json::to_string(&st)?)?;
         Ok(done)

@@ -93,8 +93,10 @@ pub struct Stats {
     #[serde(default)]
     pub classes: Vec<String>,
     /// CSV text cells written as they are (`--csv-raw`), not protected from spreadsheets.
+    /// `None` in the stats of earlier versions (which wrote them as they are, and recorded
+    /// neither this nor the classes).
     #[serde(default)]
-    pub csv_raw: bool,
+    pub csv_raw: Option<bool>,
 }
 
 impl Stats {
@@ -126,8 +128,9 @@ pub struct Origin {
     #[serde(default)]
     pub classes: Vec<String>,
     pub thresholds: ThresholdStats,
+    /// `None`: rows of an earlier version, which did not record it.
     #[serde(default)]
-    pub csv_raw: bool,
+    pub csv_raw: Option<bool>,
 }
 
 /// How the origin of rows already written differs from this run's.
@@ -176,8 +179,18 @@ impl Origin {
                 names(&self.classes)
             )));
         }
+        if then.csv_raw.is_none() {
+            return Some(Mismatch::Model(
+                "an earlier version of cls-infer, which recorded neither the model's classes nor how CSV cells were \
+                 written"
+                    .to_string(),
+            ));
+        }
         if then.csv_raw != self.csv_raw {
-            let mode = |raw: bool| if raw { "as they are (--csv-raw)" } else { "protected from spreadsheets" };
+            let mode = |raw: Option<bool>| match raw {
+                Some(true) => "as they are (--csv-raw)",
+                _ => "protected from spreadsheets",
+            };
             return Some(Mismatch::Model(format!(
                 "CSV text cells {} then, {} now",
                 mode(then.csv_raw),
@@ -276,7 +289,7 @@ mod tests {
                 complete: true,
                 cls_infer: String::new(),
                 classes: Vec::new(),
-                csv_raw: false,
+                csv_raw: Some(false),
             })
         };
         assert_eq!(missing_shards(&[s(0, 4), s(2, 4), None]), Some((4, vec![1, 3])));
@@ -297,12 +310,14 @@ mod tests {
             model_sha256: "ab".repeat(32),
             classes: classes.clone(),
             thresholds: rule(0.5, None, 0, None),
-            csv_raw: false,
+            csv_raw: Some(false),
         };
         assert_eq!(o.compare(&o), None);
         // Another path to the same bytes is the same model; a stats file of an earlier version
-        // (no classes) is compared by hash and rule.
-        assert_eq!(o.compare(&Origin { model: "copy.onnx".into(), classes: vec![], ..o.clone() }), None);
+        // (no classes, no CSV cell mode: it wrote cells as they are) is refused.
+        assert_eq!(o.compare(&Origin { model: "copy.onnx".into(), ..o.clone() }), None);
+        let earlier = Origin { classes: vec![], csv_raw: None, ..o.clone() };
+        assert!(matches!(o.compare(&earlier), Some(Mismatch::Model(m)) if m.contains("an earlier version")));
         let other = Origin { model_sha256: "cd".repeat(32), model: "n.onnx".into(), ..o.clone() };
         let Some(Mismatch::Model(m)) = o.compare(&other) else { panic!() };
         assert!(
@@ -311,7 +326,7 @@ mod tests {
         );
         let renamed = Origin { classes: vec!["a".into(), "b".into(), "x".into()], ..o.clone() };
         assert!(matches!(o.compare(&renamed), Some(Mismatch::Model(m)) if m.contains("other class names")));
-        let raw = Origin { csv_raw: true, ..o.clone() };
+        let raw = Origin { csv_raw: Some(true), ..o.clone() };
         assert!(matches!(o.compare(&raw), Some(Mismatch::Model(m)) if m.contains("--csv-raw")));
         for (then, needle) in [
             (rule(0.7, None, 0, None), "threshold 0.7 then, 0.5 now"),

@@ -308,15 +308,22 @@ pub fn cuda_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if !tch::Cuda::is_available() {
         return f();
     }
-    // SAFETY: C functions of our own (csrc/amp.cpp) that catch every C++ exception.
+    /// Leaves autocast as it was, also when `f` panics.
+    struct Exit(i32);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            // SAFETY: a C function of our own (csrc/amp.cpp) that catches every C++ exception;
+            // `self.0` is what enter returned.
+            unsafe { cls_cuda_autocast_exit(self.0) };
+        }
+    }
+    // SAFETY: as above.
     let prev = unsafe { cls_cuda_autocast_enter(i32::from(enabled)) };
     if prev < 0 {
         return f();
     }
-    let out = f();
-    // SAFETY: as above; `prev` is what enter returned.
-    unsafe { cls_cuda_autocast_exit(prev) };
-    out
+    let _exit = Exit(prev);
+    f()
 }
 
 /// Make bfloat16 the dtype of autocast on CUDA (libtorch's default is float16); the trainer

@@ -23,10 +23,11 @@ fn start_held(args: &[&str], cwd: &Path, err: &Path) -> Child {
         .unwrap()
 }
 
-/// Wait until `path` exists (while `child` runs), within [`RUN_LIMIT`].
+/// Wait until the lock file `path` names its holder (while `child` runs), within [`RUN_LIMIT`].
 fn wait_for(path: &Path, child: &mut Child, err: &Path) {
     let t0 = Instant::now();
-    while !path.exists() {
+    // The lock is taken once its file names its holder (the file exists a moment before).
+    while !fs::read_to_string(path).is_ok_and(|t| t.starts_with("cls-infer pid ")) {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "the run ended ({status}) before {} appeared:\n{}",

@@ -50,13 +50,6 @@ pub fn quiet() -> bool {
     settings().quiet
 }
 
-/// Print a progress message (not a warning) unless `-q`.
-pub fn say(message: &str) {
-    if !quiet() {
-        eprintln!("{message}");
-    }
-}
-
 /// `secs` as a person reads it: `0.14 s`, `8.4 s`, `4 min 05 s`, `2 h 15 min`.
 pub fn human(secs: f64) -> String {
     if !secs.is_finite() {
@@ -71,10 +64,10 @@ pub fn human(secs: f64) -> String {
     }
     let s = secs.round() as u64;
     if s < 3600 {
-        format!("{} min {:02} s", s / 60, s % 60)
-    } else {
-        format!("{} h {:02} min", s / 3600, (s % 3600 + 30) / 60)
+        return format!("{} min {:02} s", s / 60, s % 60);
     }
+    let minutes = (s + 30) / 60;
+    format!("{} h {:02} min", minutes / 60, minutes % 60)
 }
 
 /// The run's shape, as the estimate needs it.
@@ -101,7 +94,7 @@ pub struct Plan {
 /// The options a slow image run can change, for their estimates.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `--freeze-backbone` is available (an image backbone trained end to end).
+    /// `--freeze-backbone` helps: an image backbone with pretrained weights trained end to end.
     pub can_freeze: bool,
     /// Every image of the run (train, validation, test): what a frozen backbone extracts once.
     pub all_images: usize,
@@ -170,6 +163,15 @@ impl RunClock {
         }
     }
 
+    /// How many batches the measurement covers (all but the warm-up batch, where there was one).
+    fn timed_batches(&self) -> usize {
+        if self.timed_from.is_some() {
+            self.batches - 1
+        } else {
+            self.batches
+        }
+    }
+
     /// Seconds of the rest of the run until epoch `epochs` from `per_image` (training one image):
     /// the training images left, every validation left and the final evaluation, all at `area`
     /// times the pixels. Evaluating an image costs about a third of training on it (a forward
@@ -187,13 +189,14 @@ impl RunClock {
         let total = self.rest_of_run(per_image, p.epochs, 1.0);
         let left = p.epochs.saturating_sub(p.epochs_done);
         let mut lines = vec![format!(
-            "time: {} per batch of {} ({:.1} images/s, measured on the first {} batches): about {} for the {} \
-             epoch{} left ({} batches each) and their evaluation, plus each epoch's checkpoint (the epoch lines \
-             give the time left with everything)",
+            "time: {} per batch of {} ({:.1} images/s, measured on {} batch{} after the first): about {} for \
+             the {} epoch{} left ({} batches each) and their evaluation, not counting each epoch's checkpoint \
+             (the epoch lines give the time left with everything)",
             human(per_image * p.batch as f64),
             p.batch,
             1.0 / per_image,
-            self.batches,
+            self.timed_batches(),
+            if self.timed_batches() == 1 { "" } else { "es" },
             human(total),
             left,
             if left == 1 { "" } else { "s" },
@@ -215,7 +218,8 @@ impl RunClock {
     fn faster_options(&self, per_image: f64, total: f64) -> Vec<String> {
         let p = &self.plan;
         let mut out = Vec::new();
-        if let Some(o) = &p.options {
+        // A resumed run keeps its configuration: only --epochs may change.
+        if let Some(o) = p.options.as_ref().filter(|_| p.epochs_done == 0) {
             if o.can_freeze {
                 // One forward pass of one network per image, once; the head then trains in seconds.
                 let forward = per_image / p.networks.max(1) as f64 / 3.0;
@@ -343,6 +347,8 @@ mod tests {
         assert_eq!(human(245.0), "4 min 05 s");
         assert_eq!(human(2.0 * 3600.0 + 15.0 * 60.0 + 10.0), "2 h 15 min");
         assert_eq!(human(0.137), "0.14 s");
+        assert_eq!(human(7170.0), "2 h 00 min", "rounded up into the next hour");
+        assert_eq!(human(3599.6), "1 h 00 min");
         assert_eq!(human(-1.0), "0.00 s");
         assert_eq!(human(f64::NAN), "?");
     }

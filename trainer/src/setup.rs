@@ -35,6 +35,35 @@ pub struct Setup {
     pub head_only: bool,
     /// bf16 autocast and channels-last on CUDA (`--no-amp` turns it off).
     pub amp: bool,
+    /// What a batch of one image does to the BatchNorm layers that train.
+    pub batch_norm: BatchNormUse,
+}
+
+/// What a batch of one image does to the network's BatchNorm layers in training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchNormUse {
+    /// No BatchNorm trains: a frozen backbone's linear head, an MLP without a hidden layer.
+    None,
+    /// BatchNorm trains and sees several values per channel even in a batch of one image (a
+    /// CNN whose feature maps stay larger than 1×1). One image's statistics are a poor batch
+    /// statistic all the same.
+    Trains,
+    /// Some BatchNorm sees one value per channel per image: the MLP's hidden layer, or a CNN
+    /// whose last feature map is 1×1 (both sides of the crop at most 32: five stride-2 stages).
+    /// A batch of one gives it a variance of 0 and NaN running statistics.
+    OneValuePerImage,
+}
+
+impl BatchNormUse {
+    pub fn of(arch: &Arch, head_only: bool, crop: (u32, u32)) -> BatchNormUse {
+        match arch {
+            _ if head_only => BatchNormUse::None,
+            Arch::Mlp { hidden: 0, .. } => BatchNormUse::None,
+            Arch::Mlp { .. } => BatchNormUse::OneValuePerImage,
+            _ if crop.0 <= 32 && crop.1 <= 32 => BatchNormUse::OneValuePerImage,
+            _ => BatchNormUse::Trains,
+        }
+    }
 }
 
 /// The most entries (images × classes) of the training labels: 4 GiB as f32.
@@ -287,15 +316,20 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         bail!("--freeze-backbone applies to image backbones; the MLP of a feature table always trains whole");
     }
     let head_only = cfg.freeze_backbone;
-    // A batch of one image cannot train BatchNorm (variance 0, running variance NaN); a final
-    // batch of one is dropped each epoch (train::trained_per_epoch), but every batch is one image
-    // here. The frozen backbone's linear head and an MLP without a hidden layer have no BatchNorm.
-    let trains_batch_norm = !head_only && !matches!(arch, Arch::Mlp { hidden: 0, .. });
-    if trains_batch_norm && cfg.batch_size.min(n_train) < 2 {
+    // A final batch of one is dropped each epoch (train::trained_per_epoch), but here every
+    // batch would be one image.
+    let crop = if arch.is_image() { crate::config::image_sizes(cfg)?.1 } else { (1, 1) };
+    let batch_norm = BatchNormUse::of(&arch, head_only, crop);
+    if batch_norm == BatchNormUse::OneValuePerImage && cfg.batch_size.min(n_train) < 2 {
+        let where_ = if arch.is_image() {
+            format!("{} at {}x{}, whose last feature map is 1x1", arch.name(), crop.0, crop.1)
+        } else {
+            "the MLP's hidden layer".to_string()
+        };
         bail!(
-            "{}: every batch would hold one image, and BatchNorm (in {}) cannot train on a batch of one; {}",
+            "{}: every batch would hold one image, and BatchNorm (in {where_}) sees one value per channel in a batch \
+             of one (variance 0, NaN statistics); {}",
             if n_train < 2 { format!("the training split has {n_train} image") } else { "--batch-size 1".to_string() },
-            arch.name(),
             if n_train < 2 { "give more training data" } else { "use --batch-size 2 or more" }
         );
     }
@@ -376,6 +410,7 @@ pub fn prepare(cfg: &TrainConfig) -> Result<Setup> {
         test_inputs,
         head_only,
         amp,
+        batch_norm,
     })
 }
 

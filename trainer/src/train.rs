@@ -24,7 +24,7 @@ pub use crate::peer::Peer;
 use crate::progress::{self, EpochProgress, Options, Plan, RunClock};
 use crate::runlog;
 pub use crate::runlog::{read as read_log, EpochLog, SelectionStats, ValSummary};
-use crate::setup::Setup;
+use crate::setup::{BatchNormUse, Setup};
 
 /// Seeds derived per epoch and per step so that a resumed run draws exactly the numbers an
 /// uninterrupted one would.
@@ -35,12 +35,13 @@ fn epoch_rng(seed: u64, epoch: usize, stream: u64) -> ChaCha8Rng {
 }
 
 /// How many of the `n` training images an epoch trains on at batch size `batch`: all of them,
-/// except when they would leave a final batch of one image, which is dropped (PyTorch's
-/// `drop_last`, for that one image only): BatchNorm cannot normalise a batch of one (its variance
-/// is 0 and the running variance becomes NaN). The shuffle picks which image waits for the next
-/// epoch, so every image still trains.
-pub fn trained_per_epoch(n: usize, batch: usize) -> usize {
-    if batch > 1 && n > batch && n % batch == 1 {
+/// except when they would leave a final batch of one image and `drop_single` (BatchNorm trains:
+/// `setup::BatchNormUse`), which drops it (PyTorch's `drop_last`, for that one image only).
+/// Where a BatchNorm layer sees one value per channel (the MLP's hidden layer, a CNN at crops up
+/// to 32×32) a batch of one gives it a variance of 0 and NaN running statistics; elsewhere it
+/// updates them from one image. The shuffle picks which image waits, a different one each epoch.
+pub fn trained_per_epoch(n: usize, batch: usize, drop_single: bool) -> usize {
+    if drop_single && batch > 1 && n > batch && n % batch == 1 {
         n - 1
     } else {
         n
@@ -49,10 +50,10 @@ pub fn trained_per_epoch(n: usize, batch: usize) -> usize {
 
 /// The images of epoch `epoch` in training order: all `n` shuffled with the epoch's own seed,
 /// cut to [`trained_per_epoch`].
-pub fn epoch_order(n: usize, batch: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub fn epoch_order(n: usize, batch: usize, drop_single: bool, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut epoch_rng(seed, epoch, 1));
-    order.truncate(trained_per_epoch(n, batch));
+    order.truncate(trained_per_epoch(n, batch, drop_single));
     order
 }
 
@@ -92,11 +93,13 @@ pub fn run(
         test_inputs,
         head_only,
         amp,
+        batch_norm,
     } = s;
     let n_nets = peers.len();
     let n_train = data.train.len();
     let bs = cfg.batch_size.min(n_train).max(1);
-    let n_trained = trained_per_epoch(n_train, bs);
+    let drop_single = batch_norm != BatchNormUse::None;
+    let n_trained = trained_per_epoch(n_train, bs, drop_single);
     let steps_per_epoch = n_trained.div_ceil(bs);
     let schedule = cfg.lr_schedule(steps_per_epoch);
     if state.best.len() != n_nets {
@@ -131,7 +134,7 @@ pub fn run(
                 let (resize, crop, _) = crate::config::image_sizes(cfg)?;
                 let side = |(h, w): (u32, u32)| (h as usize, w as usize);
                 Some(Options {
-                    can_freeze: !head_only,
+                    can_freeze: !head_only && cfg.pretrained.as_deref().is_some_and(|p| p != "none"),
                     all_images: n_train + data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
                     resize: side(resize),
                     crop: side(crop),
@@ -142,7 +145,7 @@ pub fn run(
     });
     for epoch in state.epochs_done..stop_at {
         let t0 = Instant::now();
-        let order = epoch_order(n_train, bs, cfg.seed, epoch);
+        let order = epoch_order(n_train, bs, drop_single, cfg.seed, epoch);
         let aug_rng = epoch_rng(cfg.seed, epoch, 2);
         let mut progress = EpochProgress::start(epoch + 1, cfg.epochs, steps_per_epoch);
         let mut loss_sum = vec![0.0; n_nets];
@@ -356,8 +359,8 @@ pub fn nan_cause(peer: &Peer) -> String {
     let bad = vars.iter().find(|(_, t)| t.isfinite().all().int64_value(&[]) == 0);
     match bad {
         Some((name, _)) if name.contains("running_") => format!(
-            "the network's BatchNorm statistics `{name}` hold NaN or infinite values (a training batch of one image \
-             gives BatchNorm a variance of 0, or a step diverged)"
+            "the network's BatchNorm statistics `{name}` hold NaN or infinite values (a training batch in which \
+             BatchNorm saw one value per channel, or a step that diverged)"
         ),
         Some((name, _)) => {
             format!("the network's weights `{name}` hold NaN or infinite values: training diverged (lower --lr)")

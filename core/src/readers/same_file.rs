@@ -5,7 +5,8 @@
 //! image with both places named ([`SameFile`]); the trainer also counts the test images that are
 //! training images ([`overlap`]).
 
-use std::collections::HashMap;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -85,49 +86,53 @@ impl Overlap {
     }
 }
 
-/// See [`Overlap`]. Paths that are empty (feature-table rows) are skipped.
+/// See [`Overlap`]. Paths that are empty (feature-table rows) are skipped. Files are read only
+/// where sizes match: their first 64 KiB first, the whole file when those agree; in parallel.
 pub fn overlap(base: &[&Path], other: &[&Path]) -> Overlap {
     let mut seen = SameFile::default();
-    let mut files: HashMap<PathBuf, u64> = HashMap::new();
-    for p in base.iter().filter(|p| !p.as_os_str().is_empty()) {
-        let key = seen.key(p);
-        if let Ok(m) = std::fs::metadata(&key) {
-            files.insert(key, m.len());
-        }
-    }
-    let mut out = Overlap::default();
+    let base_keys: Vec<PathBuf> = base.iter().filter(|p| !p.as_os_str().is_empty()).map(|p| seen.key(p)).collect();
+    let other_keys: Vec<PathBuf> = other.iter().filter(|p| !p.as_os_str().is_empty()).map(|p| seen.key(p)).collect();
+    let size = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| m.len());
+    let base_sizes: Vec<Option<u64>> = base_keys.par_iter().map(size).collect();
+    let known: HashSet<&PathBuf> = base_keys.iter().collect();
     let mut by_size: HashMap<u64, Vec<&PathBuf>> = HashMap::new();
-    for (key, &size) in &files {
-        by_size.entry(size).or_default().push(key);
-    }
-    let mut digests: HashMap<PathBuf, Option<(u64, u64)>> = HashMap::new();
-    let mut digest = |p: &Path| *digests.entry(p.to_path_buf()).or_insert_with(|| content_digest(p));
-    for p in other.iter().filter(|p| !p.as_os_str().is_empty()) {
-        let key = seen.key(p);
-        if files.contains_key(&key) {
-            out.same_file += 1;
-            continue;
-        }
-        let Ok(size) = std::fs::metadata(&key).map(|m| m.len()) else { continue };
-        let Some(candidates) = by_size.get(&size) else { continue };
-        let Some(d) = digest(&key) else { continue };
-        if candidates.iter().any(|c| digest(c) == Some(d)) {
-            out.same_content += 1;
+    for (key, s) in base_keys.iter().zip(&base_sizes) {
+        if let Some(s) = s {
+            by_size.entry(*s).or_default().push(key);
         }
     }
-    out
+    let same_file = other_keys.iter().filter(|k| known.contains(k)).count();
+    let same_content = other_keys
+        .par_iter()
+        .filter(|k| !known.contains(k))
+        .filter(|k| {
+            let Some(candidates) = size(k).and_then(|s| by_size.get(&s)) else { return false };
+            let Some(head) = digest(k, Some(HEAD_BYTES)) else { return false };
+            let mut whole = None;
+            candidates.iter().any(|c| {
+                digest(c, Some(HEAD_BYTES)) == Some(head)
+                    && *whole.get_or_insert_with(|| digest(k, None)) == digest(c, None)
+                    && whole.is_some_and(|w| w.is_some())
+            })
+        })
+        .count();
+    Overlap { same_file, same_content }
 }
 
-/// Two independent 64-bit hashes of a file's bytes (a 128-bit fingerprint), or `None` when it
-/// cannot be read.
-fn content_digest(path: &Path) -> Option<(u64, u64)> {
-    let mut f = std::fs::File::open(path).ok()?;
+/// How much of a file is compared before the whole of it.
+const HEAD_BYTES: u64 = 64 << 10;
+
+/// Two independent 64-bit hashes (a 128-bit fingerprint) of a file's first `limit` bytes (all of
+/// them with `None`), or `None` when it cannot be read.
+fn digest(path: &Path, limit: Option<u64>) -> Option<(u64, u64)> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut r = f.take(limit.unwrap_or(u64::MAX));
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
     b.write_u64(0x9E37_79B9_7F4A_7C15);
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).ok()?;
+        let n = r.read(&mut buf).ok()?;
         if n == 0 {
             break;
         }
