@@ -1724,13 +1724,13 @@ fn a_run_tells_how_long_it_takes_and_what_its_labels_hold() {
     // or 0, none.
     let lines = |t: &str| t.lines().filter(|l| l.contains("the epoch's training ends in")).count();
     assert_eq!(lines(&err), 4 * 11, "{err}");
-    let long = train(&strs(&args("long-interval", &["--progress-every", "1000"])));
+    let long = train(&strs(&args("long-interval", &["--progress-every", "1000", "--epochs", "1"])));
     assert_eq!(lines(&String::from_utf8_lossy(&long.stderr)), 0);
-    let none = train(&strs(&args("no-lines", &["--progress-every", "0"])));
+    let none = train(&strs(&args("no-lines", &["--progress-every", "0", "--epochs", "1"])));
     assert_eq!(lines(&String::from_utf8_lossy(&none.stderr)), 0);
 
     // -q: no estimate, no progress, no epoch lines; the results still print.
-    let quiet = train(&strs(&args("quiet", &["-q", "--progress-every", "0.1"])));
+    let quiet = train(&strs(&args("quiet", &["-q", "--progress-every", "0.000001", "--epochs", "1"])));
     let q = String::from_utf8_lossy(&quiet.stderr);
     let epoch_lines = |t: &str| t.lines().filter(|l| l.starts_with("epoch ")).count();
     assert!(!q.contains("time: ") && !q.contains("ends in") && epoch_lines(&q) == 0 && !q.contains("left "), "{q}");
