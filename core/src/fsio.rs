@@ -396,7 +396,8 @@ fn normalise(path: &Path) -> PathBuf {
     }
 }
 
-fn lexical(path: &Path) -> PathBuf {
+/// `path` with `.` and `..` folded lexically (no file system access).
+pub(crate) fn lexical(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

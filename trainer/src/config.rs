@@ -225,6 +225,13 @@ pub struct TrainConfig {
     /// Let an image lose all its positives under a fractional protocol.
     #[arg(long, help_heading = "Partial labels")]
     pub allow_empty: bool,
+    /// Seed of the labels a simulation protocol hides (--partial single, a fraction, entry:P)
+    /// [default: --seed]. The protocol of Cole et al. draws the observed labels once and keeps
+    /// them for every training seed: give runs that differ in --seed the same --mask-seed, so
+    /// that their spread is the training's alone.
+    #[arg(long, value_name = "N", help_heading = "Partial labels")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_seed: Option<u64>,
     /// Externally supplied observed training labels (SPML .npy, or the Hill/SPLC `name,i j k` text).
     #[arg(long, help_heading = "Partial labels")]
     pub observed: Option<PathBuf>,
@@ -340,7 +347,7 @@ pub struct TrainConfig {
     pub lr_gamma: f64,
     #[arg(long, default_value_t = 1e-4, help_heading = "Optimisation")]
     pub weight_decay: f64,
-    /// Seed for initialisation, label hiding, shuffling and augmentation.
+    /// Seed for initialisation, shuffling, augmentation and (without --mask-seed) label hiding.
     #[arg(long, default_value_t = 0, help_heading = "Optimisation")]
     pub seed: u64,
     /// Stop after this many epochs in this invocation (the run stays resumable).

@@ -269,7 +269,9 @@ fn observe(cfg: &TrainConfig, train: &Dataset, whole: Option<(&Dataset, &[usize]
     }
     Ok(match cfg.labels()? {
         Labels::Given => given(train.targets.view()),
-        Labels::Simulated(partial) => protocol::apply(train.targets.view(), &partial, cfg.seed, cfg.allow_empty),
+        Labels::Simulated(partial) => {
+            protocol::apply(train.targets.view(), &partial, cfg.mask_seed.unwrap_or(cfg.seed), cfg.allow_empty)
+        }
     })
 }
 

@@ -9,28 +9,14 @@ use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The file `path` names, as one path: the canonical path (symbolic links, `.` and `..`
 /// resolved) when the file exists, else the absolute path with `.` and `..` folded lexically (a
 /// missing file then matches only the same spelling of itself, up to those).
 pub fn canonical_image_path(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| lexical_absolute(path))
-}
-
-fn lexical_absolute(path: &Path) -> PathBuf {
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| crate::fsio::lexical(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())))
 }
 
 /// Images seen so far, by the file each names ([`canonical_image_path`]). Folders are resolved
