@@ -106,11 +106,7 @@ impl OutLock {
                 }
                 Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
             }
-            let same = match (file.metadata(), std::fs::symlink_metadata(&path)) {
-                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                _ => false,
-            };
-            if !same {
+            if !is_at(&file, &path) {
                 continue;
             }
             // Whose lock it is, for the message of a run refused meanwhile.
@@ -120,6 +116,14 @@ impl OutLock {
             return Ok(Some(OutLock { file, path, _guard: guard }));
         }
         bail!("cannot lock {}: its lock file keeps being replaced", path.display())
+    }
+}
+
+/// Whether the open `file` is the one at `path` now (not removed or replaced since it was opened).
+fn is_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -177,11 +181,7 @@ impl Drop for OutLock {
     fn drop(&mut self) {
         // Only this process can replace the file while it holds the lock: remove it if it is
         // still the one at the path, then release the lock (by closing the file).
-        let same = match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        };
-        if same {
+        if is_at(&self.file, &self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
         let _ = self.file.unlock();

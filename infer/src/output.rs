@@ -324,7 +324,6 @@ impl Encoder {
         self.buf.clear();
         let names = &self.names;
         let raw = self.csv_raw;
-        let cell = |text| if raw { Cow::Borrowed(text) } else { protect(text) };
         match self.format {
             Format::Jsonl => {
                 let row = match t.result {
@@ -347,16 +346,16 @@ impl Encoder {
             Format::Csv => {
                 let row = match t.result {
                     Ok((scores, chosen)) => CsvRow {
-                        image: cell(&t.item.name),
+                        image: self.cell(&t.item.name),
                         labels: Joined { names, chosen, raw },
                         scores: CsvScores { n: names.len(), scores: Some(scores) },
                         error: Cow::Borrowed(""),
                     },
                     Err(reason) => CsvRow {
-                        image: cell(&t.item.name),
+                        image: self.cell(&t.item.name),
                         labels: Joined { names, chosen: &[], raw },
                         scores: CsvScores { n: names.len(), scores: None },
-                        error: cell(reason),
+                        error: self.cell(reason),
                     },
                 };
                 let _ = self.csv.serialize(row);

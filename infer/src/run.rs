@@ -294,16 +294,20 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if let (Some(status), None) = (&tar_status, &stopped) {
         status.check()?;
     }
+    // OUT.stats.json, written beside a regular --out file or an xmp --out folder.
+    let stats_file = cli
+        .out
+        .as_deref()
+        .filter(|o| *o != Path::new(".") && *o != Path::new("-"))
+        .filter(|o| matches!(fsio::classify(o), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp)
+        .map(|o| (o, stats::stats_path(o)));
     // The stats of an earlier run must not outlive the OUT they describe: removed before the new
     // OUT goes into place, so that a kill between that and the new stats leaves OUT without
     // stats (which --resume refuses) rather than beside another run's.
-    if let Some(out) = cli.out.as_deref().filter(|o| *o != Path::new(".") && *o != Path::new("-")) {
-        if matches!(fsio::classify(out), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp {
-            let stale = stats::stats_path(out);
-            if let Err(e) = std::fs::remove_file(&stale) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(e).with_context(|| format!("cannot remove the earlier {}", stale.display()));
-                }
+    if let Some((_, stale)) = &stats_file {
+        if let Err(e) = std::fs::remove_file(stale) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("cannot remove the earlier {}", stale.display()));
             }
         }
     }
@@ -321,28 +325,26 @@ pub fn run(cli: &Cli) -> Result<u8> {
     if let Some(t) = &timing {
         tracing::info!("{}", t.summary());
     }
-    if let Some(out) = cli.out.as_deref().filter(|o| *o != Path::new(".") && *o != Path::new("-")) {
-        if matches!(fsio::classify(out), Ok(fsio::Dest::Regular(_))) || cli.format == Format::Xmp {
-            let s = Stats {
-                images: cli.images.display().to_string(),
-                out: out.display().to_string(),
-                format: cli.format.name().to_string(),
-                shard: Stats::shard(shard),
-                images_tagged: tagged,
-                images_failed: n_errors,
-                images_skipped: n_skipped,
-                seconds: secs,
-                images_per_second: tagged as f64 / secs.max(1e-9),
-                model: origin.model.clone(),
-                model_sha256: origin.model_sha256.clone(),
-                thresholds: origin.thresholds.clone(),
-                complete: stopped.is_none(),
-                cls_infer: crate::VERSION.to_string(),
-                classes: origin.classes.clone(),
-                csv_raw: origin.csv_raw,
-            };
-            crate::output::write_file(&stats::stats_path(out), &serde_json::to_string_pretty(&s)?)?;
-        }
+    if let Some((out, path)) = &stats_file {
+        let s = Stats {
+            images: cli.images.display().to_string(),
+            out: out.display().to_string(),
+            format: cli.format.name().to_string(),
+            shard: Stats::shard(shard),
+            images_tagged: tagged,
+            images_failed: n_errors,
+            images_skipped: n_skipped,
+            seconds: secs,
+            images_per_second: tagged as f64 / secs.max(1e-9),
+            model: origin.model.clone(),
+            model_sha256: origin.model_sha256.clone(),
+            thresholds: origin.thresholds.clone(),
+            complete: stopped.is_none(),
+            cls_infer: crate::VERSION.to_string(),
+            classes: origin.classes.clone(),
+            csv_raw: origin.csv_raw,
+        };
+        crate::output::write_file(path, &serde_json::to_string_pretty(&s)?)?;
     }
     if let Some(stop) = stopped {
         tracing::error!("{stop}; the rows so far are written (--resume continues)");

@@ -180,12 +180,11 @@ fn resolve_tau(cfg: &TrainConfig, data: &RunData, expected_positives: f64) -> Re
     Ok((tau_h, tau_l))
 }
 
-/// What the training labels hold, for the log (docs/method.md, protocols: log the realised
-/// fraction): observed positives against the true ones, and what the protocol did.
 /// Below this many observed positives a class is named in the labels line.
 const FEW_POSITIVES: usize = 5;
 
-/// The training labels in one line: what is known of them. The share of the true positives
+/// The training labels in one line, for the log (docs/method.md, protocols: log the realised
+/// fraction): what is known of them. The share of the true positives
 /// observed is said only where the truth is known: a simulation protocol (or an `--observed`
 /// file) over labels that have no unknown entry; labels as given say what they hold instead
 /// (positives, verified negatives, unknown entries per image, classes short of positives).

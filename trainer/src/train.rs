@@ -119,6 +119,7 @@ pub fn run(
     let truth_pos = i8_tensor(&data.train.targets).eq(1).to_device(device);
 
     let stop_at = cfg.stop_after.map_or(cfg.epochs, |n| (state.epochs_done + n).min(cfg.epochs));
+    let n_test = data.test.as_ref().map_or(0, |t| t.len());
     let mut clock = RunClock::new(Plan {
         epochs: cfg.epochs,
         epochs_done: state.epochs_done,
@@ -126,7 +127,7 @@ pub fn run(
         images_per_epoch: n_trained,
         batch: bs,
         val_images: data.val.len(),
-        final_images: data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
+        final_images: data.val.len() + n_test,
         networks: n_nets,
         cpu: !device.is_cuda(),
         options: match arch.is_image() {
@@ -135,7 +136,7 @@ pub fn run(
                 let side = |(h, w): (u32, u32)| (h as usize, w as usize);
                 Some(Options {
                     can_freeze: !head_only && cfg.pretrained.as_deref().is_some_and(|p| p != "none"),
-                    all_images: n_train + data.val.len() + data.test.as_ref().map_or(0, |t| t.len()),
+                    all_images: n_train + data.val.len() + n_test,
                     resize: side(resize),
                     crop: side(crop),
                 })
